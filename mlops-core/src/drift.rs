@@ -1,0 +1,157 @@
+//! Drift: is the data a model sees now like the data it was trained on?
+//!
+//! A [`DriftDetector`] is fitted on a reference sample and compares current samples
+//! with it, per feature and overall, in a [`DriftReport`].
+
+use std::fmt;
+
+use arrow_array::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// A statistical test or distance used for one feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftMethod {
+    /// Two-sample Kolmogorov-Smirnov test (numeric); drift when p < threshold.
+    KolmogorovSmirnov,
+    /// Chi-squared test on category counts; drift when p < threshold.
+    ChiSquared,
+    /// Population Stability Index over reference quantile bins; drift when >= threshold.
+    PopulationStabilityIndex,
+    /// Jensen-Shannon distance (base 2); drift when >= threshold.
+    JensenShannon,
+    /// Wasserstein-1 distance; drift when >= threshold.
+    Wasserstein,
+    /// Wasserstein-1 distance divided by the reference standard deviation; drift when
+    /// >= threshold.
+    WassersteinNormed,
+    /// Maximum mean discrepancy with an RBF kernel and a permutation p-value
+    /// (multivariate); drift when p < threshold.
+    MaximumMeanDiscrepancy,
+}
+
+impl DriftMethod {
+    /// Whether the method is a test with a p-value (drift when p < threshold) rather
+    /// than a distance (drift when distance >= threshold).
+    pub fn is_test(self) -> bool {
+        matches!(
+            self,
+            Self::KolmogorovSmirnov | Self::ChiSquared | Self::MaximumMeanDiscrepancy
+        )
+    }
+}
+
+impl fmt::Display for DriftMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::KolmogorovSmirnov => "ks",
+            Self::ChiSquared => "chi2",
+            Self::PopulationStabilityIndex => "psi",
+            Self::JensenShannon => "jensen_shannon",
+            Self::Wasserstein => "wasserstein",
+            Self::WassersteinNormed => "wasserstein_normed",
+            Self::MaximumMeanDiscrepancy => "mmd",
+        })
+    }
+}
+
+/// The verdict on one feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureDrift {
+    /// The feature (column) name.
+    pub feature: String,
+    /// The method used.
+    pub method: DriftMethod,
+    /// The test statistic or the distance.
+    pub statistic: f64,
+    /// The p-value, for tests.
+    pub p_value: Option<f64>,
+    /// The threshold the verdict used: a significance level for tests (after any
+    /// multiple-test correction), a distance for distances.
+    pub threshold: f64,
+    /// Whether this feature drifted.
+    pub drifted: bool,
+    /// Non-null values in the reference sample.
+    pub reference_count: usize,
+    /// Non-null values in the current sample.
+    pub current_count: usize,
+    /// Nulls in the current sample (not part of the statistic).
+    pub current_nulls: usize,
+}
+
+/// How per-feature verdicts combine into the overall one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverallRule {
+    /// Drift when any test is significant at `alpha / n_features`.
+    Bonferroni {
+        /// The family-wise significance level.
+        alpha: f64,
+    },
+    /// Drift when the Benjamini-Hochberg procedure rejects any null hypothesis at
+    /// false discovery rate `fdr`.
+    BenjaminiHochberg {
+        /// The false discovery rate.
+        fdr: f64,
+    },
+    /// Drift when at least this share of features drifted.
+    ShareOfDrifted {
+        /// The share, in (0, 1].
+        share: f64,
+    },
+}
+
+/// The overall verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverallDrift {
+    /// The rule applied.
+    pub rule: OverallRule,
+    /// Whether the data drifted.
+    pub drifted: bool,
+    /// How many features drifted.
+    pub drifted_features: usize,
+    /// Their share of all features compared.
+    pub share_drifted: f64,
+}
+
+/// Per-feature and overall drift of a current sample against the reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftReport {
+    /// One verdict per feature, in the reference's column order.
+    pub features: Vec<FeatureDrift>,
+    /// The overall verdict.
+    pub overall: OverallDrift,
+    /// Rows in the reference sample.
+    pub reference_rows: usize,
+    /// Rows in the current sample.
+    pub current_rows: usize,
+}
+
+impl DriftReport {
+    /// The verdict on `feature`.
+    pub fn feature(&self, feature: &str) -> Option<&FeatureDrift> {
+        self.features.iter().find(|f| f.feature == feature)
+    }
+}
+
+/// Compares current data with a fitted reference.
+///
+/// Contract for implementations:
+/// - fitting happens at construction; `detect` never changes the reference;
+/// - a current batch missing a reference column, or with a column whose type
+///   changed, gives [`Error::SchemaMismatch`](crate::Error::SchemaMismatch); an
+///   empty sample gives [`Error::InvalidInput`](crate::Error::InvalidInput);
+///   nulls are counted and reported, not compared; NaN and infinities never
+///   produce a NaN verdict;
+/// - the same inputs always give the same report (subsampling is seeded).
+///
+/// CPU-bound: async callers run it on a blocking pool.
+pub trait DriftDetector: Send + Sync + fmt::Debug {
+    /// The features (columns) compared, in order.
+    fn features(&self) -> Vec<String>;
+
+    /// Compares `current` with the reference.
+    fn detect(&self, current: &RecordBatch) -> Result<DriftReport>;
+}

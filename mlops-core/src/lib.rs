@@ -1,0 +1,109 @@
+//! # mlops-core
+//!
+//! The traits, shared types and errors of the mlops SDK. Every other crate of the
+//! workspace implements these traits and depends on nothing else of ours, so any
+//! implementation can be swapped for your own.
+//!
+//! | Trait | What it does | Sync or async |
+//! |---|---|---|
+//! | [`FeatureStore`] | feature definitions, ingestion, point-in-time joins, online lookup | async |
+//! | [`ModelRegistry`] | versioned, content-addressed model artifacts and aliases | async |
+//! | [`ExperimentTracker`] | runs with params, metrics and artifacts | async |
+//! | [`AuditLog`] | append-only, hash-chained record of every change | async |
+//! | [`Trainer`] | fits a model on an Arrow batch | sync (CPU-bound) |
+//! | [`Predictor`] / [`ModelLoader`] | a loaded model; artifact to model | sync (CPU-bound) |
+//! | [`Server`] | Open Inference Protocol: infer, metadata, health | async |
+//! | [`DriftDetector`] | reference vs current data, per feature and overall | sync (CPU-bound) |
+//!
+//! The async traits are object-safe, so applications hold them as
+//! `Arc<dyn FeatureStore>` and so on. Arrow [`RecordBatch`](arrow_array::RecordBatch)
+//! is the currency for tabular data; [`inference::Tensor`] (convertible to dense
+//! `ndarray` `f32` arrays) for model inputs and outputs.
+//!
+//! Every fallible operation returns [`Error`], whose variants say what went wrong and
+//! whose messages name what was wrong.
+//!
+//! ```
+//! use mlops_core::inference::{InferenceRequest, Datatype, TensorSpec};
+//! use mlops_core::model::Signature;
+//!
+//! let signature = Signature {
+//!     inputs: vec![TensorSpec::new("features", Datatype::Fp32, vec![-1, 3])],
+//!     outputs: vec![TensorSpec::new("score", Datatype::Fp32, vec![-1, 1])],
+//! };
+//! let request = InferenceRequest::from_json(br#"{"inputs": [
+//!     {"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [0.5, 1.5, 2.5]}
+//! ]}"#)?;
+//! signature.check_inputs(&request.inputs)?;
+//!
+//! let wrong = InferenceRequest::from_json(br#"{"inputs": [
+//!     {"name": "features", "shape": [1, 2], "datatype": "FP32", "data": [0.5, 1.5]}
+//! ]}"#)?;
+//! assert!(signature.check_inputs(&wrong.inputs).is_err());
+//! # Ok::<(), mlops_core::Error>(())
+//! ```
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod audit;
+pub mod drift;
+pub mod error;
+pub mod feature;
+pub mod inference;
+pub mod model;
+pub mod predict;
+pub mod server;
+pub mod tracking;
+pub mod train;
+
+pub use audit::{AuditEntry, AuditEvent, AuditLog, ChainVerdict};
+pub use drift::{DriftDetector, DriftMethod, DriftReport, FeatureDrift};
+pub use error::{BoxError, Error, ResourceKind, Result};
+pub use feature::{Entity, FeatureRef, FeatureStore, FeatureView};
+pub use inference::{
+    Datatype, InferenceRequest, InferenceResponse, Tensor, TensorData, TensorSpec,
+};
+pub use model::{
+    ContentDigest, Lineage, ModelArtifact, ModelMetadata, ModelRegistry, ModelVersion, Signature,
+    VersionSelector,
+};
+pub use predict::{ModelLoader, Predictor};
+pub use server::Server;
+pub use tracking::{ExperimentTracker, MetricPoint, Run, RunStatus};
+pub use train::{EvaluationReport, Task, TrainedModel, Trainer};
+
+/// The longest name accepted for a view, feature, model, alias, experiment or column.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks a name that may end up in a storage path or a URL: 1 to [`MAX_NAME_LEN`]
+/// characters from `A-Z a-z 0-9 _ - .`, not starting with `.` or `-`.
+///
+/// ```
+/// use mlops_core::{validate_name, ResourceKind};
+/// assert!(validate_name(ResourceKind::Model, "fraud-detector.v2").is_ok());
+/// assert!(validate_name(ResourceKind::Model, "../etc").is_err());
+/// assert!(validate_name(ResourceKind::Model, "").is_err());
+/// ```
+pub fn validate_name(kind: ResourceKind, name: &str) -> Result<()> {
+    let bad = |reason: String| Error::invalid_input(format!("{kind} name {name:?}"), reason);
+    if name.is_empty() {
+        return Err(bad("it is empty".into()));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(bad(format!(
+            "it is {} characters long; the limit is {MAX_NAME_LEN}",
+            name.len()
+        )));
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return Err(bad("it may not start with '.' or '-'".into()));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(bad(format!(
+            "character {c:?} is not allowed; use A-Z a-z 0-9 _ - ."
+        )));
+    }
+    Ok(())
+}

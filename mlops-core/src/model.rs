@@ -1,0 +1,457 @@
+//! Models, their versions and artifacts, and the [`ModelRegistry`] trait.
+//!
+//! ```
+//! use mlops_core::model::{ModelArtifact, VersionSelector};
+//!
+//! let artifact = ModelArtifact::new("burn-mlp", b"weights".to_vec());
+//! assert!(artifact.digest.as_str().starts_with("sha256:"));
+//! artifact.verify()?;
+//!
+//! assert_eq!("latest".parse::<VersionSelector>()?, VersionSelector::Latest);
+//! assert_eq!("3".parse::<VersionSelector>()?, VersionSelector::Number(3));
+//! assert_eq!("@champion".parse::<VersionSelector>()?, VersionSelector::Alias("champion".into()));
+//! assert!("0".parse::<VersionSelector>().is_err());
+//! # Ok::<(), mlops_core::Error>(())
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, ResourceKind, Result};
+use crate::feature::FeatureRef;
+use crate::inference::{Tensor, TensorSpec};
+use crate::validate_name;
+
+/// A content digest, written `sha256:<64 lowercase hex digits>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ContentDigest(String);
+
+impl ContentDigest {
+    /// The SHA-256 digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
+    }
+
+    /// The digest as written, `sha256:...`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The hex part, without the `sha256:` prefix (usable as a file name).
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
+    /// Checks that `bytes` have this digest; [`Error::Integrity`] names `target`.
+    pub fn verify(&self, target: &str, bytes: &[u8]) -> Result<()> {
+        let actual = Self::of(bytes);
+        if &actual == self {
+            Ok(())
+        } else {
+            Err(Error::integrity(
+                target,
+                format!("content digest is {actual}, expected {self}"),
+            ))
+        }
+    }
+}
+
+impl fmt::Display for ContentDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ContentDigest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let hex_part = s.strip_prefix("sha256:").ok_or_else(|| {
+            Error::invalid_input(format!("content digest {s:?}"), "expected \"sha256:<hex>\"")
+        })?;
+        if hex_part.len() != 64
+            || !hex_part
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(Error::invalid_input(
+                format!("content digest {s:?}"),
+                "expected 64 lowercase hex digits after \"sha256:\"",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for ContentDigest {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<ContentDigest> for String {
+    fn from(d: ContentDigest) -> String {
+        d.0
+    }
+}
+
+/// A detached signature over a model version's manifest and artifact digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactSignature {
+    /// The algorithm, e.g. `ed25519`.
+    pub algorithm: String,
+    /// Which trusted key signed it.
+    pub key_id: String,
+    /// The signature bytes, hex encoded.
+    pub signature: String,
+}
+
+/// A serialized model: weights plus whatever the flavor's loader needs
+/// (preprocessing, signature, drift reference), with its content digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelArtifact {
+    /// Which [`ModelLoader`](crate::ModelLoader) can read the bytes, e.g. `burn-mlp`.
+    pub flavor: String,
+    /// The serialized model.
+    pub bytes: Bytes,
+    /// SHA-256 of `bytes`.
+    pub digest: ContentDigest,
+    /// A signature, when the registry signs versions.
+    pub signature: Option<ArtifactSignature>,
+}
+
+impl ModelArtifact {
+    /// An artifact of `flavor` holding `bytes`; the digest is computed here.
+    pub fn new(flavor: impl Into<String>, bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self {
+            flavor: flavor.into(),
+            digest: ContentDigest::of(&bytes),
+            bytes,
+            signature: None,
+        }
+    }
+
+    /// Recomputes the digest: [`Error::Integrity`] when the bytes changed.
+    pub fn verify(&self) -> Result<()> {
+        self.digest
+            .verify(&format!("{} artifact", self.flavor), &self.bytes)
+    }
+}
+
+/// A model's declared inputs and outputs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Inputs, by name.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs, by name.
+    pub outputs: Vec<TensorSpec>,
+}
+
+impl Signature {
+    /// Checks a request's inputs: every declared input present once, nothing
+    /// undeclared, datatypes and shapes as declared, and the same number of rows in
+    /// every input. The error names the input and the difference.
+    pub fn check_inputs(&self, inputs: &[Tensor]) -> Result<()> {
+        let mut seen = HashSet::new();
+        for t in inputs {
+            if !seen.insert(t.name.as_str()) {
+                return Err(Error::invalid_input(
+                    format!("input '{}'", t.name),
+                    "given more than once",
+                ));
+            }
+            let spec = self
+                .inputs
+                .iter()
+                .find(|s| s.name == t.name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
+                    Error::invalid_input(
+                        format!("input '{}'", t.name),
+                        format!("the model has no such input; its inputs are {names:?}"),
+                    )
+                })?;
+            spec.check(t)?;
+        }
+        if let Some(missing) = self.inputs.iter().find(|s| !seen.contains(s.name.as_str())) {
+            return Err(Error::invalid_input(
+                format!("input '{}'", missing.name),
+                "missing from the request",
+            ));
+        }
+        if let Some(first) = inputs.first()
+            && let Some(other) = inputs.iter().find(|t| t.rows() != first.rows())
+        {
+            {
+                return Err(Error::invalid_input(
+                    format!("input '{}'", other.name),
+                    format!(
+                        "{} rows where input '{}' has {}; all inputs must have the same rows",
+                        other.rows(),
+                        first.name,
+                        first.rows()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a model came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The tracker run that trained it.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// The dataset snapshot it was trained on.
+    #[serde(default)]
+    pub dataset_snapshot_id: Option<String>,
+    /// The features it reads.
+    #[serde(default)]
+    pub feature_refs: Vec<FeatureRef>,
+    /// The code that trained it (a commit, a tag).
+    #[serde(default)]
+    pub code_version: Option<String>,
+    /// The version it was derived from (e.g. the champion a retrain replaced).
+    #[serde(default)]
+    pub parent_version: Option<u64>,
+}
+
+/// What is recorded with a model version besides its artifact.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Hyperparameters, as strings (as MLflow records them).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Evaluation metrics.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Declared inputs and outputs.
+    #[serde(default)]
+    pub signature: Option<Signature>,
+    /// Where it came from.
+    #[serde(default)]
+    pub lineage: Lineage,
+}
+
+/// Whether a version may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionStatus {
+    /// Usable.
+    Active,
+    /// Archived: kept for the record, not servable, no alias may point at it.
+    Archived,
+}
+
+/// One immutable version of a registered model (its manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelVersion {
+    /// The model's name.
+    pub model: String,
+    /// The version number, from 1.
+    pub version: u64,
+    /// The artifact's flavor.
+    pub flavor: String,
+    /// The artifact's digest.
+    pub digest: ContentDigest,
+    /// The artifact's size in bytes.
+    pub size_bytes: u64,
+    /// Metadata given at registration.
+    pub metadata: ModelMetadata,
+    /// Who registered it.
+    pub created_by: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// Active or archived.
+    pub status: VersionStatus,
+    /// A signature over the manifest and digest, when signed.
+    #[serde(default)]
+    pub signature: Option<ArtifactSignature>,
+}
+
+/// How to pick a version of a model.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VersionSelector {
+    /// A version number (from 1).
+    Number(u64),
+    /// The version an alias points at.
+    Alias(String),
+    /// The highest active version.
+    Latest,
+}
+
+impl fmt::Display for VersionSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Number(n) => write!(f, "{n}"),
+            Self::Alias(a) => write!(f, "@{a}"),
+            Self::Latest => f.write_str("latest"),
+        }
+    }
+}
+
+impl FromStr for VersionSelector {
+    type Err = Error;
+
+    /// `"latest"`, a number from 1, or an alias (`"@champion"` or `"champion"`).
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "latest" {
+            return Ok(Self::Latest);
+        }
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return match s.parse::<u64>() {
+                Ok(0) | Err(_) => Err(Error::invalid_input(
+                    format!("version {s:?}"),
+                    "version numbers start at 1 and fit in 64 bits",
+                )),
+                Ok(n) => Ok(Self::Number(n)),
+            };
+        }
+        let alias = s.strip_prefix('@').unwrap_or(s);
+        validate_name(ResourceKind::Alias, alias)?;
+        Ok(Self::Alias(alias.to_owned()))
+    }
+}
+
+/// A comparison used in metric filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Comparison {
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `==`
+    Eq,
+}
+
+impl Comparison {
+    /// Whether `left <op> right` holds (always false when either is NaN).
+    pub fn holds(self, left: f64, right: f64) -> bool {
+        match self {
+            Self::Lt => left < right,
+            Self::Le => left <= right,
+            Self::Gt => left > right,
+            Self::Ge => left >= right,
+            Self::Eq => left == right,
+        }
+    }
+}
+
+/// A condition on a metric: `metric <op> value`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricFilter {
+    /// The metric's name.
+    pub metric: String,
+    /// The comparison.
+    pub op: Comparison,
+    /// The value compared with.
+    pub value: f64,
+}
+
+/// A search over model versions; every condition given must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VersionQuery {
+    /// Only versions of this model.
+    pub model: Option<String>,
+    /// Tags that must be present with these values.
+    pub tags: BTreeMap<String, String>,
+    /// Metric conditions.
+    pub metrics: Vec<MetricFilter>,
+    /// Include archived versions. Default off.
+    pub include_archived: bool,
+}
+
+impl VersionQuery {
+    /// Whether `version` satisfies the query.
+    pub fn matches(&self, version: &ModelVersion) -> bool {
+        self.model.as_ref().is_none_or(|m| *m == version.model)
+            && (self.include_archived || version.status == VersionStatus::Active)
+            && self
+                .tags
+                .iter()
+                .all(|(k, v)| version.metadata.tags.get(k) == Some(v))
+            && self.metrics.iter().all(|f| {
+                version
+                    .metadata
+                    .metrics
+                    .get(&f.metric)
+                    .is_some_and(|&m| f.op.holds(m, f.value))
+            })
+    }
+}
+
+/// A versioned store of model artifacts.
+///
+/// Contract for implementations:
+/// - `register` allocates the next version number atomically: concurrent
+///   registrations, from any number of processes sharing the storage, get distinct,
+///   gap-free numbers, and an interrupted registration leaves no visible version.
+///   Versions are immutable once registered.
+/// - `load_artifact` verifies the digest (and the signature when required) on every
+///   load: corrupted or unsigned bytes give [`Error::Integrity`], never a model.
+/// - `set_alias` moves an alias atomically; pointing it at an unknown version gives
+///   [`Error::NotFound`], at an archived one [`Error::Conflict`].
+/// - Unknown models, versions and aliases give [`Error::NotFound`]; invalid names give
+///   [`Error::InvalidInput`].
+#[async_trait]
+pub trait ModelRegistry: Send + Sync {
+    /// Registers `artifact` as the next version of `model`.
+    async fn register(
+        &self,
+        model: &str,
+        artifact: ModelArtifact,
+        metadata: ModelMetadata,
+    ) -> Result<ModelVersion>;
+
+    /// The manifest of the selected version.
+    async fn get_version(&self, model: &str, selector: &VersionSelector) -> Result<ModelVersion>;
+
+    /// The selected version and its verified artifact.
+    async fn load_artifact(
+        &self,
+        model: &str,
+        selector: &VersionSelector,
+    ) -> Result<(ModelVersion, ModelArtifact)>;
+
+    /// Points `alias` at `version`, creating or moving it.
+    async fn set_alias(&self, model: &str, alias: &str, version: u64) -> Result<()>;
+
+    /// Removes `alias`.
+    async fn delete_alias(&self, model: &str, alias: &str) -> Result<()>;
+
+    /// The aliases of `model` and the versions they point at.
+    async fn aliases(&self, model: &str) -> Result<BTreeMap<String, u64>>;
+
+    /// All model names, sorted.
+    async fn list_models(&self) -> Result<Vec<String>>;
+
+    /// All versions of `model`, by ascending number, archived ones included.
+    async fn list_versions(&self, model: &str) -> Result<Vec<ModelVersion>>;
+
+    /// Versions matching `query`, by model then version.
+    async fn search_versions(&self, query: &VersionQuery) -> Result<Vec<ModelVersion>>;
+
+    /// Archives a version; fails with [`Error::Conflict`] while an alias points at it.
+    async fn archive_version(&self, model: &str, version: u64) -> Result<ModelVersion>;
+}

@@ -1,0 +1,38 @@
+//! # mlops-store
+//!
+//! Persistent parts of the mlops SDK, all on [`object_store`] with Arrow and
+//! Parquet, so the same code runs on a local directory, in memory, or on a bucket
+//! shared by many machines (S3, GCS, Azure behind the `aws`, `gcp` and `azure` cargo
+//! features).
+//!
+//! Everything lives under one [`StoreRoot`], opened from a URL:
+//!
+//! ```
+//! # async fn demo() -> mlops_core::Result<()> {
+//! use mlops_store::StoreRoot;
+//!
+//! let dir = std::env::temp_dir().join("mlops-doc-root");
+//! let root = StoreRoot::open(&format!("file://{}", dir.display()))?;
+//! root.put("hello.txt", "hi".into()).await?;
+//! assert_eq!(&root.get("hello.txt").await?[..], b"hi");
+//! # Ok(()) }
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+//! ```
+//!
+//! | URL | Backend | Cargo feature |
+//! |---|---|---|
+//! | `file:///abs/dir` or a plain path | local disk (directory created if absent) | always |
+//! | `memory://` | in memory, private to the `StoreRoot` | always |
+//! | `s3://bucket/prefix` | Amazon S3 and S3-compatible servers | `aws` |
+//! | `gs://bucket/prefix` | Google Cloud Storage | `gcp` |
+//! | `az://container/prefix` | Azure Blob Storage | `azure` |
+//!
+//! Planned on this root (see the README's feature table): the feature store, the
+//! model registry, experiment tracking, dataset snapshots and the audit log.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod error;
+mod root;
+
+pub use error::storage_error;
+pub use root::StoreRoot;

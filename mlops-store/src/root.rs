@@ -1,0 +1,263 @@
+//! One place where everything persistent lives: an object store and a prefix in it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mlops_core::{Error, Result};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload};
+use url::Url;
+
+use crate::error::storage_error;
+
+/// An object store and the prefix under which the SDK keeps its files.
+///
+/// Cheap to clone; clones share the store.
+#[derive(Clone)]
+pub struct StoreRoot {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+}
+
+impl fmt::Debug for StoreRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreRoot")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreRoot {
+    /// Opens the root at `url` (see the crate docs for the URL forms); cloud
+    /// backends read their configuration from the environment (`AWS_*`,
+    /// `GOOGLE_*`, `AZURE_*` variables).
+    pub fn open(url: &str) -> Result<Self> {
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| {
+                k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+            })
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        Self::open_with_options(url, env)
+    }
+
+    /// Opens the root at `url` with explicit backend options (for S3 e.g.
+    /// `aws_endpoint`, `aws_region`, `aws_allow_http`, `aws_access_key_id`).
+    pub fn open_with_options(
+        url: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let bad = |reason: String| Error::invalid_input(format!("store URL {url:?}"), reason);
+        if url.is_empty() {
+            return Err(bad("it is empty".into()));
+        }
+        if !url.contains("://") {
+            return Self::open_local(PathBuf::from(url), url);
+        }
+        let parsed = Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let (scheme, _) = ObjectStoreScheme::parse(&parsed).map_err(|_| {
+            bad(format!(
+                "unsupported scheme {:?}; use file://, memory://, s3://, gs:// or az://",
+                parsed.scheme()
+            ))
+        })?;
+        match scheme {
+            ObjectStoreScheme::Local => {
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|()| bad("not an absolute local path".into()))?;
+                Self::open_local(dir, url)
+            }
+            ObjectStoreScheme::Memory => {
+                let prefix = Path::parse(parsed.path()).map_err(|e| bad(e.to_string()))?;
+                Ok(Self {
+                    url: url.to_owned(),
+                    store: Arc::new(InMemory::new()),
+                    prefix,
+                })
+            }
+            ObjectStoreScheme::AmazonS3 if !cfg!(feature = "aws") => Err(bad(
+                "s3:// needs the `aws` cargo feature of mlops-store (or mlops)".into(),
+            )),
+            ObjectStoreScheme::GoogleCloudStorage if !cfg!(feature = "gcp") => Err(bad(
+                "gs:// needs the `gcp` cargo feature of mlops-store (or mlops)".into(),
+            )),
+            ObjectStoreScheme::MicrosoftAzure if !cfg!(feature = "azure") => Err(bad(
+                "az:// needs the `azure` cargo feature of mlops-store (or mlops)".into(),
+            )),
+            ObjectStoreScheme::Http => Err(bad(
+                "http(s):// stores are read-only and not supported as a root".into(),
+            )),
+            _ => {
+                let (store, prefix) = object_store::parse_url_opts(&parsed, options)
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok(Self {
+                    url: url.to_owned(),
+                    store: Arc::from(store),
+                    prefix,
+                })
+            }
+        }
+    }
+
+    fn open_local(dir: PathBuf, url: &str) -> Result<Self> {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::storage(url, e))?;
+        let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| storage_error(url, e))?;
+        Ok(Self {
+            url: url.to_owned(),
+            store: Arc::new(store),
+            prefix: Path::default(),
+        })
+    }
+
+    /// A root over an existing store (a wrapper that injects faults or counts
+    /// requests, say), under `prefix`.
+    pub fn from_store(store: Arc<dyn ObjectStore>, prefix: Path, url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            store,
+            prefix,
+        }
+    }
+
+    /// The URL the root was opened from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The prefix inside the store.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// The full path of `relative` (slash-separated) under the root. Segments are
+    /// percent-encoded by `object_store` where needed, so a name cannot escape the
+    /// root.
+    pub fn path(&self, relative: &str) -> Path {
+        relative
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .fold(self.prefix.clone(), |p, segment| p.join(segment))
+    }
+
+    /// Writes `bytes` at `relative`, replacing what was there.
+    pub async fn put(&self, relative: &str, bytes: Bytes) -> Result<()> {
+        let path = self.path(relative);
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| storage_error(&self.describe(&path), e))?;
+        Ok(())
+    }
+
+    /// Reads the whole object at `relative`.
+    pub async fn get(&self, relative: &str) -> Result<Bytes> {
+        let path = self.path(relative);
+        let describe = self.describe(&path);
+        let result = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| storage_error(&describe, e))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| storage_error(&describe, e))
+    }
+
+    /// `url` plus `path`, for messages.
+    pub fn describe(&self, path: &Path) -> String {
+        format!("{} ({path})", self.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_and_local_roots_store_and_read() {
+        let mem = StoreRoot::open("memory:///pre").unwrap();
+        mem.put("a/b.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(&mem.get("a/b.json").await.unwrap()[..], b"{}");
+        assert_eq!(mem.path("a/b.json").as_ref(), "pre/a/b.json");
+
+        let dir = std::env::temp_dir().join(format!("mlops-root-test-{}", std::process::id()));
+        let local = StoreRoot::open(&format!("file://{}", dir.display())).unwrap();
+        local
+            .put("x/y.bin", Bytes::from_static(b"123"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(dir.join("x/y.bin")).unwrap(), b"123");
+        // A plain path opens the same directory.
+        let plain = StoreRoot::open(dir.to_str().unwrap()).unwrap();
+        assert_eq!(&plain.get("x/y.bin").await.unwrap()[..], b"123");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn missing_objects_are_not_found_errors_naming_the_path() {
+        let mem = StoreRoot::open("memory://").unwrap();
+        let err = mem.get("models/fraud/manifest.json").await.unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("models/fraud/manifest.json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn segments_cannot_escape_the_root() {
+        let mem = StoreRoot::open("memory:///root").unwrap();
+        let p = mem.path("../../etc/passwd");
+        assert!(p.as_ref().starts_with("root/"), "{p}");
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        let err = StoreRoot::open("ftp://host/x").unwrap_err().to_string();
+        assert!(err.contains("unsupported scheme \"ftp\""), "{err}");
+        assert!(
+            StoreRoot::open("")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        #[cfg(not(feature = "aws"))]
+        {
+            let err = StoreRoot::open("s3://bucket/p").unwrap_err().to_string();
+            assert!(err.contains("`aws` cargo feature"), "{err}");
+        }
+        #[cfg(not(feature = "azure"))]
+        assert!(
+            StoreRoot::open("az://c/p")
+                .unwrap_err()
+                .to_string()
+                .contains("`azure`")
+        );
+        #[cfg(not(feature = "gcp"))]
+        assert!(
+            StoreRoot::open("gs://b/p")
+                .unwrap_err()
+                .to_string()
+                .contains("`gcp`")
+        );
+        let err = StoreRoot::open("https://example.com/x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not supported as a root"), "{err}");
+    }
+}

@@ -1,0 +1,58 @@
+//! # mlops
+//!
+//! An embeddable Rust SDK for the whole machine-learning lifecycle: features in, a
+//! trained model out, the model served, its inputs watched for drift, and the loop
+//! closed by retraining. This package is a facade: it re-exports the workspace's
+//! crates and a [`prelude`], and contains no logic of its own.
+//!
+//! | Module | Crate | What |
+//! |---|---|---|
+//! | [`core`] | `mlops-core` | traits, shared types, errors, pure algorithms |
+//! | [`store`] | `mlops-store` | storage roots on object_store (feature store, registry, tracking and audit planned) |
+//! | [`train`] | `mlops-train` | training devices on burn (trainers planned) |
+//! | [`serve`] | `mlops-serve` | Open Inference Protocol serving (server planned) |
+//!
+//! ## Cargo features
+//!
+//! | Feature | Enables |
+//! |---|---|
+//! | `wgpu` | GPU training through burn's wgpu backend |
+//! | `cuda` | GPU training through burn's CUDA backend |
+//! | `aws` | `s3://` storage roots |
+//! | `gcp` | `gs://` storage roots |
+//! | `azure` | `az://` storage roots |
+//!
+//! ```
+//! use mlops::prelude::*;
+//!
+//! let r: FeatureRef = "customer_stats:amount_avg_7d".parse()?;
+//! assert_eq!(r.view(), "customer_stats");
+//! # Ok::<(), mlops::core::Error>(())
+//! ```
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub use mlops_core as core;
+pub use mlops_serve as serve;
+pub use mlops_store as store;
+pub use mlops_train as train;
+
+/// The names most programs need, in one import.
+pub mod prelude {
+    pub use mlops_core::audit::{AuditEntry, AuditEvent, AuditLog, ChainVerdict};
+    pub use mlops_core::drift::{DriftDetector, DriftMethod, DriftReport};
+    pub use mlops_core::feature::{
+        Entity, FeatureRef, FeatureStore, FeatureView, HistoricalOptions,
+    };
+    pub use mlops_core::inference::{
+        Datatype, InferenceRequest, InferenceResponse, Tensor, TensorData, TensorSpec,
+    };
+    pub use mlops_core::model::{
+        Lineage, ModelArtifact, ModelMetadata, ModelRegistry, ModelVersion, Signature,
+        VersionSelector,
+    };
+    pub use mlops_core::tracking::{ExperimentTracker, MetricPoint, RunStatus};
+    pub use mlops_core::train::{Task, TrainedModel, Trainer};
+    pub use mlops_core::{Error, ModelLoader, Predictor, Result, Server};
+    pub use mlops_store::StoreRoot;
+    pub use mlops_train::TrainDevice;
+}
