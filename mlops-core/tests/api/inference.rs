@@ -373,3 +373,18 @@ fn tensors_convert_to_and_from_dense_arrays() {
     let bytes = Tensor::new("s", vec![1], TensorData::Bytes(vec![b"a".to_vec()])).unwrap();
     assert!(bytes.to_array_f32().is_err());
 }
+
+#[test]
+fn fp64_values_decode_exactly() {
+    // Correctly rounded parsing: the shortest representation of an f64 comes back
+    // as the same f64 (serde_json's default fast path is off by an ulp here).
+    let x = 0.124_911_316_058_364_49_f64;
+    let body = one_input("x", json!([1]), "FP64", json!([x]));
+    let req = InferenceRequest::from_json(&serde_json::to_vec(&body).unwrap()).unwrap();
+    assert_eq!(req.inputs[0].data, TensorData::Fp64(vec![x]));
+    let text = format!(
+        r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "FP64", "data": [{x:?}]}}]}}"#
+    );
+    let req = InferenceRequest::from_json(text.as_bytes()).unwrap();
+    assert_eq!(req.inputs[0].data, TensorData::Fp64(vec![x]));
+}

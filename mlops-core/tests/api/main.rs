@@ -1,6 +1,7 @@
 //! Integration tests of mlops-core's public API, in one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod drift;
 mod dyn_traits;
 mod features;
 mod inference;
