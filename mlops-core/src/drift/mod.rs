@@ -24,9 +24,15 @@ use crate::error::{Error, Result};
 
 mod kolmogorov;
 mod ks;
+mod table;
 mod univariate;
 
 pub use ks::{KS_EXACT_MAX_N, KsResult, ks_2samp};
+pub use table::{
+    ColumnKind, ColumnOverride, ColumnProfile, DEFAULT_MAX_CATEGORIES, DEFAULT_MAX_NUMERIC_SAMPLE,
+    LOW_CARDINALITY_LIMIT, SMALL_SAMPLE_LIMIT, TableDriftConfig, TableDriftDetector,
+    TableReference,
+};
 pub use univariate::{
     ChiSquaredResult, PSI_BINS, PSI_EPSILON, QuantileBins, chi_squared, jensen_shannon, psi,
     psi_numeric, wasserstein, wasserstein_normed,
@@ -135,6 +141,13 @@ pub struct FeatureDrift {
     pub current_count: usize,
     /// Nulls in the current sample (not part of the statistic).
     pub current_nulls: usize,
+    /// NaN and infinite values in the current sample (not part of the statistic).
+    #[serde(default)]
+    pub current_non_finite: usize,
+    /// Why the verdict is what it is when no statistic could be computed (e.g. the
+    /// current sample has only nulls, which counts as drift).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// How per-feature verdicts combine into the overall one.
