@@ -24,10 +24,14 @@ use crate::error::{Error, Result};
 
 mod kolmogorov;
 mod ks;
+mod mmd;
+mod monitor;
 mod table;
 mod univariate;
 
 pub use ks::{KS_EXACT_MAX_N, KsResult, ks_2samp};
+pub use mmd::{MmdConfig, MmdDriftDetector, MmdResult, mmd_test};
+pub use monitor::{DriftMonitor, Window, WindowReport};
 pub use table::{
     ColumnKind, ColumnOverride, ColumnProfile, DEFAULT_MAX_CATEGORIES, DEFAULT_MAX_NUMERIC_SAMPLE,
     LOW_CARDINALITY_LIMIT, SMALL_SAMPLE_LIMIT, TableDriftConfig, TableDriftDetector,

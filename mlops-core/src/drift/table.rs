@@ -9,7 +9,7 @@ use arrow_array::types::{
     UInt32Type, UInt64Type,
 };
 use arrow_array::{Array, RecordBatch};
-use arrow_schema::DataType;
+use arrow_schema::{DataType, Schema};
 use serde::{Deserialize, Serialize};
 
 use super::ks::ks_2samp_sorted;
@@ -334,35 +334,47 @@ impl TableDriftDetector {
         &self.reference
     }
 
+    /// Checks that a schema has every compared column with a comparable type:
+    /// [`Error::SchemaMismatch`] naming the column otherwise.
+    pub fn check_schema(&self, schema: &Schema) -> Result<()> {
+        for profile in &self.reference.columns {
+            let field = schema.field_with_name(&profile.name).map_err(|_| {
+                Error::schema_mismatch(
+                    "drift detection",
+                    &profile.name,
+                    format!("a column of type {}", profile.data_type),
+                    "no such column",
+                )
+            })?;
+            if family(field.data_type()) != family(&profile.data_type) {
+                return Err(Error::schema_mismatch(
+                    "drift detection",
+                    &profile.name,
+                    family_name(&profile.data_type),
+                    field.data_type().to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Compares the rows of several batches (with the same columns) together, as one
     /// sample, without concatenating them.
     pub fn detect_batches(&self, batches: &[RecordBatch]) -> Result<DriftReport> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        for b in batches {
+            self.check_schema(&b.schema())?;
+        }
         if rows == 0 {
             return Err(Error::invalid_input("current data", "it has no rows"));
         }
         let mut features = Vec::with_capacity(self.reference.columns.len());
         for (profile, lookup) in self.reference.columns.iter().zip(&self.lookups) {
-            let mut arrays = Vec::with_capacity(batches.len());
-            for b in batches {
-                let array = b.column_by_name(&profile.name).ok_or_else(|| {
-                    Error::schema_mismatch(
-                        "drift detection",
-                        &profile.name,
-                        format!("a column of type {}", profile.data_type),
-                        "no such column",
-                    )
-                })?;
-                if family(array.data_type()) != family(&profile.data_type) {
-                    return Err(Error::schema_mismatch(
-                        "drift detection",
-                        &profile.name,
-                        family_name(&profile.data_type),
-                        array.data_type().to_string(),
-                    ));
-                }
-                arrays.push(array.as_ref());
-            }
+            let arrays: Vec<&dyn Array> = batches
+                .iter()
+                .filter_map(|b| b.column_by_name(&profile.name))
+                .map(|a| a.as_ref())
+                .collect();
             features.push(compare_column(profile, lookup, &arrays)?);
         }
         let overall = apply_rule(self.reference.rule, &mut features);

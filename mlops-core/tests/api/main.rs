@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod drift;
+mod drift_stream;
 mod drift_table;
 mod dyn_traits;
 mod features;
