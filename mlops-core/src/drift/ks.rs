@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::check_sample;
 use super::kolmogorov::kolmogn_sf;
-use super::{check_sample, sorted_copy};
+use super::sort::sorted_pair;
 use crate::error::Result;
 
 /// Samples up to this size (the larger of the two) get the exact p-value; larger
@@ -40,10 +41,8 @@ pub struct KsResult {
 pub fn ks_2samp(reference: &[f64], current: &[f64]) -> Result<KsResult> {
     check_sample("reference sample", reference)?;
     check_sample("current sample", current)?;
-    Ok(ks_2samp_sorted(
-        &sorted_copy(reference),
-        &sorted_copy(current),
-    ))
+    let (a, b) = sorted_pair(reference, current);
+    Ok(ks_2samp_sorted(&a, &b))
 }
 
 /// [`ks_2samp`] on samples already sorted ascending, non-empty and finite (the

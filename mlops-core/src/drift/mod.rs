@@ -26,6 +26,7 @@ mod kolmogorov;
 mod ks;
 mod mmd;
 mod monitor;
+mod sort;
 mod table;
 mod univariate;
 
@@ -71,9 +72,7 @@ pub(crate) fn check_sample(what: &str, values: &[f64]) -> Result<()> {
 
 /// A sorted copy of finite values.
 pub(crate) fn sorted_copy(values: &[f64]) -> Vec<f64> {
-    let mut v = values.to_vec();
-    v.sort_unstable_by(f64::total_cmp);
-    v
+    sort::sorted_floats(values)
 }
 
 /// A statistical test or distance used for one feature.

@@ -13,6 +13,7 @@ use arrow_schema::{DataType, Schema};
 use serde::{Deserialize, Serialize};
 
 use super::ks::ks_2samp_sorted;
+use super::sort::{par_map, sort_floats};
 use super::univariate::{std_dev, wasserstein_sorted};
 use super::{
     DriftDetector, DriftMethod, DriftReport, FeatureDrift, OverallDrift, OverallRule, PSI_BINS,
@@ -182,7 +183,7 @@ pub struct TableReference {
 ///
 /// let batch = |shift: f64, city: &str| RecordBatch::try_from_iter([
 ///     ("amount", Arc::new(Float64Array::from_iter_values((0..500).map(|i| i as f64 + shift))) as _),
-///     ("city", Arc::new(StringArray::from_iter_values((0..500).map(|i| if i % 2 == 0 { "paris" } else { city })))) as _),
+///     ("city", Arc::new(StringArray::from_iter_values((0..500).map(|i| if i % 2 == 0 { "paris" } else { city }))) as _),
 /// ]).unwrap();
 /// let detector = TableDriftDetector::fit(&batch(0.0, "rome"), &TableDriftConfig::default())?;
 /// assert!(!detector.detect(&batch(0.0, "rome"))?.overall.drifted);
@@ -240,20 +241,19 @@ impl TableDriftDetector {
                 "the column is not compared",
             ));
         }
-        let mut columns = Vec::with_capacity(names.len());
+        let mut arrays = Vec::with_capacity(names.len());
         for (index, name) in names.iter().enumerate() {
             let array = reference.column_by_name(name).ok_or_else(|| {
                 Error::schema_mismatch("drift reference", name, "a column", "no such column")
             })?;
-            let seed = config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            columns.push(fit_column(
-                name,
-                array.as_ref(),
-                config,
-                config.overrides.get(name),
-                seed,
-            )?);
+            arrays.push((index, name, array.as_ref()));
         }
+        let columns = par_map(&arrays, |&(index, name, array)| {
+            let seed = config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            fit_column(name, array, config, config.overrides.get(name), seed)
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
         Ok(Self::build(TableReference {
             format_version: FORMAT_VERSION,
             rows: reference.num_rows(),
@@ -368,15 +368,18 @@ impl TableDriftDetector {
         if rows == 0 {
             return Err(Error::invalid_input("current data", "it has no rows"));
         }
-        let mut features = Vec::with_capacity(self.reference.columns.len());
-        for (profile, lookup) in self.reference.columns.iter().zip(&self.lookups) {
+        let work: Vec<(&ColumnProfile, &HashMap<String, usize>)> =
+            self.reference.columns.iter().zip(&self.lookups).collect();
+        let mut features = par_map(&work, |&(profile, lookup)| {
             let arrays: Vec<&dyn Array> = batches
                 .iter()
                 .filter_map(|b| b.column_by_name(&profile.name))
                 .map(|a| a.as_ref())
                 .collect();
-            features.push(compare_column(profile, lookup, &arrays)?);
-        }
+            compare_column(profile, lookup, &arrays)
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
         let overall = apply_rule(self.reference.rule, &mut features);
         Ok(DriftReport {
             features,
@@ -676,9 +679,17 @@ fn fit_column(
                 ));
             }
             let mut sorted = nums.values;
-            sorted.sort_unstable_by(f64::total_cmp);
-            let mut distinct = sorted.clone();
-            distinct.dedup();
+            sort_floats(&mut sorted);
+            // Distinct values, but stop counting past the low-cardinality limit.
+            let mut distinct: Vec<f64> = Vec::with_capacity(LOW_CARDINALITY_LIMIT + 1);
+            for &v in &sorted {
+                if distinct.last() != Some(&v) {
+                    distinct.push(v);
+                    if distinct.len() > LOW_CARDINALITY_LIMIT {
+                        break;
+                    }
+                }
+            }
             let count = sorted.len();
             let profile = if distinct.len() <= LOW_CARDINALITY_LIMIT {
                 let mut counts = vec![0u64; distinct.len() + 1];
@@ -700,7 +711,7 @@ fn fit_column(
                         .into_iter()
                         .map(|i| sorted[i])
                         .collect();
-                    s.sort_unstable_by(f64::total_cmp);
+                    sort_floats(&mut s);
                     s
                 } else {
                     sorted
@@ -839,7 +850,7 @@ fn compare_column(
             }
             match method {
                 DriftMethod::KolmogorovSmirnov => {
-                    nums.values.sort_unstable_by(f64::total_cmp);
+                    sort_floats(&mut nums.values);
                     let r = ks_2samp_sorted(sample, &nums.values);
                     result.statistic = r.statistic;
                     result.p_value = Some(r.p_value);
@@ -847,7 +858,7 @@ fn compare_column(
                     return Ok(result);
                 }
                 DriftMethod::Wasserstein | DriftMethod::WassersteinNormed => {
-                    nums.values.sort_unstable_by(f64::total_cmp);
+                    sort_floats(&mut nums.values);
                     let mut d = wasserstein_sorted(sample, &nums.values);
                     if method == DriftMethod::WassersteinNormed {
                         d /= std;

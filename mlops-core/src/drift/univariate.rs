@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
+use super::sort::sorted_pair;
 use super::{check_sample, sorted_copy};
 use crate::error::{Error, Result};
 
@@ -178,10 +179,8 @@ fn rel_entr(x: f64, y: f64) -> f64 {
 pub fn wasserstein(reference: &[f64], current: &[f64]) -> Result<f64> {
     check_sample("reference sample", reference)?;
     check_sample("current sample", current)?;
-    Ok(wasserstein_sorted(
-        &sorted_copy(reference),
-        &sorted_copy(current),
-    ))
+    let (a, b) = sorted_pair(reference, current);
+    Ok(wasserstein_sorted(&a, &b))
 }
 
 /// [`wasserstein`] divided by the reference's (population) standard deviation, the
