@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::check_sample;
 use super::kolmogorov::kolmogn_sf;
-use super::sort::sorted_pair;
+use super::sort::{key, sorted_pair};
 use crate::error::Result;
 
 /// Samples up to this size (the larger of the two) get the exact p-value; larger
@@ -41,8 +41,120 @@ pub struct KsResult {
 pub fn ks_2samp(reference: &[f64], current: &[f64]) -> Result<KsResult> {
     check_sample("reference sample", reference)?;
     check_sample("current sample", current)?;
+    if reference.len().max(current.len()) > KS_EXACT_MAX_N
+        && reference.len() + current.len() >= BUCKETED_MIN_LEN
+    {
+        // Asymptotic p-value, and a statistic that needs no full sort.
+        let d = ks_statistic_bucketed(reference, current);
+        return Ok(asymptotic(reference.len(), current.len(), d));
+    }
     let (a, b) = sorted_pair(reference, current);
     Ok(ks_2samp_sorted(&a, &b))
+}
+
+/// From this many values in all, the statistic is computed by bucketing.
+const BUCKETED_MIN_LEN: usize = 100_000;
+
+/// The KS statistic without sorting everything: count both samples into up to
+/// 2^16 buckets of the order-preserving float keys; the CDF difference at every
+/// bucket boundary is exact, and only buckets whose counts leave room for a larger
+/// difference inside are gathered, sorted and walked. The result is bit-for-bit the
+/// one of a full merge: the same differences `i / n1 - j / n2` at the same points.
+fn ks_statistic_bucketed(a: &[f64], b: &[f64]) -> f64 {
+    const BITS: u32 = 16;
+    let (n1, n2) = (a.len() as f64, b.len() as f64);
+    let (lo, hi) = a.iter().chain(b).fold((u64::MAX, 0u64), |(lo, hi), &x| {
+        let k = key(x);
+        (lo.min(k), hi.max(k))
+    });
+    let range = hi - lo;
+    let shift = (64 - range.leading_zeros()).saturating_sub(BITS);
+    let buckets = ((range >> shift) + 1) as usize;
+    let bucket = |x: f64| ((key(x) - lo) >> shift) as usize;
+    let mut c1 = vec![0u64; buckets];
+    let mut c2 = vec![0u64; buckets];
+    a.iter().for_each(|&x| c1[bucket(x)] += 1);
+    b.iter().for_each(|&x| c2[bucket(x)] += 1);
+
+    // Exact differences at the bucket boundaries (each is a data point: the
+    // bucket's largest value), and the counts before each bucket.
+    let mut before = Vec::with_capacity(buckets);
+    let (mut i, mut j) = (0u64, 0u64);
+    let (mut max_diff, mut min_diff) = (0.0f64, 0.0f64);
+    for k in 0..buckets {
+        before.push((i, j));
+        i += c1[k];
+        j += c2[k];
+        if c1[k] + c2[k] > 0 {
+            let d = i as f64 / n1 - j as f64 / n2;
+            max_diff = max_diff.max(d);
+            min_diff = min_diff.min(d);
+        }
+    }
+    // Buckets where a point inside could beat the boundaries.
+    let candidate: Vec<bool> = (0..buckets)
+        .map(|k| {
+            if c1[k] + c2[k] <= 1 {
+                return false;
+            }
+            let (i0, j0) = before[k];
+            let base = i0 as f64 / n1 - j0 as f64 / n2;
+            base + c1[k] as f64 / n1 > max_diff || base - c2[k] as f64 / n2 < min_diff
+        })
+        .collect();
+    let gather = |s: &[f64]| {
+        let mut g: Vec<(usize, f64)> = s
+            .iter()
+            .map(|&x| (bucket(x), x))
+            .filter(|&(k, _)| candidate[k])
+            .collect();
+        g.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)));
+        g
+    };
+    let (ga, gb) = (gather(a), gather(b));
+    let (mut pa, mut pb) = (0usize, 0usize);
+    for k in (0..buckets).filter(|&k| candidate[k]) {
+        let ea = pa + ga[pa..].iter().take_while(|e| e.0 == k).count();
+        let eb = pb + gb[pb..].iter().take_while(|e| e.0 == k).count();
+        let (xa, xb) = (&ga[pa..ea], &gb[pb..eb]);
+        let (mut i, mut j) = before[k];
+        let (mut ia, mut ib) = (0usize, 0usize);
+        while ia < xa.len() || ib < xb.len() {
+            let v = match (xa.get(ia), xb.get(ib)) {
+                (Some(x), Some(y)) => x.1.min(y.1),
+                (Some(x), None) => x.1,
+                (None, Some(y)) => y.1,
+                (None, None) => break,
+            };
+            while ia < xa.len() && xa[ia].1 <= v {
+                ia += 1;
+                i += 1;
+            }
+            while ib < xb.len() && xb[ib].1 <= v {
+                ib += 1;
+                j += 1;
+            }
+            let d = i as f64 / n1 - j as f64 / n2;
+            max_diff = max_diff.max(d);
+            min_diff = min_diff.min(d);
+        }
+        (pa, pb) = (ea, eb);
+    }
+    max_diff.max((-min_diff).clamp(0.0, 1.0))
+}
+
+fn asymptotic(n1: usize, n2: usize, d: f64) -> KsResult {
+    let (m, n) = if n1 >= n2 {
+        (n1 as f64, n2 as f64)
+    } else {
+        (n2 as f64, n1 as f64)
+    };
+    let en = (m * n / (m + n)).round_ties_even();
+    KsResult {
+        statistic: d,
+        p_value: kolmogn_sf(en as u64, d).clamp(0.0, 1.0),
+        exact: false,
+    }
 }
 
 /// [`ks_2samp`] on samples already sorted ascending, non-empty and finite (the
@@ -60,17 +172,7 @@ pub(crate) fn ks_2samp_sorted(a: &[f64], b: &[f64]) -> KsResult {
             exact: true,
         };
     }
-    let (m, n) = if n1 >= n2 {
-        (n1 as f64, n2 as f64)
-    } else {
-        (n2 as f64, n1 as f64)
-    };
-    let en = (m * n / (m + n)).round_ties_even();
-    KsResult {
-        statistic: d,
-        p_value: kolmogn_sf(en as u64, d).clamp(0.0, 1.0),
-        exact: false,
-    }
+    asymptotic(n1, n2, d)
 }
 
 /// `max |F_a(x) - F_b(x)|` over all observed values, by one merge of the sorted
@@ -182,4 +284,42 @@ fn outer_prob_inside_method(m: u64, n: u64, g: u64, h: u64) -> f64 {
         }
     }
     a[(maxj - minj - 1) as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::sort::sorted_floats;
+
+    #[test]
+    fn bucketed_statistic_equals_the_full_merge() {
+        let mut state = 7u64;
+        let mut u = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 * 2f64.powi(-53)
+        };
+        let cases: Vec<(Vec<f64>, Vec<f64>)> = vec![
+            (
+                (0..60_000).map(|_| u()).collect(),
+                (0..50_000).map(|_| u() * 1.01).collect(),
+            ),
+            (
+                (0..60_000).map(|_| (u() * 10.0).floor()).collect(),
+                (0..70_000).map(|_| (u() * 10.0).floor()).collect(),
+            ),
+            (
+                (0..80_000).map(|_| u() - 0.5).collect(),
+                (0..30_000)
+                    .map(|_| if u() < 0.01 { 1e300 } else { u() })
+                    .collect(),
+            ),
+            (vec![1.0; 60_000], vec![1.0; 50_000]),
+        ];
+        for (a, b) in cases {
+            let full = ks_statistic_sorted(&sorted_floats(&a), &sorted_floats(&b));
+            assert_eq!(ks_statistic_bucketed(&a, &b).to_bits(), full.to_bits());
+        }
+    }
 }

@@ -282,7 +282,39 @@ impl QuantileBins {
     /// Fits `bins` bins (at least 2) on `reference` (non-empty, finite).
     pub fn fit(reference: &[f64], bins: usize) -> Result<Self> {
         check_sample("reference sample", reference)?;
-        Self::fit_sorted(&sorted_copy(reference), bins)
+        if bins < 2 {
+            return Err(Error::invalid_input(
+                "bin count",
+                format!("{bins}; at least 2 are needed"),
+            ));
+        }
+        if reference.len() < 4096 {
+            return Self::fit_sorted(&sorted_copy(reference), bins);
+        }
+        // Only the order statistics next to each quantile are needed: select them
+        // instead of sorting everything.
+        let n = reference.len();
+        let mut wanted: Vec<usize> = (1..bins)
+            .flat_map(|i| {
+                let lo = ((n - 1) as f64 * (i as f64 / bins as f64)).floor() as usize;
+                [lo.min(n - 1), (lo + 1).min(n - 1)]
+            })
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut work = reference.to_vec();
+        let mut start = 0usize;
+        for &w in &wanted {
+            work[start..].select_nth_unstable_by(w - start, f64::total_cmp);
+            start = w + 1;
+        }
+        // `work` now holds the right value at every wanted index, which is all
+        // `quantile_linear` reads.
+        let mut edges: Vec<f64> = (1..bins)
+            .map(|i| quantile_linear(&work, n, i as f64 / bins as f64))
+            .collect();
+        edges.dedup();
+        Ok(Self { edges })
     }
 
     pub(crate) fn fit_sorted(sorted: &[f64], bins: usize) -> Result<Self> {
