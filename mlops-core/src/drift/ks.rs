@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::check_sample;
 use super::kolmogorov::kolmogn_sf;
-use super::sort::{key, sorted_pair};
+use super::sort::sorted_pair;
 use crate::error::Result;
 
 /// Samples up to this size (the larger of the two) get the exact p-value; larger
@@ -55,69 +55,88 @@ pub fn ks_2samp(reference: &[f64], current: &[f64]) -> Result<KsResult> {
 /// From this many values in all, the statistic is computed by bucketing.
 const BUCKETED_MIN_LEN: usize = 100_000;
 
-/// The KS statistic without sorting everything: count both samples into up to
-/// 2^16 buckets of the order-preserving float keys; the CDF difference at every
-/// bucket boundary is exact, and only buckets whose counts leave room for a larger
-/// difference inside are gathered, sorted and walked. The result is bit-for-bit the
-/// one of a full merge: the same differences `i / n1 - j / n2` at the same points.
+/// The KS statistic without sorting everything: count both samples into 2^16
+/// equal-width buckets between the smallest and largest value (a monotone map, so
+/// bucket order is value order); the CDF difference at every bucket boundary is
+/// exact, and only buckets whose counts leave room for a larger difference inside
+/// are gathered, sorted and walked. The result is bit-for-bit the one of a full
+/// merge: the same differences `i / n1 - j / n2` at the same points.
 fn ks_statistic_bucketed(a: &[f64], b: &[f64]) -> f64 {
-    const BITS: u32 = 16;
+    const BUCKETS: usize = 1 << 16;
     let (n1, n2) = (a.len() as f64, b.len() as f64);
-    let (lo, hi) = a.iter().chain(b).fold((u64::MAX, 0u64), |(lo, hi), &x| {
-        let k = key(x);
-        (lo.min(k), hi.max(k))
-    });
-    let range = hi - lo;
-    let shift = (64 - range.leading_zeros()).saturating_sub(BITS);
-    let buckets = ((range >> shift) + 1) as usize;
-    let bucket = |x: f64| ((key(x) - lo) >> shift) as usize;
-    let mut c1 = vec![0u64; buckets];
-    let mut c2 = vec![0u64; buckets];
+    let (lo, hi) = a
+        .iter()
+        .chain(b)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    let width = hi - lo;
+    if !(width > 0.0 && width.is_finite()) {
+        // One distinct value (or a range too wide to scale): walk sorted copies.
+        let (sa, sb) = sorted_pair(a, b);
+        return ks_statistic_sorted(&sa, &sb);
+    }
+    let scale = (BUCKETS - 1) as f64 / width;
+    let bucket = |x: f64| (((x - lo) * scale) as usize).min(BUCKETS - 1);
+    let mut c1 = vec![0u32; BUCKETS];
+    let mut c2 = vec![0u32; BUCKETS];
     a.iter().for_each(|&x| c1[bucket(x)] += 1);
     b.iter().for_each(|&x| c2[bucket(x)] += 1);
 
-    // Exact differences at the bucket boundaries (each is a data point: the
-    // bucket's largest value), and the counts before each bucket.
-    let mut before = Vec::with_capacity(buckets);
+    // Exact differences at the bucket boundaries: each is a data point (the
+    // bucket's largest value).
     let (mut i, mut j) = (0u64, 0u64);
     let (mut max_diff, mut min_diff) = (0.0f64, 0.0f64);
-    for k in 0..buckets {
-        before.push((i, j));
-        i += c1[k];
-        j += c2[k];
+    for k in 0..BUCKETS {
         if c1[k] + c2[k] > 0 {
+            i += u64::from(c1[k]);
+            j += u64::from(c2[k]);
             let d = i as f64 / n1 - j as f64 / n2;
             max_diff = max_diff.max(d);
             min_diff = min_diff.min(d);
         }
     }
-    // Buckets where a point inside could beat the boundaries.
-    let candidate: Vec<bool> = (0..buckets)
-        .map(|k| {
-            if c1[k] + c2[k] <= 1 {
-                return false;
+    // Buckets where a point inside could beat the boundaries, with the counts
+    // before them.
+    let mut candidates: Vec<(usize, u64, u64)> = Vec::new();
+    let (mut i, mut j) = (0u64, 0u64);
+    for k in 0..BUCKETS {
+        let (x, y) = (u64::from(c1[k]), u64::from(c2[k]));
+        if x + y > 1 {
+            let base = i as f64 / n1 - j as f64 / n2;
+            if base + x as f64 / n1 > max_diff || base - y as f64 / n2 < min_diff {
+                candidates.push((k, i, j));
             }
-            let (i0, j0) = before[k];
-            let base = i0 as f64 / n1 - j0 as f64 / n2;
-            base + c1[k] as f64 / n1 > max_diff || base - c2[k] as f64 / n2 < min_diff
-        })
-        .collect();
+        }
+        i += x;
+        j += y;
+    }
+    if candidates.is_empty() {
+        return max_diff.max((-min_diff).clamp(0.0, 1.0));
+    }
+    let mut slot = vec![u32::MAX; BUCKETS];
+    for (n, c) in candidates.iter().enumerate() {
+        slot[c.0] = n as u32;
+    }
     let gather = |s: &[f64]| {
-        let mut g: Vec<(usize, f64)> = s
+        let mut g: Vec<(u32, f64)> = s
             .iter()
-            .map(|&x| (bucket(x), x))
-            .filter(|&(k, _)| candidate[k])
+            .filter_map(|&x| {
+                let n = slot[bucket(x)];
+                (n != u32::MAX).then_some((n, x))
+            })
             .collect();
         g.sort_unstable_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1)));
         g
     };
     let (ga, gb) = (gather(a), gather(b));
     let (mut pa, mut pb) = (0usize, 0usize);
-    for k in (0..buckets).filter(|&k| candidate[k]) {
-        let ea = pa + ga[pa..].iter().take_while(|e| e.0 == k).count();
-        let eb = pb + gb[pb..].iter().take_while(|e| e.0 == k).count();
+    for (n, &(_, i0, j0)) in candidates.iter().enumerate() {
+        let n = n as u32;
+        let ea = pa + ga[pa..].iter().take_while(|e| e.0 == n).count();
+        let eb = pb + gb[pb..].iter().take_while(|e| e.0 == n).count();
         let (xa, xb) = (&ga[pa..ea], &gb[pb..eb]);
-        let (mut i, mut j) = before[k];
+        let (mut i, mut j) = (i0, j0);
         let (mut ia, mut ib) = (0usize, 0usize);
         while ia < xa.len() || ib < xb.len() {
             let v = match (xa.get(ia), xb.get(ib)) {

@@ -11,7 +11,7 @@ const PASSES: usize = 6; // 6 x 11 bits >= 64
 
 /// Maps a finite float to an integer with the same order (IEEE total order).
 #[inline]
-pub(crate) fn key(x: f64) -> u64 {
+fn key(x: f64) -> u64 {
     let b = x.to_bits();
     if b >> 63 == 1 { !b } else { b | (1 << 63) }
 }
