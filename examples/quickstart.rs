@@ -9,11 +9,49 @@
 //! Set `MLOPS_ROOT` (a directory, `file://...` or `memory://`) to choose where the
 //! example writes; it defaults to `target/mlops-quickstart`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use arrow_schema::DataType;
 use mlops::core::audit::{AuditEntry, AuditEvent, ChainVerdict, verify_chain};
+use mlops::core::drift::{DriftMonitor, TableDriftConfig, TableDriftDetector, Window};
 use mlops::prelude::*;
+
+/// `rows` synthetic card transactions. After the concept drift (`drifted`), amounts
+/// are larger and more of them are online purchases.
+fn transactions(rows: usize, seed: u64, drifted: bool) -> Result<RecordBatch> {
+    let mut state = seed;
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 * 2f64.powi(-53)
+    };
+    let mut amount = Vec::with_capacity(rows);
+    let mut channel = Vec::with_capacity(rows);
+    let mut hour = Vec::with_capacity(rows);
+    for _ in 0..rows {
+        let scale = if drifted { 140.0 } else { 60.0 };
+        amount.push(-scale * (1.0 - uniform()).ln());
+        let online = uniform() < if drifted { 0.7 } else { 0.3 };
+        channel.push(if online {
+            "online"
+        } else if uniform() < 0.5 {
+            "pos"
+        } else {
+            "atm"
+        });
+        hour.push((uniform() * 24.0).floor());
+    }
+    RecordBatch::try_from_iter([
+        ("amount", Arc::new(Float64Array::from(amount)) as ArrayRef),
+        ("channel", Arc::new(StringArray::from(channel)) as ArrayRef),
+        ("hour", Arc::new(Float64Array::from(hour)) as ArrayRef),
+    ])
+    .map_err(|e| Error::invalid_input("transactions", e.to_string()))
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
