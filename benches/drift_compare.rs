@@ -45,7 +45,7 @@ fn time<T>(repeats: usize, mut f: impl FnMut() -> T) -> (f64, T) {
         best = best.min(start.elapsed().as_secs_f64());
         out = Some(r);
     }
-    (best, out.unwrap_or_else(|| f()))
+    (best, out.unwrap_or_else(f))
 }
 
 fn report(op: &str, seconds: f64, result: f64) {

@@ -84,27 +84,30 @@ fn unavailable(device: TrainDevice, reason: String) -> Error {
     }
 }
 
-#[cfg(feature = "wgpu")]
-fn open_wgpu(index: usize) -> Result<Device> {
-    use burn::tensor::DeviceType;
-    let found = std::panic::catch_unwind(|| Device::enumerate(DeviceType::Wgpu).into_vec())
-        .map_err(|_| {
-            unavailable(
-                TrainDevice::Wgpu { index },
-                "wgpu failed to list adapters".into(),
-            )
-        })?;
+/// The `index`-th device burn enumerates for `device_type`, with autodiff.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn open_enumerated(
+    choice: TrainDevice,
+    device_type: burn::tensor::DeviceType,
+    index: usize,
+) -> Result<Device> {
+    let found = std::panic::catch_unwind(|| Device::enumerate(device_type).into_vec())
+        .map_err(|_| unavailable(choice, "the backend failed to list its devices".into()))?;
     let count = found.len();
     found
         .into_iter()
         .nth(index)
         .map(Device::autodiff)
-        .ok_or_else(|| {
-            unavailable(
-                TrainDevice::Wgpu { index },
-                format!("this machine has {count} wgpu adapter(s)"),
-            )
-        })
+        .ok_or_else(|| unavailable(choice, format!("this machine has {count} such device(s)")))
+}
+
+#[cfg(feature = "wgpu")]
+fn open_wgpu(index: usize) -> Result<Device> {
+    open_enumerated(
+        TrainDevice::Wgpu { index },
+        burn::tensor::DeviceType::Wgpu,
+        index,
+    )
 }
 
 #[cfg(not(feature = "wgpu"))]
@@ -118,25 +121,11 @@ fn open_wgpu(index: usize) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn open_cuda(index: usize) -> Result<Device> {
-    use burn::tensor::DeviceType;
-    let found = std::panic::catch_unwind(|| Device::enumerate(DeviceType::Cuda).into_vec())
-        .map_err(|_| {
-            unavailable(
-                TrainDevice::Cuda { index },
-                "CUDA failed to list devices".into(),
-            )
-        })?;
-    let count = found.len();
-    found
-        .into_iter()
-        .nth(index)
-        .map(Device::autodiff)
-        .ok_or_else(|| {
-            unavailable(
-                TrainDevice::Cuda { index },
-                format!("this machine has {count} CUDA device(s)"),
-            )
-        })
+    open_enumerated(
+        TrainDevice::Cuda { index },
+        burn::tensor::DeviceType::Cuda,
+        index,
+    )
 }
 
 #[cfg(not(feature = "cuda"))]
