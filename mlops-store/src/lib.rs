@@ -27,12 +27,21 @@
 //! | `gs://bucket/prefix` | Google Cloud Storage | `gcp` |
 //! | `az://container/prefix` | Azure Blob Storage | `azure` |
 //!
-//! Planned on this root (see the README's feature table): the feature store, the
-//! model registry, experiment tracking, dataset snapshots and the audit log.
+//! On this root: the model registry ([`ObjectRegistry`]) and the audit log
+//! ([`ObjectAuditLog`]); planned (see the README's feature table): the feature
+//! store, experiment tracking and dataset snapshots. [`FaultyStore`] wraps any store
+//! to inject failures in tests.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod audit;
+mod cas;
 mod error;
+mod fault;
+mod registry;
 mod root;
 
+pub use audit::{MAX_AUDIT_DETAILS_BYTES, MAX_AUDIT_FIELD_BYTES, ObjectAuditLog};
 pub use error::storage_error;
+pub use fault::FaultyStore;
+pub use registry::{DEFAULT_MAX_METADATA_BYTES, ObjectRegistry, RegistryOptions};
 pub use root::StoreRoot;

@@ -22,6 +22,7 @@ pub struct StoreRoot {
     url: String,
     store: Arc<dyn ObjectStore>,
     prefix: Path,
+    conditional_update: bool,
 }
 
 impl fmt::Debug for StoreRoot {
@@ -29,6 +30,7 @@ impl fmt::Debug for StoreRoot {
         f.debug_struct("StoreRoot")
             .field("url", &self.url)
             .field("prefix", &self.prefix)
+            .field("conditional_update", &self.conditional_update)
             .finish_non_exhaustive()
     }
 }
@@ -80,6 +82,7 @@ impl StoreRoot {
                     url: url.to_owned(),
                     store: Arc::new(InMemory::new()),
                     prefix,
+                    conditional_update: true,
                 })
             }
             ObjectStoreScheme::AmazonS3 if !cfg!(feature = "aws") => Err(bad(
@@ -101,6 +104,7 @@ impl StoreRoot {
                     url: url.to_owned(),
                     store: Arc::from(store),
                     prefix,
+                    conditional_update: true,
                 })
             }
         }
@@ -113,17 +117,45 @@ impl StoreRoot {
             url: url.to_owned(),
             store: Arc::new(store),
             prefix: Path::default(),
+            // LocalFileSystem answers update-if-unchanged with NotImplemented.
+            conditional_update: false,
         })
     }
 
     /// A root over an existing store (a wrapper that injects faults or counts
-    /// requests, say), under `prefix`.
+    /// requests, say), under `prefix`. It is assumed to support update-if-unchanged
+    /// writes (`PutMode::Update`); say otherwise with
+    /// [`StoreRoot::with_conditional_update`].
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: Path, url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             store,
             prefix,
+            conditional_update: true,
         }
+    }
+
+    /// The same root over another store (e.g. this root's store wrapped to inject
+    /// faults), keeping the URL, prefix and capabilities.
+    pub fn with_store(&self, store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            store,
+            ..self.clone()
+        }
+    }
+
+    /// Declares whether the backend supports update-if-unchanged writes
+    /// (`PutMode::Update`). Without them, mutable objects are kept as create-only
+    /// sequences instead (see the crate docs' storage layout).
+    pub fn with_conditional_update(mut self, supported: bool) -> Self {
+        self.conditional_update = supported;
+        self
+    }
+
+    /// Whether the backend supports update-if-unchanged writes: memory, S3, GCS and
+    /// Azure do; the local file system does not.
+    pub fn supports_conditional_update(&self) -> bool {
+        self.conditional_update
     }
 
     /// The URL the root was opened from.

@@ -1,0 +1,200 @@
+//! Compare-and-swap cells: small mutable JSON objects that many writers on many
+//! machines may update without losing each other's changes.
+//!
+//! Two mechanisms, chosen by what the backend supports:
+//! - **update-if-unchanged** (memory, S3, GCS, Azure): one object at `<path>.json`;
+//!   a write carries the ETag/version it read (`PutMode::Update`), or is create-only
+//!   when the object did not exist (`PutMode::Create`);
+//! - **create-only sequence** (local disk, which has no update-if-unchanged): one
+//!   object per state at `<path>/<sequence>.json`; a write creates the next sequence
+//!   number with `PutMode::Create`, which fails if another writer got there first.
+//!   The highest number is the current state; earlier ones are its history.
+//!
+//! Either way a lost race surfaces as a conflict and [`CasCell::update`] re-reads
+//! and retries, so no update is ever silently lost.
+
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use mlops_core::{Error, Result};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::storage_error;
+use crate::root::StoreRoot;
+
+/// How many times [`CasCell::update`] retries a lost race before giving up.
+const MAX_ATTEMPTS: u32 = 64;
+
+/// What a read saw, to make the next write conditional on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Token {
+    /// Nothing stored yet.
+    Absent,
+    /// The object's ETag and version.
+    Version(UpdateVersion),
+    /// The highest sequence number.
+    Sequence(u64),
+}
+
+/// One mutable JSON value under a root.
+#[derive(Debug, Clone)]
+pub(crate) struct CasCell {
+    root: StoreRoot,
+    /// Relative path without extension.
+    path: String,
+}
+
+impl CasCell {
+    pub(crate) fn new(root: &StoreRoot, path: impl Into<String>) -> Self {
+        Self {
+            root: root.clone(),
+            path: path.into(),
+        }
+    }
+
+    fn object(&self) -> Path {
+        self.root.path(&format!("{}.json", self.path))
+    }
+
+    fn sequence_dir(&self) -> Path {
+        self.root.path(&self.path)
+    }
+
+    fn sequence_object(&self, seq: u64) -> Path {
+        self.root.path(&format!("{}/{seq:020}.json", self.path))
+    }
+
+    /// The current value and the token to write after it.
+    pub(crate) async fn read<T: DeserializeOwned>(&self) -> Result<(Option<T>, Token)> {
+        let store = self.root.store();
+        if self.root.supports_conditional_update() {
+            let path = self.object();
+            let where_ = self.root.describe(&path);
+            match store.get(&path).await {
+                Ok(result) => {
+                    let version = UpdateVersion {
+                        e_tag: result.meta.e_tag.clone(),
+                        version: result.meta.version.clone(),
+                    };
+                    let bytes = result
+                        .bytes()
+                        .await
+                        .map_err(|e| storage_error(&where_, e))?;
+                    Ok((Some(parse(&where_, &bytes)?), Token::Version(version)))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok((None, Token::Absent)),
+                Err(e) => Err(storage_error(&where_, e)),
+            }
+        } else {
+            let dir = self.sequence_dir();
+            let metas: Vec<object_store::ObjectMeta> =
+                store
+                    .list(Some(&dir))
+                    .try_collect()
+                    .await
+                    .map_err(|e| storage_error(&self.root.describe(&dir), e))?;
+            let latest = metas
+                .iter()
+                .filter_map(|m| {
+                    m.location
+                        .filename()
+                        .and_then(|f| f.strip_suffix(".json"))
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+                .max();
+            let Some(seq) = latest else {
+                return Ok((None, Token::Absent));
+            };
+            let path = self.sequence_object(seq);
+            let where_ = self.root.describe(&path);
+            let result = store
+                .get(&path)
+                .await
+                .map_err(|e| storage_error(&where_, e))?;
+            let bytes = result
+                .bytes()
+                .await
+                .map_err(|e| storage_error(&where_, e))?;
+            Ok((Some(parse(&where_, &bytes)?), Token::Sequence(seq)))
+        }
+    }
+
+    /// Writes `value` if the cell is still as `token` saw it; [`Error::Conflict`]
+    /// when another writer changed it in between.
+    pub(crate) async fn write<T: Serialize>(&self, value: &T, token: &Token) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(value)
+            .map_err(|e| Error::invalid_input(format!("state of {}", self.path), e.to_string()))?;
+        let (path, mode) = match token {
+            Token::Absent if self.root.supports_conditional_update() => {
+                (self.object(), PutMode::Create)
+            }
+            Token::Absent => (self.sequence_object(1), PutMode::Create),
+            Token::Version(v) => (self.object(), PutMode::Update(v.clone())),
+            Token::Sequence(s) => (self.sequence_object(s + 1), PutMode::Create),
+        };
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self
+            .root
+            .store()
+            .put_opts(&path, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Err(Error::conflict(
+                self.root.describe(&path),
+                "another writer changed it since it was read",
+            )),
+            Err(e) => Err(storage_error(&self.root.describe(&path), e)),
+        }
+    }
+
+    /// Reads, applies `f`, and writes conditionally, retrying on conflict with a
+    /// short randomized backoff. `f` may run several times and must not have side
+    /// effects; an error from it aborts the update.
+    pub(crate) async fn update<T, R>(
+        &self,
+        mut f: impl FnMut(Option<T>) -> Result<(T, R)>,
+    ) -> Result<R>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        for attempt in 0..MAX_ATTEMPTS {
+            let (current, token) = self.read::<T>().await?;
+            let (next, out) = f(current)?;
+            match self.write(&next, &token).await {
+                Ok(()) => return Ok(out),
+                Err(Error::Conflict { .. }) => backoff(attempt).await,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::conflict(
+            self.root.describe(&self.object()),
+            format!("still contended after {MAX_ATTEMPTS} attempts"),
+        ))
+    }
+}
+
+fn parse<T: DeserializeOwned>(where_: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::integrity(where_, format!("not a valid JSON document: {e}")))
+}
+
+/// Sleeps a little, more after each lost race, with jitter so racing writers
+/// spread out.
+pub(crate) async fn backoff(attempt: u32) {
+    let base = 2u64.saturating_pow(attempt.min(6)); // 1..64 ms
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = u64::from(nanos % 1000) * base / 1000;
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}

@@ -1,0 +1,134 @@
+//! Many writers at once: 8 tasks, then 4 OS processes, registering versions of one
+//! model on the same root. Versions must come out exactly 1..N, none lost or
+//! duplicated, each manifest pointing at its own artifact.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use mlops_core::model::{ModelArtifact, ModelMetadata, ModelRegistry, VersionSelector};
+use mlops_store::{ObjectRegistry, RegistryOptions, StoreRoot};
+
+use crate::{local_dir, local_root};
+
+const PER_WRITER: usize = 6;
+
+/// A unique artifact per (writer, index), so each version's content says who
+/// registered it.
+fn artifact(writer: &str, i: usize) -> ModelArtifact {
+    ModelArtifact::new("burn-mlp", format!("{writer}/{i}").into_bytes())
+}
+
+async fn check(root: &StoreRoot, expected: &BTreeSet<String>) {
+    let r = ObjectRegistry::new(root, RegistryOptions::default());
+    let versions = r.list_versions("m").await.unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        (1..=expected.len() as u64).collect::<Vec<_>>()
+    );
+    let mut seen = BTreeSet::new();
+    for v in &versions {
+        let (_, a) = r
+            .load_artifact("m", &VersionSelector::Number(v.version))
+            .await
+            .unwrap();
+        let content = String::from_utf8(a.bytes.to_vec()).unwrap();
+        assert_eq!(
+            v.metadata.tags["writer"], content,
+            "manifest {} points at its own artifact",
+            v.version
+        );
+        assert!(seen.insert(content), "registered twice");
+    }
+    assert_eq!(&seen, expected);
+}
+
+async fn register_many(root: StoreRoot, writer: String) {
+    let r = ObjectRegistry::new(&root, RegistryOptions::default());
+    for i in 0..PER_WRITER {
+        let mut m = ModelMetadata::default();
+        m.tags.insert("writer".into(), format!("{writer}/{i}"));
+        r.register("m", artifact(&writer, i), m).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_tasks_register_at_once() {
+    for root in [StoreRoot::open("memory://").unwrap(), local_root("tasks")] {
+        let mut handles = Vec::new();
+        let mut expected = BTreeSet::new();
+        for t in 0..8 {
+            let writer = format!("task{t}");
+            expected.extend((0..PER_WRITER).map(|i| format!("{writer}/{i}")));
+            handles.push(tokio::spawn(register_many(root.clone(), writer)));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        check(&root, &expected).await;
+        // Aliases moved concurrently never lose an update: each task moves its own.
+        let r = Arc::new(ObjectRegistry::new(&root, RegistryOptions::default()));
+        let mut handles = Vec::new();
+        for t in 0..8u64 {
+            let r = r.clone();
+            handles.push(tokio::spawn(async move {
+                r.set_alias("m", &format!("alias{t}"), t + 1).await.unwrap()
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        assert_eq!(r.aliases("m").await.unwrap().len(), 8);
+    }
+}
+
+/// Four separate OS processes (this test binary re-run as workers) on one `file://` root.
+#[test]
+fn four_processes_register_at_once() {
+    let root = local_root("processes");
+    let dir = local_dir(&root).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|p| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "concurrency::worker_process",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("MLOPS_TEST_WORKER_ROOT", &dir)
+                .env("MLOPS_TEST_WORKER_NAME", format!("proc{p}"))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "a worker process failed");
+    }
+    let expected: BTreeSet<String> = (0..4)
+        .flat_map(|p| (0..PER_WRITER).map(move |i| format!("proc{p}/{i}")))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(check(&root, &expected));
+}
+
+/// The worker of `four_processes_register_at_once`; when run without its
+/// environment (as in a normal test run) it has nothing to do.
+#[test]
+fn worker_process() {
+    let (Ok(dir), Ok(name)) = (
+        std::env::var("MLOPS_TEST_WORKER_ROOT"),
+        std::env::var("MLOPS_TEST_WORKER_NAME"),
+    ) else {
+        return;
+    };
+    let root = StoreRoot::open(&format!("file://{dir}")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(register_many(root, name));
+}

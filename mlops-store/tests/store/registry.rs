@@ -1,0 +1,344 @@
+//! The registry's contract on every backend.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use mlops_core::audit::{AuditLog, ChainVerdict};
+use mlops_core::model::{
+    Comparison, MetricFilter, ModelArtifact, ModelMetadata, ModelRegistry, VersionQuery,
+    VersionSelector, VersionStatus,
+};
+use mlops_core::{Error, ResourceKind};
+use mlops_store::{ObjectAuditLog, ObjectRegistry, RegistryOptions, StoreRoot};
+
+use crate::{local_dir, roots};
+
+fn artifact(i: u8) -> ModelArtifact {
+    ModelArtifact::new("burn-mlp", vec![i; 1000])
+}
+
+fn metadata(auc: f64, team: &str) -> ModelMetadata {
+    let mut m = ModelMetadata::default();
+    m.metrics.insert("roc_auc".into(), auc);
+    m.tags.insert("team".into(), team.into());
+    m.params.insert("hidden".into(), "64".into());
+    m.lineage.run_id = Some("run-1".into());
+    m.lineage.dataset_snapshot_id = Some("snap-1".into());
+    m.lineage.feature_refs = vec!["tx:amount".parse().unwrap()];
+    m
+}
+
+#[tokio::test]
+async fn versions_aliases_and_search() {
+    for root in roots("registry") {
+        let audit = Arc::new(ObjectAuditLog::new(&root));
+        let options = RegistryOptions {
+            actor: Some("ci".into()),
+            audit: Some(audit.clone()),
+            ..Default::default()
+        };
+        let r = ObjectRegistry::new(&root, options);
+        let v1 = r
+            .register("fraud", artifact(1), metadata(0.81, "risk"))
+            .await
+            .unwrap();
+        let v2 = r
+            .register("fraud", artifact(2), metadata(0.86, "risk"))
+            .await
+            .unwrap();
+        let v3 = r
+            .register("fraud", artifact(1), metadata(0.79, "growth"))
+            .await
+            .unwrap();
+        assert_eq!((v1.version, v2.version, v3.version), (1, 2, 3));
+        assert_eq!(v1.digest, v3.digest, "identical artifacts share one blob");
+        assert_eq!(v1.created_by, "ci");
+        r.register("churn", artifact(9), ModelMetadata::default())
+            .await
+            .unwrap();
+
+        assert_eq!(
+            r.get_version("fraud", &VersionSelector::Latest)
+                .await
+                .unwrap()
+                .version,
+            3
+        );
+        assert_eq!(
+            r.get_version("fraud", &VersionSelector::Number(2))
+                .await
+                .unwrap()
+                .metadata
+                .metrics["roc_auc"],
+            0.86
+        );
+        r.set_alias("fraud", "champion", 2).await.unwrap();
+        r.set_alias("fraud", "challenger", 3).await.unwrap();
+        let (v, a) = r
+            .load_artifact("fraud", &"@champion".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!((v.version, a.bytes[0]), (2, 2));
+        r.set_alias("fraud", "champion", 3).await.unwrap();
+        assert_eq!(
+            r.aliases("fraud").await.unwrap(),
+            BTreeMap::from([("challenger".into(), 3), ("champion".into(), 3)])
+        );
+        r.delete_alias("fraud", "challenger").await.unwrap();
+        assert!(matches!(
+            r.delete_alias("fraud", "challenger").await.unwrap_err(),
+            Error::NotFound {
+                kind: ResourceKind::Alias,
+                ..
+            }
+        ));
+
+        assert_eq!(r.list_models().await.unwrap(), vec!["churn", "fraud"]);
+        assert_eq!(
+            r.list_versions("fraud")
+                .await
+                .unwrap()
+                .iter()
+                .map(|v| v.version)
+                .collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let q = VersionQuery {
+            tags: BTreeMap::from([("team".into(), "risk".into())]),
+            metrics: vec![MetricFilter {
+                metric: "roc_auc".into(),
+                op: Comparison::Gt,
+                value: 0.8,
+            }],
+            ..Default::default()
+        };
+        let found: Vec<u64> = r
+            .search_versions(&q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(found, vec![1, 2]);
+
+        // Archival: not while an alias points at it; then hidden from latest.
+        let err = r.archive_version("fraud", 3).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict { .. }) && err.to_string().contains("alias 'champion'"),
+            "{err}"
+        );
+        r.set_alias("fraud", "champion", 2).await.unwrap();
+        let archived = r.archive_version("fraud", 3).await.unwrap();
+        assert_eq!(archived.status, VersionStatus::Archived);
+        assert_eq!(
+            r.get_version("fraud", &VersionSelector::Latest)
+                .await
+                .unwrap()
+                .version,
+            2
+        );
+        let err = r.set_alias("fraud", "champion", 3).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict { .. }) && err.to_string().contains("archived"),
+            "{err}"
+        );
+        assert!(
+            !r.search_versions(&VersionQuery::default())
+                .await
+                .unwrap()
+                .iter()
+                .any(|v| v.version == 3 && v.model == "fraud")
+        );
+
+        // Every change is in the audit log, and the chain holds.
+        let entries = audit.entries(1, 100).await.unwrap();
+        let actions: Vec<&str> = entries.iter().map(|e| e.event.action.as_str()).collect();
+        assert_eq!(actions.iter().filter(|a| **a == "register").count(), 4);
+        assert!(
+            actions.contains(&"set_alias")
+                && actions.contains(&"delete_alias")
+                && actions.contains(&"archive")
+        );
+        assert!(matches!(
+            audit.verify().await.unwrap(),
+            ChainVerdict::Intact { .. }
+        ));
+    }
+}
+
+#[tokio::test]
+async fn bad_input_and_unknown_names() {
+    for root in roots("registry-bad") {
+        let r = ObjectRegistry::new(&root, RegistryOptions::default());
+        for bad in ["", "../x", "a/b", "with space"] {
+            let err = r
+                .register(bad, artifact(1), ModelMetadata::default())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidInput { .. }),
+                "{bad:?}: {err:?}"
+            );
+        }
+        let err = r
+            .get_version("nope", &VersionSelector::Latest)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+        r.register("m", artifact(1), ModelMetadata::default())
+            .await
+            .unwrap();
+        let err = r
+            .get_version("m", &VersionSelector::Number(7))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("model version not found: m@7"),
+            "{err}"
+        );
+        let err = r
+            .get_version("m", &"@gold".parse().unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("alias not found: m@gold"), "{err}");
+        let err = r.set_alias("m", "champion", 9).await.unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+        let err = r.set_alias("m", "latest", 1).await.unwrap_err();
+        assert!(err.to_string().contains("version selectors"), "{err}");
+        let err = r.set_alias("ghost", "champion", 1).await.unwrap_err();
+        assert!(err.to_string().contains("model not found: ghost"), "{err}");
+
+        let big = ModelMetadata {
+            description: "x".repeat(300 * 1024),
+            ..Default::default()
+        };
+        let err = r.register("m", artifact(2), big).await.unwrap_err();
+        assert!(err.to_string().contains("the limit is 262144"), "{err}");
+        let mut nan = ModelMetadata::default();
+        nan.metrics.insert("loss".into(), f64::NAN);
+        let err = r.register("m", artifact(2), nan).await.unwrap_err();
+        assert!(err.to_string().contains("metric 'loss' is NaN"), "{err}");
+        let mut tampered = artifact(3);
+        tampered.bytes = vec![4u8; 1000].into();
+        assert!(matches!(
+            r.register("m", tampered, ModelMetadata::default())
+                .await
+                .unwrap_err(),
+            Error::Integrity { .. }
+        ));
+        assert_eq!(
+            r.list_versions("m").await.unwrap().len(),
+            1,
+            "nothing refused was stored"
+        );
+    }
+}
+
+#[tokio::test]
+async fn corrupted_storage_is_detected() {
+    let root = crate::local_root("registry-corrupt");
+    let dir = local_dir(&root).unwrap();
+    let r = ObjectRegistry::new(&root, RegistryOptions::default());
+    let v = r
+        .register("m", artifact(5), ModelMetadata::default())
+        .await
+        .unwrap();
+    // Flip one byte of the stored artifact.
+    let blob = dir.join("registry/blobs/sha256").join(v.digest.hex());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[10] ^= 0x01;
+    std::fs::write(&blob, &bytes).unwrap();
+    let err = r
+        .load_artifact("m", &VersionSelector::Number(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Integrity { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("model m version 1 artifact"),
+        "{err}"
+    );
+    // A manifest that is not JSON.
+    r.register("m", artifact(6), ModelMetadata::default())
+        .await
+        .unwrap();
+    std::fs::write(
+        dir.join("registry/models/m/versions/00000000000000000002.json"),
+        b"{ not json",
+    )
+    .unwrap();
+    let err = r
+        .get_version("m", &VersionSelector::Number(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Integrity { .. })
+            && err.to_string().contains("not a valid model manifest"),
+        "{err}"
+    );
+    // A missing blob.
+    std::fs::remove_file(&blob).unwrap();
+    let err = r
+        .load_artifact("m", &VersionSelector::Number(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("missing from storage"), "{err}");
+}
+
+#[tokio::test]
+async fn signatures_are_required_when_configured() {
+    let root = StoreRoot::open("memory://").unwrap();
+    let key_a = SigningKey::from_bytes(&[7u8; 32]);
+    let key_b = SigningKey::from_bytes(&[9u8; 32]);
+    let signer = ObjectRegistry::new(
+        &root,
+        RegistryOptions {
+            signing_key: Some(("a".into(), key_a.clone())),
+            ..Default::default()
+        },
+    );
+    let plain = ObjectRegistry::new(&root, RegistryOptions::default());
+    let signed = signer
+        .register("m", artifact(1), metadata(0.9, "risk"))
+        .await
+        .unwrap();
+    assert_eq!(signed.signature.as_ref().unwrap().algorithm, "ed25519");
+    plain
+        .register("m", artifact(2), ModelMetadata::default())
+        .await
+        .unwrap();
+
+    let trusting = |keys: Vec<(&str, &SigningKey)>| {
+        ObjectRegistry::new(
+            &root,
+            RegistryOptions {
+                trusted_keys: keys
+                    .into_iter()
+                    .map(|(id, k)| (id.to_owned(), k.verifying_key()))
+                    .collect(),
+                require_signatures: true,
+                ..Default::default()
+            },
+        )
+    };
+    trusting(vec![("a", &key_a)])
+        .load_artifact("m", &VersionSelector::Number(1))
+        .await
+        .unwrap();
+    let err = trusting(vec![("a", &key_a)])
+        .load_artifact("m", &VersionSelector::Number(2))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not signed"), "{err}");
+    let err = trusting(vec![("b", &key_b)])
+        .load_artifact("m", &VersionSelector::Number(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not trusted"), "{err}");
+    // A key id that is trusted but holds another key: the signature fails.
+    let err = trusting(vec![("a", &key_b)])
+        .load_artifact("m", &VersionSelector::Number(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not verify"), "{err}");
+}
