@@ -229,7 +229,7 @@ pub fn verify_chain<'a>(entries: impl IntoIterator<Item = &'a AuditEntry>) -> Ch
 /// - `verify` checks the whole stored chain with [`verify_chain`] and reports the
 ///   first altered, reordered or missing entry.
 #[async_trait]
-pub trait AuditLog: Send + Sync {
+pub trait AuditLog: Send + Sync + std::fmt::Debug {
     /// Appends `event` and returns the sealed entry.
     async fn append(&self, event: AuditEvent) -> Result<AuditEntry>;
 

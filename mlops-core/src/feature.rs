@@ -535,7 +535,7 @@ pub struct OnlineFeatures {
 /// - `get_online_features` answers in request order with a [`FeatureStatus`] per value
 ///   and enforces the view's TTL at read time.
 #[async_trait]
-pub trait FeatureStore: Send + Sync {
+pub trait FeatureStore: Send + Sync + std::fmt::Debug {
     /// Registers or updates an entity.
     async fn apply_entity(&self, entity: Entity) -> Result<()>;
 

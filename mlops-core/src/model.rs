@@ -415,7 +415,7 @@ impl VersionQuery {
 /// - Unknown models, versions and aliases give [`Error::NotFound`]; invalid names give
 ///   [`Error::InvalidInput`].
 #[async_trait]
-pub trait ModelRegistry: Send + Sync {
+pub trait ModelRegistry: Send + Sync + std::fmt::Debug {
     /// Registers `artifact` as the next version of `model`.
     async fn register(
         &self,

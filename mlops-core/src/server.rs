@@ -25,7 +25,7 @@ use crate::inference::{
 ///   when the request names some (an unknown output name is
 ///   [`Error::InvalidInput`](crate::Error::InvalidInput)).
 #[async_trait]
-pub trait Server: Send + Sync {
+pub trait Server: Send + Sync + std::fmt::Debug {
     /// Whether the server can receive and answer requests.
     async fn live(&self) -> Result<bool>;
 

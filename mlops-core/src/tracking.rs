@@ -113,7 +113,7 @@ impl RunQuery {
 ///   refuses non-finite values ([`Error::InvalidInput`](crate::Error::InvalidInput));
 /// - logging to an ended run is refused with [`Error::Conflict`](crate::Error::Conflict).
 #[async_trait]
-pub trait ExperimentTracker: Send + Sync {
+pub trait ExperimentTracker: Send + Sync + std::fmt::Debug {
     /// Starts a run in `experiment` (created on first use).
     async fn start_run(
         &self,

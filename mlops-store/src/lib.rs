@@ -39,9 +39,13 @@ mod error;
 mod fault;
 mod registry;
 mod root;
+mod snapshot;
+mod tracking;
 
 pub use audit::{MAX_AUDIT_DETAILS_BYTES, MAX_AUDIT_FIELD_BYTES, ObjectAuditLog};
 pub use error::storage_error;
 pub use fault::FaultyStore;
 pub use registry::{DEFAULT_MAX_METADATA_BYTES, ObjectRegistry, RegistryOptions};
 pub use root::StoreRoot;
+pub use snapshot::{DatasetSnapshot, SnapshotFile, SnapshotStore};
+pub use tracking::{MAX_POINTS_PER_CALL, MAX_VALUE_BYTES, ObjectTracker};

@@ -117,6 +117,7 @@ impl ModelLoader for LinearLoader {
 }
 
 /// Serves predictors by name, in process.
+#[derive(Debug)]
 struct LocalServer {
     models: BTreeMap<String, Arc<dyn Predictor>>,
 }
@@ -193,7 +194,7 @@ impl Server for LocalServer {
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct VecAuditLog {
     entries: Mutex<Vec<AuditEntry>>,
 }

@@ -6,6 +6,8 @@ mod audit;
 mod concurrency;
 mod faults;
 mod registry;
+mod snapshots;
+mod tracking;
 
 use mlops_store::StoreRoot;
 

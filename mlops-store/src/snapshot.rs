@@ -1,0 +1,315 @@
+//! Immutable, content-addressed dataset snapshots, like DVC's: a model's lineage
+//! names the snapshot it was trained on, and resolving it proves the data is the
+//! same bytes.
+//!
+//! Layout under the root:
+//!
+//! ```text
+//! snapshots/<id>.json                the manifest: files with their size and digest
+//! snapshots/blobs/sha256/<hex>       each file's bytes, stored once per content
+//! ```
+//!
+//! The id is the SHA-256 of the manifest's file list (names, sizes, digests), so the
+//! same data always gets the same id and a snapshot cannot change without changing
+//! its id.
+
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use mlops_core::audit::{AuditEvent, AuditLog};
+use mlops_core::model::ContentDigest;
+use mlops_core::{Error, ResourceKind, Result};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::error::storage_error;
+use crate::root::StoreRoot;
+
+/// One file of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    /// Its name in the snapshot (the source path, or `part-N.parquet`).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// SHA-256 of its bytes.
+    pub digest: ContentDigest,
+}
+
+/// A snapshot's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetSnapshot {
+    /// Content id: SHA-256 (hex) of the file list.
+    pub id: String,
+    /// The files, in the order given.
+    pub files: Vec<SnapshotFile>,
+    /// Free text.
+    pub description: String,
+    /// Who took it.
+    pub created_by: String,
+    /// When (the first time this content was snapshotted).
+    pub created_at: DateTime<Utc>,
+}
+
+/// Takes and resolves dataset snapshots under a [`StoreRoot`].
+///
+/// ```
+/// # async fn demo() -> mlops_core::Result<()> {
+/// use mlops_store::{SnapshotStore, StoreRoot};
+/// let root = StoreRoot::open("memory://")?;
+/// root.put("data/part-0.parquet", "not really parquet".into()).await?;
+/// let snapshots = SnapshotStore::new(&root, None, "alice");
+/// let snap = snapshots.snapshot_files(&["data/part-0.parquet"], "training set").await?;
+/// assert_eq!(snapshots.resolve(&snap.id).await?.files.len(), 1);
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    root: StoreRoot,
+    audit: Option<Arc<dyn AuditLog>>,
+    actor: String,
+}
+
+#[derive(Serialize)]
+struct IdInput<'a> {
+    files: &'a [SnapshotFile],
+}
+
+fn check_id(id: &str) -> Result<()> {
+    if id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(Error::invalid_input(
+            format!("snapshot id {id:?}"),
+            "expected 64 lowercase hex digits",
+        ))
+    }
+}
+
+impl SnapshotStore {
+    /// Snapshots under `root`, recording each new one in `audit` as `actor`.
+    pub fn new(
+        root: &StoreRoot,
+        audit: Option<Arc<dyn AuditLog>>,
+        actor: impl Into<String>,
+    ) -> Self {
+        Self {
+            root: root.clone(),
+            audit,
+            actor: actor.into(),
+        }
+    }
+
+    /// Snapshots files already under the root (paths relative to it).
+    pub async fn snapshot_files(
+        &self,
+        paths: &[&str],
+        description: &str,
+    ) -> Result<DatasetSnapshot> {
+        if paths.is_empty() {
+            return Err(Error::invalid_input("snapshot", "no files given"));
+        }
+        let mut contents = Vec::with_capacity(paths.len());
+        for p in paths {
+            contents.push(((*p).to_owned(), self.root.get(p).await?));
+        }
+        self.snapshot(contents, description).await
+    }
+
+    /// Snapshots Arrow batches (a feature-store query result, say), written as one
+    /// Parquet file.
+    pub async fn snapshot_batches(
+        &self,
+        batches: &[RecordBatch],
+        description: &str,
+    ) -> Result<DatasetSnapshot> {
+        let first = batches
+            .first()
+            .ok_or_else(|| Error::invalid_input("snapshot", "no batches given"))?;
+        let schema = first.schema();
+        let mut buf = Vec::new();
+        {
+            let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), None)
+                .map_err(|e| Error::backend("parquet", e))?;
+            for (i, b) in batches.iter().enumerate() {
+                if b.schema() != schema {
+                    return Err(Error::invalid_input(
+                        format!("snapshot batch {i}"),
+                        "its schema differs from the first batch's",
+                    ));
+                }
+                writer.write(b).map_err(|e| Error::backend("parquet", e))?;
+            }
+            writer.close().map_err(|e| Error::backend("parquet", e))?;
+        }
+        self.snapshot(
+            vec![("part-0.parquet".to_owned(), Bytes::from(buf))],
+            description,
+        )
+        .await
+    }
+
+    async fn snapshot(
+        &self,
+        contents: Vec<(String, Bytes)>,
+        description: &str,
+    ) -> Result<DatasetSnapshot> {
+        let mut files = Vec::with_capacity(contents.len());
+        for (name, bytes) in &contents {
+            let digest = ContentDigest::of(bytes);
+            let path = self
+                .root
+                .path(&format!("snapshots/blobs/sha256/{}", digest.hex()));
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match self
+                .root
+                .store()
+                .put_opts(&path, PutPayload::from(bytes.clone()), opts)
+                .await
+            {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(storage_error(&self.root.describe(&path), e)),
+            }
+            files.push(SnapshotFile {
+                name: name.clone(),
+                size: bytes.len() as u64,
+                digest,
+            });
+        }
+        let id_bytes = serde_json::to_vec(&IdInput { files: &files })
+            .map_err(|e| Error::invalid_input("snapshot", e.to_string()))?;
+        let id = ContentDigest::of(&id_bytes).hex().to_owned();
+        let snapshot = DatasetSnapshot {
+            id: id.clone(),
+            files,
+            description: description.to_owned(),
+            created_by: self.actor.clone(),
+            created_at: Utc::now(),
+        };
+        let manifest = serde_json::to_vec_pretty(&snapshot)
+            .map_err(|e| Error::invalid_input("snapshot", e.to_string()))?;
+        let path = self.root.path(&format!("snapshots/{id}.json"));
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .root
+            .store()
+            .put_opts(&path, PutPayload::from(manifest), opts)
+            .await
+        {
+            Ok(_) => {
+                if let Some(log) = &self.audit {
+                    log.append(
+                        AuditEvent::new(
+                            self.actor.clone(),
+                            "snapshot",
+                            format!("dataset snapshot {id}"),
+                        )
+                        .detail("files", snapshot.files.len().to_string())
+                        .detail("description", description),
+                    )
+                    .await?;
+                }
+                Ok(snapshot)
+            }
+            // The same content was snapshotted before: that snapshot is this one.
+            Err(object_store::Error::AlreadyExists { .. }) => self.get(&id).await,
+            Err(e) => Err(storage_error(&self.root.describe(&path), e)),
+        }
+    }
+
+    /// The manifest of snapshot `id`, checked against its id.
+    pub async fn get(&self, id: &str) -> Result<DatasetSnapshot> {
+        check_id(id)?;
+        let path = self.root.path(&format!("snapshots/{id}.json"));
+        let where_ = self.root.describe(&path);
+        let bytes = match self.root.store().get(&path).await {
+            Ok(r) => r.bytes().await.map_err(|e| storage_error(&where_, e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::not_found(ResourceKind::Snapshot, id));
+            }
+            Err(e) => return Err(storage_error(&where_, e)),
+        };
+        let snapshot: DatasetSnapshot = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::integrity(
+                where_.clone(),
+                format!("not a valid snapshot manifest: {e}"),
+            )
+        })?;
+        let id_bytes = serde_json::to_vec(&IdInput {
+            files: &snapshot.files,
+        })
+        .map_err(|e| Error::invalid_input("snapshot", e.to_string()))?;
+        if snapshot.id != id || ContentDigest::of(&id_bytes).hex() != id {
+            return Err(Error::integrity(
+                format!("dataset snapshot {id}"),
+                "its manifest does not match its id",
+            ));
+        }
+        Ok(snapshot)
+    }
+
+    /// The manifest of snapshot `id` after checking every file's bytes against
+    /// their digest ([`Error::Integrity`] naming the file otherwise).
+    pub async fn resolve(&self, id: &str) -> Result<DatasetSnapshot> {
+        let snapshot = self.get(id).await?;
+        for f in &snapshot.files {
+            self.read_file(&snapshot, f).await?;
+        }
+        Ok(snapshot)
+    }
+
+    async fn read_file(&self, snapshot: &DatasetSnapshot, f: &SnapshotFile) -> Result<Bytes> {
+        let bytes = self
+            .root
+            .get(&format!("snapshots/blobs/sha256/{}", f.digest.hex()))
+            .await
+            .map_err(|e| match e {
+                Error::NotFound { .. } => Error::integrity(
+                    format!("dataset snapshot {} file {}", snapshot.id, f.name),
+                    "its bytes are missing from storage",
+                ),
+                other => other,
+            })?;
+        f.digest.verify(
+            &format!("dataset snapshot {} file {}", snapshot.id, f.name),
+            &bytes,
+        )?;
+        Ok(bytes)
+    }
+
+    /// The rows of a snapshot's Parquet files, verified.
+    pub async fn read_batches(&self, id: &str) -> Result<Vec<RecordBatch>> {
+        let snapshot = self.get(id).await?;
+        let mut out = Vec::new();
+        for f in &snapshot.files {
+            let bytes = self.read_file(&snapshot, f).await?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .and_then(|b| b.build())
+                .map_err(|e| {
+                    Error::invalid_input(
+                        format!("snapshot file {}", f.name),
+                        format!("not Parquet: {e}"),
+                    )
+                })?;
+            for batch in reader {
+                out.push(batch.map_err(|e| Error::backend("parquet", e))?);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,102 @@
+//! Dataset snapshots: content-addressed, immutable, verified on resolve.
+
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array};
+use arrow::record_batch::RecordBatch;
+use mlops_core::Error;
+use mlops_store::SnapshotStore;
+
+use crate::{local_dir, local_root, roots};
+
+fn batch(n: i64) -> RecordBatch {
+    RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from_iter_values(0..n)) as _),
+        (
+            "x",
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| i as f64 / 2.0),
+            )) as _,
+        ),
+    ])
+    .unwrap()
+}
+
+#[tokio::test]
+async fn snapshots_are_content_addressed_and_readable() {
+    for root in roots("snapshots") {
+        let s = SnapshotStore::new(&root, None, "ci");
+        let a = s
+            .snapshot_batches(&[batch(100), batch(50)], "training set")
+            .await
+            .unwrap();
+        let again = s
+            .snapshot_batches(&[batch(100), batch(50)], "same data")
+            .await
+            .unwrap();
+        assert_eq!(a.id, again.id, "same content, same id");
+        assert_eq!(
+            again.description, "training set",
+            "the first snapshot of this content stands"
+        );
+        let b = s.snapshot_batches(&[batch(101)], "more").await.unwrap();
+        assert_ne!(a.id, b.id);
+        let rows: usize = s
+            .read_batches(&a.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, 150);
+
+        root.put("data/f1.bin", vec![1u8; 10].into()).await.unwrap();
+        root.put("data/f2.bin", vec![2u8; 10].into()).await.unwrap();
+        let files = s
+            .snapshot_files(&["data/f1.bin", "data/f2.bin"], "files")
+            .await
+            .unwrap();
+        // The source may change afterwards: the snapshot keeps its own copy.
+        root.put("data/f1.bin", vec![9u8; 10].into()).await.unwrap();
+        assert_eq!(s.resolve(&files.id).await.unwrap(), files);
+
+        assert!(matches!(
+            s.get(&"0".repeat(64)).await.unwrap_err(),
+            Error::NotFound { .. }
+        ));
+        assert!(matches!(
+            s.get("not-an-id").await.unwrap_err(),
+            Error::InvalidInput { .. }
+        ));
+        assert!(s.snapshot_files(&[], "x").await.is_err());
+        assert!(matches!(
+            s.snapshot_files(&["data/missing"], "x").await.unwrap_err(),
+            Error::NotFound { .. }
+        ));
+    }
+}
+
+#[tokio::test]
+async fn resolving_detects_changed_bytes_and_manifests() {
+    let root = local_root("snapshots-tamper");
+    let dir = local_dir(&root).unwrap();
+    let s = SnapshotStore::new(&root, None, "ci");
+    let snap = s.snapshot_batches(&[batch(10)], "x").await.unwrap();
+    let blob = dir
+        .join("snapshots/blobs/sha256")
+        .join(snap.files[0].digest.hex());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[20] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let err = s.resolve(&snap.id).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Integrity { .. }) && err.to_string().contains("part-0.parquet"),
+        "{err}"
+    );
+
+    let manifest = dir.join(format!("snapshots/{}.json", snap.id));
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("\"size\": ", "\"size\": 1")).unwrap();
+    let err = s.get(&snap.id).await.unwrap_err();
+    assert!(err.to_string().contains("does not match its id"), "{err}");
+}
