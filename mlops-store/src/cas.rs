@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use mlops_core::{Error, Result};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{GetOptions, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -119,6 +119,70 @@ impl CasCell {
                 .await
                 .map_err(|e| storage_error(&where_, e))?;
             Ok((Some(parse(&where_, &bytes)?), Token::Sequence(seq)))
+        }
+    }
+
+    /// The current value, given one read earlier: with update-if-unchanged a
+    /// conditional GET that answers "not modified" without a body; with a sequence,
+    /// probes for newer states after the known one (sequence numbers are gap-free),
+    /// so neither lists anything. Falls back to [`CasCell::read`] without `known`.
+    pub(crate) async fn read_since<T: DeserializeOwned + Clone>(
+        &self,
+        known: Option<(T, Token)>,
+    ) -> Result<(Option<T>, Token)> {
+        let Some((value, token)) = known else {
+            return self.read().await;
+        };
+        let store = self.root.store();
+        match token {
+            Token::Version(v) if v.e_tag.is_some() => {
+                let path = self.object();
+                let where_ = self.root.describe(&path);
+                let opts = GetOptions {
+                    if_none_match: v.e_tag.clone(),
+                    ..Default::default()
+                };
+                match store.get_opts(&path, opts).await {
+                    Err(object_store::Error::NotModified { .. }) => {
+                        Ok((Some(value), Token::Version(v)))
+                    }
+                    Ok(result) => {
+                        let version = UpdateVersion {
+                            e_tag: result.meta.e_tag.clone(),
+                            version: result.meta.version.clone(),
+                        };
+                        let bytes = result
+                            .bytes()
+                            .await
+                            .map_err(|e| storage_error(&where_, e))?;
+                        Ok((Some(parse(&where_, &bytes)?), Token::Version(version)))
+                    }
+                    Err(object_store::Error::NotFound { .. }) => Ok((None, Token::Absent)),
+                    Err(e) => Err(storage_error(&where_, e)),
+                }
+            }
+            Token::Sequence(mut seq) => {
+                let mut value = value;
+                loop {
+                    let path = self.sequence_object(seq + 1);
+                    let where_ = self.root.describe(&path);
+                    match store.get(&path).await {
+                        Ok(result) => {
+                            let bytes = result
+                                .bytes()
+                                .await
+                                .map_err(|e| storage_error(&where_, e))?;
+                            value = parse(&where_, &bytes)?;
+                            seq += 1;
+                        }
+                        Err(object_store::Error::NotFound { .. }) => {
+                            return Ok((Some(value), Token::Sequence(seq)));
+                        }
+                        Err(e) => return Err(storage_error(&where_, e)),
+                    }
+                }
+            }
+            _ => self.read().await,
         }
     }
 

@@ -20,8 +20,8 @@
 //! one compare-and-swap state per model, so an alias can never point at an archived
 //! version even when both change at once.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -37,7 +37,7 @@ use mlops_core::{Error, ResourceKind, Result, validate_name};
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::cas::{CasCell, backoff};
+use crate::cas::{CasCell, Token, backoff};
 use crate::error::storage_error;
 use crate::root::StoreRoot;
 
@@ -115,6 +115,19 @@ struct ModelState {
 pub struct ObjectRegistry {
     root: StoreRoot,
     options: RegistryOptions,
+    /// Manifests already read, by model. Manifests never change, so a cached one is
+    /// always right; clones of the registry share the cache.
+    manifests: Arc<Mutex<HashMap<String, ManifestCache>>>,
+    /// The last state read of each model, to re-read it cheaply.
+    states: Arc<Mutex<HashMap<String, (ModelState, Token)>>>,
+}
+
+/// The manifests of one model read so far.
+#[derive(Debug, Default)]
+struct ManifestCache {
+    by_version: BTreeMap<u64, ModelVersion>,
+    /// Every version up to this one is in `by_version` (0: not known yet).
+    complete_upto: u64,
 }
 
 fn version_path(model: &str, version: u64) -> String {
@@ -139,7 +152,47 @@ impl ObjectRegistry {
         Self {
             root: root.clone(),
             options,
+            manifests: Arc::new(Mutex::new(HashMap::new())),
+            states: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, ManifestCache>> {
+        // The cache holds only immutable manifests: a panic elsewhere cannot leave it
+        // inconsistent.
+        self.manifests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every version of `model`, ascending. Versions are gap-free (a number is only
+    /// ever claimed after the one before it exists), so after the first listing it is
+    /// enough to probe the number after the highest known one.
+    async fn known_versions(&self, model: &str) -> Result<Vec<ModelVersion>> {
+        let complete = self.cache().get(model).map_or(0, |c| c.complete_upto);
+        let mut next = if complete == 0 {
+            let numbers = self.version_numbers(model).await?;
+            for &n in &numbers {
+                if self.read_manifest(model, n).await?.is_none() {
+                    return Err(Error::conflict(
+                        format!("model {model} version {n}"),
+                        "its manifest vanished while being read",
+                    ));
+                }
+            }
+            numbers.last().copied().unwrap_or(0) + 1
+        } else {
+            complete + 1
+        };
+        while self.read_manifest(model, next).await?.is_some() {
+            next += 1;
+        }
+        let mut cache = self.cache();
+        let entry = cache.entry(model.to_owned()).or_default();
+        entry.complete_upto = next - 1;
+        Ok(entry
+            .by_version
+            .range(..next)
+            .map(|(_, v)| v.clone())
+            .collect())
     }
 
     fn actor(&self) -> String {
@@ -207,16 +260,34 @@ impl ObjectRegistry {
         Ok(v)
     }
 
+    /// The model's state, re-read cheaply when it was read before (a conditional
+    /// GET, or a probe for a newer sequence entry).
     async fn read_state(&self, model: &str) -> Result<ModelState> {
-        Ok(self
-            .state(model)
-            .read::<ModelState>()
-            .await?
-            .0
-            .unwrap_or_default())
+        let known = self
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(model)
+            .cloned();
+        let (state, token) = self.state(model).read_since(known).await?;
+        let state = state.unwrap_or_default();
+        if token != Token::Absent {
+            self.states
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(model.to_owned(), (state.clone(), token));
+        }
+        Ok(state)
     }
 
     async fn read_manifest(&self, model: &str, version: u64) -> Result<Option<ModelVersion>> {
+        if let Some(v) = self
+            .cache()
+            .get(model)
+            .and_then(|c| c.by_version.get(&version))
+        {
+            return Ok(Some(v.clone()));
+        }
         let path = self.root.path(&version_path(model, version));
         let where_ = self.root.describe(&path);
         match self.root.store().get(&path).await {
@@ -231,6 +302,11 @@ impl ObjectRegistry {
                         format!("the manifest names {}@{}", v.model, v.version),
                     ));
                 }
+                self.cache()
+                    .entry(model.to_owned())
+                    .or_default()
+                    .by_version
+                    .insert(version, v.clone());
                 Ok(Some(v))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -253,9 +329,10 @@ impl ObjectRegistry {
                 .copied()
                 .ok_or_else(|| Error::not_found(ResourceKind::Alias, format!("{model}@{a}"))),
             VersionSelector::Latest => self
-                .version_numbers(model)
+                .known_versions(model)
                 .await?
                 .into_iter()
+                .map(|v| v.version)
                 .rev()
                 .find(|v| !state.archived.contains_key(v))
                 .ok_or_else(|| {
@@ -265,7 +342,7 @@ impl ObjectRegistry {
     }
 
     async fn model_exists(&self, model: &str) -> Result<bool> {
-        Ok(!self.version_numbers(model).await?.is_empty())
+        Ok(!self.known_versions(model).await?.is_empty())
     }
 
     fn check_signature(&self, v: &ModelVersion) -> Result<()> {
@@ -606,18 +683,15 @@ impl ModelRegistry for ObjectRegistry {
 
     async fn list_versions(&self, model: &str) -> Result<Vec<ModelVersion>> {
         validate_name(ResourceKind::Model, model)?;
-        let numbers = self.version_numbers(model).await?;
-        if numbers.is_empty() {
+        let versions = self.known_versions(model).await?;
+        if versions.is_empty() {
             return Err(Error::not_found(ResourceKind::Model, model));
         }
         let state = self.read_state(model).await?;
-        let mut out = Vec::with_capacity(numbers.len());
-        for n in numbers {
-            if let Some(v) = self.read_manifest(model, n).await? {
-                out.push(Self::with_status(v, &state));
-            }
-        }
-        Ok(out)
+        Ok(versions
+            .into_iter()
+            .map(|v| Self::with_status(v, &state))
+            .collect())
     }
 
     async fn search_versions(&self, query: &VersionQuery) -> Result<Vec<ModelVersion>> {

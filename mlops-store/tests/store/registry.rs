@@ -342,3 +342,31 @@ async fn signatures_are_required_when_configured() {
         .unwrap_err();
     assert!(err.to_string().contains("does not verify"), "{err}");
 }
+
+#[tokio::test]
+async fn listing_after_many_registrations_sees_them_all() {
+    for root in roots("registry-list") {
+        let r = ObjectRegistry::new(&root, RegistryOptions::default());
+        for i in 0..12u8 {
+            r.register("m", artifact(i), ModelMetadata::default())
+                .await
+                .unwrap();
+        }
+        r.set_alias("m", "champion", 12).await.unwrap();
+        r.load_artifact("m", &"@champion".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.list_versions("m").await.unwrap().len(), 12);
+        // A second registry instance (another process) sees the same.
+        let other = ObjectRegistry::new(&root, RegistryOptions::default());
+        assert_eq!(other.list_versions("m").await.unwrap().len(), 12);
+        r.register("m", artifact(99), ModelMetadata::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            other.list_versions("m").await.unwrap().len(),
+            13,
+            "new versions are seen"
+        );
+    }
+}
