@@ -5,16 +5,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use futures_util::TryStreamExt;
 use mlops_core::audit::{
     AuditEntry, AuditEvent, AuditLog, ChainProblem, ChainVerdict, verify_chain,
 };
 use mlops_core::{Error, Result};
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::Mutex;
 
 use crate::cas::backoff;
-use crate::error::storage_error;
 use crate::root::StoreRoot;
 
 /// The longest actor, action or target accepted, in bytes.
@@ -63,40 +60,20 @@ impl ObjectAuditLog {
 
     /// Sequence numbers of every stored entry, ascending.
     async fn stored_sequences(&self) -> Result<Vec<u64>> {
-        let dir = self.root.path("audit");
-        let metas: Vec<object_store::ObjectMeta> = self
-            .root
-            .store()
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(|e| storage_error(&self.root.describe(&dir), e))?;
-        let mut seqs: Vec<u64> = metas
-            .iter()
-            .filter_map(|m| {
-                m.location
-                    .filename()
-                    .and_then(|f| f.strip_suffix(".json"))
-                    .and_then(|n| n.parse().ok())
-            })
-            .collect();
-        seqs.sort_unstable();
-        Ok(seqs)
+        self.root.list_numbered("audit", ".json").await
     }
 
     async fn read_entry(&self, seq: u64) -> Result<Option<AuditEntry>> {
-        let path = self.root.path(&entry_path(seq));
-        let where_ = self.root.describe(&path);
-        match self.root.store().get(&path).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| storage_error(&where_, e))?;
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| Error::integrity(where_, format!("not a valid audit entry: {e}")))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(storage_error(&where_, e)),
-        }
+        let relative = entry_path(seq);
+        let Some(bytes) = self.root.get_opt(&relative).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::integrity(
+                self.root.describe(&self.root.path(&relative)),
+                format!("not a valid audit entry: {e}"),
+            )
+        })
     }
 
     /// The current head: from the cache (or one listing), then forward past any
@@ -170,22 +147,16 @@ impl AuditLog for ObjectAuditLog {
             let entry = AuditEntry::seal(seq, Utc::now(), event.clone(), &prev);
             let bytes = serde_json::to_vec_pretty(&entry)
                 .map_err(|e| Error::invalid_input("audit event", e.to_string()))?;
-            let path = self.root.path(&entry_path(seq));
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
             match self
                 .root
-                .store()
-                .put_opts(&path, PutPayload::from(bytes), opts)
+                .put_if_absent(&entry_path(seq), bytes.into())
                 .await
             {
-                Ok(_) => {
+                Ok(true) => {
                     *cache = Some((seq, entry.hash.clone()));
                     return Ok(entry);
                 }
-                Err(object_store::Error::AlreadyExists { .. }) => {
+                Ok(false) => {
                     *cache = head;
                     backoff(attempt.min(3)).await;
                 }
@@ -193,7 +164,7 @@ impl AuditLog for ObjectAuditLog {
                     // The write may or may not have happened: forget the cache so the
                     // next append re-reads the head.
                     *cache = None;
-                    return Err(storage_error(&self.root.describe(&path), e));
+                    return Err(e);
                 }
             }
         }

@@ -15,7 +15,6 @@
 
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
 use mlops_core::{Error, Result};
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
@@ -59,10 +58,6 @@ impl CasCell {
         self.root.path(&format!("{}.json", self.path))
     }
 
-    fn sequence_dir(&self) -> Path {
-        self.root.path(&self.path)
-    }
-
     fn sequence_object(&self, seq: u64) -> Path {
         self.root.path(&format!("{}/{seq:020}.json", self.path))
     }
@@ -89,22 +84,7 @@ impl CasCell {
                 Err(e) => Err(storage_error(&where_, e)),
             }
         } else {
-            let dir = self.sequence_dir();
-            let metas: Vec<object_store::ObjectMeta> =
-                store
-                    .list(Some(&dir))
-                    .try_collect()
-                    .await
-                    .map_err(|e| storage_error(&self.root.describe(&dir), e))?;
-            let latest = metas
-                .iter()
-                .filter_map(|m| {
-                    m.location
-                        .filename()
-                        .and_then(|f| f.strip_suffix(".json"))
-                        .and_then(|n| n.parse::<u64>().ok())
-                })
-                .max();
+            let latest = self.root.list_numbered(&self.path, ".json").await?.pop();
             let Some(seq) = latest else {
                 return Ok((None, Token::Absent));
             };

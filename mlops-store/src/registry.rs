@@ -27,14 +27,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
-use futures_util::TryStreamExt;
 use mlops_core::audit::{AuditEvent, AuditLog};
 use mlops_core::model::{
     ArtifactSignature, ModelArtifact, ModelMetadata, ModelRegistry, ModelVersion, VersionQuery,
     VersionSelector, VersionStatus,
 };
 use mlops_core::{Error, ResourceKind, Result, validate_name};
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::cas::{CasCell, Token, backoff};
@@ -239,25 +238,9 @@ impl ObjectRegistry {
 
     /// Version numbers with a manifest, ascending.
     async fn version_numbers(&self, model: &str) -> Result<Vec<u64>> {
-        let dir = self.root.path(&format!("registry/models/{model}/versions"));
-        let metas: Vec<object_store::ObjectMeta> = self
-            .root
-            .store()
-            .list(Some(&dir))
-            .try_collect()
+        self.root
+            .list_numbered(&format!("registry/models/{model}/versions"), ".json")
             .await
-            .map_err(|e| storage_error(&self.root.describe(&dir), e))?;
-        let mut v: Vec<u64> = metas
-            .iter()
-            .filter_map(|m| {
-                m.location
-                    .filename()
-                    .and_then(|f| f.strip_suffix(".json"))
-                    .and_then(|n| n.parse().ok())
-            })
-            .collect();
-        v.sort_unstable();
-        Ok(v)
     }
 
     /// The model's state, re-read cheaply when it was read before (a conditional
@@ -290,28 +273,24 @@ impl ObjectRegistry {
         }
         let path = self.root.path(&version_path(model, version));
         let where_ = self.root.describe(&path);
-        match self.root.store().get(&path).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| storage_error(&where_, e))?;
-                let v: ModelVersion = serde_json::from_slice(&bytes).map_err(|e| {
-                    Error::integrity(where_.clone(), format!("not a valid model manifest: {e}"))
-                })?;
-                if v.model != model || v.version != version {
-                    return Err(Error::integrity(
-                        where_,
-                        format!("the manifest names {}@{}", v.model, v.version),
-                    ));
-                }
-                self.cache()
-                    .entry(model.to_owned())
-                    .or_default()
-                    .by_version
-                    .insert(version, v.clone());
-                Ok(Some(v))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(storage_error(&where_, e)),
+        let Some(bytes) = self.root.get_opt(&version_path(model, version)).await? else {
+            return Ok(None);
+        };
+        let v: ModelVersion = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::integrity(where_.clone(), format!("not a valid model manifest: {e}"))
+        })?;
+        if v.model != model || v.version != version {
+            return Err(Error::integrity(
+                where_,
+                format!("the manifest names {}@{}", v.model, v.version),
+            ));
         }
+        self.cache()
+            .entry(model.to_owned())
+            .or_default()
+            .by_version
+            .insert(version, v.clone());
+        Ok(Some(v))
     }
 
     /// Resolves a selector to a version number.
@@ -416,41 +395,34 @@ impl ObjectRegistry {
 
     /// Stores the artifact bytes once per content.
     async fn put_blob(&self, artifact: &ModelArtifact) -> Result<()> {
-        let path = self.root.path(&blob_path(artifact.digest.hex()));
+        let relative = blob_path(artifact.digest.hex());
+        if self
+            .root
+            .put_if_absent(&relative, artifact.bytes.clone())
+            .await?
+        {
+            return Ok(());
+        }
+        // Stored before (content-addressed): make sure it is whole.
+        let path = self.root.path(&relative);
         let where_ = self.root.describe(&path);
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self
+        let meta = self
             .root
             .store()
-            .put_opts(&path, PutPayload::from(artifact.bytes.clone()), opts)
+            .head(&path)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                // Stored before (content-addressed): make sure it is whole.
-                let meta = self
-                    .root
-                    .store()
-                    .head(&path)
-                    .await
-                    .map_err(|e| storage_error(&where_, e))?;
-                if meta.size == artifact.bytes.len() as u64 {
-                    Ok(())
-                } else {
-                    Err(Error::integrity(
-                        where_,
-                        format!(
-                            "stored blob has {} bytes, expected {}",
-                            meta.size,
-                            artifact.bytes.len()
-                        ),
-                    ))
-                }
-            }
-            Err(e) => Err(storage_error(&where_, e)),
+            .map_err(|e| storage_error(&where_, e))?;
+        if meta.size == artifact.bytes.len() as u64 {
+            Ok(())
+        } else {
+            Err(Error::integrity(
+                where_,
+                format!(
+                    "stored blob has {} bytes, expected {}",
+                    meta.size,
+                    artifact.bytes.len()
+                ),
+            ))
         }
     }
 }
@@ -500,44 +472,32 @@ impl ModelRegistry for ObjectRegistry {
             }
             let bytes = serde_json::to_vec_pretty(&manifest)
                 .map_err(|e| Error::invalid_input("model manifest", e.to_string()))?;
-            let path = self.root.path(&version_path(model, next));
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
-            match self
+            if self
                 .root
-                .store()
-                .put_opts(&path, PutPayload::from(bytes), opts)
-                .await
+                .put_if_absent(&version_path(model, next), bytes.into())
+                .await?
             {
-                Ok(_) => {
-                    self.audit(
-                        "register",
-                        format!("model {model} version {next}"),
-                        &[
-                            ("digest", manifest.digest.to_string()),
-                            ("flavor", manifest.flavor.clone()),
-                            ("size_bytes", manifest.size_bytes.to_string()),
-                        ],
-                    )
-                    .await?;
-                    return Ok(manifest);
-                }
-                Err(object_store::Error::AlreadyExists { .. }) => {
-                    // Another writer took this number: continue after the highest.
-                    let highest = self
-                        .version_numbers(model)
-                        .await?
-                        .last()
-                        .copied()
-                        .unwrap_or(0);
-                    next = highest.max(next) + 1;
-                    if attempt > 8 {
-                        backoff(attempt.min(4)).await;
-                    }
-                }
-                Err(e) => return Err(storage_error(&self.root.describe(&path), e)),
+                self.audit(
+                    "register",
+                    format!("model {model} version {next}"),
+                    &[
+                        ("digest", manifest.digest.to_string()),
+                        ("flavor", manifest.flavor.clone()),
+                        ("size_bytes", manifest.size_bytes.to_string()),
+                    ],
+                )
+                .await?;
+                return Ok(manifest);
+            }
+            // Another writer took this number: continue after the highest.
+            let highest = self
+                .known_versions(model)
+                .await?
+                .last()
+                .map_or(0, |v| v.version);
+            next = highest.max(next) + 1;
+            if attempt > 8 {
+                backoff(attempt.min(4)).await;
             }
         }
         Err(Error::conflict(
@@ -665,20 +625,7 @@ impl ModelRegistry for ObjectRegistry {
     }
 
     async fn list_models(&self) -> Result<Vec<String>> {
-        let dir = self.root.path("registry/models");
-        let listing = self
-            .root
-            .store()
-            .list_with_delimiter(Some(&dir))
-            .await
-            .map_err(|e| storage_error(&self.root.describe(&dir), e))?;
-        let mut names: Vec<String> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_owned))
-            .collect();
-        names.sort();
-        Ok(names)
+        self.root.list_children("registry/models").await
     }
 
     async fn list_versions(&self, model: &str) -> Result<Vec<ModelVersion>> {

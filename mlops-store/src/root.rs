@@ -5,11 +5,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::TryStreamExt;
 use mlops_core::{Error, Result};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload};
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload,
+};
 use url::Url;
 
 use crate::error::storage_error;
@@ -208,6 +211,75 @@ impl StoreRoot {
             .map_err(|e| storage_error(&describe, e))
     }
 
+    /// Reads the whole object at `relative`, or `None` when there is none.
+    pub async fn get_opt(&self, relative: &str) -> Result<Option<Bytes>> {
+        match self.get(relative).await {
+            Ok(b) => Ok(Some(b)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `bytes` at `relative` only if nothing is there (`PutMode::Create`,
+    /// atomic on every backend): `true` when written, `false` when an object
+    /// already existed (it is left untouched).
+    pub async fn put_if_absent(&self, relative: &str, bytes: Bytes) -> Result<bool> {
+        let path = self.path(relative);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(storage_error(&self.describe(&path), e)),
+        }
+    }
+
+    /// The numbers `n` of the objects named `<n><suffix>` under `relative`
+    /// (numbered entries: versions, sequence states, audit entries), ascending.
+    pub async fn list_numbered(&self, relative: &str, suffix: &str) -> Result<Vec<u64>> {
+        let dir = self.path(relative);
+        let metas: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| storage_error(&self.describe(&dir), e))?;
+        let mut numbers: Vec<u64> = metas
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .and_then(|f| f.strip_suffix(suffix))
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect();
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    /// The names of the "directories" directly under `relative`, sorted.
+    pub async fn list_children(&self, relative: &str) -> Result<Vec<String>> {
+        let dir = self.path(relative);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&dir))
+            .await
+            .map_err(|e| storage_error(&self.describe(&dir), e))?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// `url` plus `path`, for messages.
     pub fn describe(&self, path: &Path) -> String {
         format!("{} ({path})", self.url)
@@ -249,6 +321,51 @@ mod tests {
             err.to_string().contains("models/fraud/manifest.json"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn create_only_writes_and_numbered_listings() {
+        for root in [
+            StoreRoot::open("memory://").unwrap(),
+            StoreRoot::open(
+                std::env::temp_dir()
+                    .join(format!("mlops-root-helpers-{}", std::process::id()))
+                    .to_str()
+                    .unwrap(),
+            )
+            .unwrap(),
+        ] {
+            assert!(
+                root.put_if_absent("d/1.json", Bytes::from_static(b"a"))
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !root
+                    .put_if_absent("d/1.json", Bytes::from_static(b"b"))
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(
+                &root.get("d/1.json").await.unwrap()[..],
+                b"a",
+                "the first write stands"
+            );
+            root.put("d/10.json", Bytes::new()).await.unwrap();
+            root.put("d/notes.txt", Bytes::new()).await.unwrap();
+            root.put("d/x.json", Bytes::new()).await.unwrap();
+            assert_eq!(root.list_numbered("d", ".json").await.unwrap(), vec![1, 10]);
+            assert!(
+                root.list_numbered("nothing-here", ".json")
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert_eq!(root.get_opt("d/2.json").await.unwrap(), None);
+            root.put("m/a/x", Bytes::new()).await.unwrap();
+            root.put("m/b/y", Bytes::new()).await.unwrap();
+            assert_eq!(root.list_children("m").await.unwrap(), vec!["a", "b"]);
+        }
     }
 
     #[test]

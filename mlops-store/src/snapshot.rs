@@ -21,12 +21,10 @@ use chrono::{DateTime, Utc};
 use mlops_core::audit::{AuditEvent, AuditLog};
 use mlops_core::model::ContentDigest;
 use mlops_core::{Error, ResourceKind, Result};
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::error::storage_error;
 use crate::root::StoreRoot;
 
 /// One file of a snapshot.
@@ -166,22 +164,12 @@ impl SnapshotStore {
         let mut files = Vec::with_capacity(contents.len());
         for (name, bytes) in &contents {
             let digest = ContentDigest::of(bytes);
-            let path = self
-                .root
-                .path(&format!("snapshots/blobs/sha256/{}", digest.hex()));
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
-            match self
-                .root
-                .store()
-                .put_opts(&path, PutPayload::from(bytes.clone()), opts)
-                .await
-            {
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
-                Err(e) => return Err(storage_error(&self.root.describe(&path), e)),
-            }
+            self.root
+                .put_if_absent(
+                    &format!("snapshots/blobs/sha256/{}", digest.hex()),
+                    bytes.clone(),
+                )
+                .await?;
             files.push(SnapshotFile {
                 name: name.clone(),
                 size: bytes.len() as u64,
@@ -200,50 +188,39 @@ impl SnapshotStore {
         };
         let manifest = serde_json::to_vec_pretty(&snapshot)
             .map_err(|e| Error::invalid_input("snapshot", e.to_string()))?;
-        let path = self.root.path(&format!("snapshots/{id}.json"));
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self
+        if !self
             .root
-            .store()
-            .put_opts(&path, PutPayload::from(manifest), opts)
-            .await
+            .put_if_absent(&format!("snapshots/{id}.json"), manifest.into())
+            .await?
         {
-            Ok(_) => {
-                if let Some(log) = &self.audit {
-                    log.append(
-                        AuditEvent::new(
-                            self.actor.clone(),
-                            "snapshot",
-                            format!("dataset snapshot {id}"),
-                        )
-                        .detail("files", snapshot.files.len().to_string())
-                        .detail("description", description),
-                    )
-                    .await?;
-                }
-                Ok(snapshot)
-            }
             // The same content was snapshotted before: that snapshot is this one.
-            Err(object_store::Error::AlreadyExists { .. }) => self.get(&id).await,
-            Err(e) => Err(storage_error(&self.root.describe(&path), e)),
+            return self.get(&id).await;
         }
+        if let Some(log) = &self.audit {
+            log.append(
+                AuditEvent::new(
+                    self.actor.clone(),
+                    "snapshot",
+                    format!("dataset snapshot {id}"),
+                )
+                .detail("files", snapshot.files.len().to_string())
+                .detail("description", description),
+            )
+            .await?;
+        }
+        Ok(snapshot)
     }
 
     /// The manifest of snapshot `id`, checked against its id.
     pub async fn get(&self, id: &str) -> Result<DatasetSnapshot> {
         check_id(id)?;
-        let path = self.root.path(&format!("snapshots/{id}.json"));
-        let where_ = self.root.describe(&path);
-        let bytes = match self.root.store().get(&path).await {
-            Ok(r) => r.bytes().await.map_err(|e| storage_error(&where_, e))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::not_found(ResourceKind::Snapshot, id));
-            }
-            Err(e) => return Err(storage_error(&where_, e)),
-        };
+        let relative = format!("snapshots/{id}.json");
+        let where_ = self.root.describe(&self.root.path(&relative));
+        let bytes = self
+            .root
+            .get_opt(&relative)
+            .await?
+            .ok_or_else(|| Error::not_found(ResourceKind::Snapshot, id))?;
         let snapshot: DatasetSnapshot = serde_json::from_slice(&bytes).map_err(|e| {
             Error::integrity(
                 where_.clone(),

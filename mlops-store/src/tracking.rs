@@ -23,7 +23,7 @@ use futures_util::TryStreamExt;
 use mlops_core::audit::{AuditEvent, AuditLog};
 use mlops_core::tracking::{ExperimentTracker, MetricPoint, Run, RunQuery, RunStatus};
 use mlops_core::{Error, ResourceKind, Result, validate_name};
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::cas::CasCell;
@@ -98,20 +98,19 @@ impl ObjectTracker {
 
     async fn experiment_of(&self, run_id: &str) -> Result<String> {
         validate_name(ResourceKind::Run, run_id)?;
-        let path = self.root.path(&format!("tracking/runs/{run_id}.json"));
-        let where_ = self.root.describe(&path);
-        match self.root.store().get(&path).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| storage_error(&where_, e))?;
-                let index: RunIndex = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::integrity(where_, format!("not a valid run index: {e}")))?;
-                Ok(index.experiment)
-            }
-            Err(object_store::Error::NotFound { .. }) => {
-                Err(Error::not_found(ResourceKind::Run, run_id))
-            }
-            Err(e) => Err(storage_error(&where_, e)),
-        }
+        let relative = format!("tracking/runs/{run_id}.json");
+        let bytes = self
+            .root
+            .get_opt(&relative)
+            .await?
+            .ok_or_else(|| Error::not_found(ResourceKind::Run, run_id))?;
+        let index: RunIndex = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::integrity(
+                self.root.describe(&self.root.path(&relative)),
+                format!("not a valid run index: {e}"),
+            )
+        })?;
+        Ok(index.experiment)
     }
 
     /// Applies `f` to a running run, atomically.
@@ -145,33 +144,13 @@ impl ObjectTracker {
         Ok(())
     }
 
+    /// Creates `relative` if absent: its location, or [`Error::AlreadyExists`].
     async fn put_create(&self, relative: &str, bytes: Vec<u8>) -> Result<String> {
-        let path = self.root.path(relative);
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        self.root
-            .store()
-            .put_opts(&path, PutPayload::from(bytes), opts)
-            .await
-            .map_err(|e| storage_error(&self.root.describe(&path), e))?;
-        Ok(self.root.describe(&path))
-    }
-
-    async fn list_names(&self, relative: &str) -> Result<Vec<String>> {
-        let dir = self.root.path(relative);
-        let listing = self
-            .root
-            .store()
-            .list_with_delimiter(Some(&dir))
-            .await
-            .map_err(|e| storage_error(&self.root.describe(&dir), e))?;
-        Ok(listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_owned))
-            .collect())
+        if self.root.put_if_absent(relative, bytes.into()).await? {
+            Ok(self.root.describe(&self.root.path(relative)))
+        } else {
+            Err(Error::already_exists(ResourceKind::Object, relative))
+        }
     }
 }
 
@@ -475,12 +454,13 @@ impl ExperimentTracker for ObjectTracker {
                 validate_name(ResourceKind::Experiment, e)?;
                 vec![e.clone()]
             }
-            None => self.list_names("tracking/experiments").await?,
+            None => self.root.list_children("tracking/experiments").await?,
         };
         let mut out = Vec::new();
         for experiment in experiments {
             for run_id in self
-                .list_names(&format!("tracking/experiments/{experiment}/runs"))
+                .root
+                .list_children(&format!("tracking/experiments/{experiment}/runs"))
                 .await?
             {
                 if let (Some(run), _) = self.cell(&experiment, &run_id).read::<Run>().await?
