@@ -5,6 +5,7 @@
 mod audit;
 mod concurrency;
 mod faults;
+mod offline;
 mod registry;
 mod snapshots;
 mod tracking;
