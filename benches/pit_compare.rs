@@ -23,7 +23,9 @@ fn read_parquet(path: &Path) -> RecordBatch {
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.with_batch_size(1 << 20).build())
         .unwrap_or_else(|e| panic!("{e}"));
-    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap_or_else(|e| panic!("{e}"))).collect();
+    let batches: Vec<RecordBatch> = reader
+        .map(|b| b.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
     let schema = batches[0].schema();
     concat_batches(&schema, &batches).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -33,9 +35,11 @@ fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -46,7 +50,9 @@ fn main() {
         .find(|a| !a.starts_with("--"))
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            eprintln!("usage: cargo bench --bench pit_compare -- DATA_DIR (see benches/pit_vs_duckdb.py)");
+            eprintln!(
+                "usage: cargo bench --bench pit_compare -- DATA_DIR (see benches/pit_vs_duckdb.py)"
+            );
             std::process::exit(2);
         });
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{
     Array, ArrayRef, AsArray, RecordBatch, TimestampMicrosecondArray, UInt32Array, new_null_array,
 };
-use arrow::compute::{cast, concat_batches, take, take_record_batch};
+use arrow::compute::{cast, concat, interleave, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::{StreamExt, TryStreamExt};
@@ -340,7 +340,7 @@ impl OfflineStore {
         columns: &[String],
         min_us: i64,
         max_us: i64,
-    ) -> Result<RecordBatch> {
+    ) -> Result<(Arc<Schema>, Vec<RecordBatch>)> {
         let full = view.schema();
         let fields: Vec<Field> = columns
             .iter()
@@ -354,22 +354,27 @@ impl OfflineStore {
             .flat_map(|c| c.files)
             .filter(|f| f.max_event_us >= min_us && f.min_event_us <= max_us)
             .collect();
+        // Each file is fetched and decoded in its own task, so decoding uses every
+        // core of a multi-threaded runtime; results keep commit order.
         let reads = files.iter().map(|f| {
             let store = self.root.store().clone();
             let path = self.root.path(&f.path);
             let describe = self.root.describe(&path);
             let columns = columns.to_vec();
-            async move { reader::read_columns(store, path, &columns, &describe).await }
+            tokio::spawn(
+                async move { reader::read_columns(store, path, &columns, &describe).await },
+            )
         });
         let per_file: Vec<Vec<RecordBatch>> = futures_util::stream::iter(reads)
-            .buffered(4)
+            .buffered(8)
+            .map(|joined| joined.unwrap_or_else(|e| Err(Error::backend("tokio", e))))
             .try_collect()
             .await?;
         let mut batches = Vec::new();
         for b in per_file.into_iter().flatten() {
             batches.push(align(&b, &schema)?);
         }
-        concat_batches(&schema, &batches).map_err(|e| Error::backend("arrow", e))
+        Ok((schema, batches))
     }
 
     /// Point-in-time correct join of `entity_df` with `features` (see
@@ -471,27 +476,44 @@ impl OfflineStore {
             wanted.extend(view.created_time_column.clone());
             wanted.extend(refs.iter().map(|r| r.feature().to_owned()));
             let lo = ttl_us.map_or(i64::MIN, |t| min_t.saturating_sub(t));
-            let data = self.scan(view, &wanted, lo, max_t).await?;
-            let col = |name: &str| -> Result<ArrayRef> {
-                data.column_by_name(name).cloned().ok_or_else(|| {
+            let (schema, batches) = self.scan(view, &wanted, lo, max_t).await?;
+            // Keys and times are concatenated for the index; feature values are
+            // gathered straight from the batches they were read into.
+            let column_of = |name: &str| -> Result<Vec<&dyn Array>> {
+                let i = schema.index_of(name).map_err(|_| {
                     Error::schema_mismatch(
                         format!("feature view {view_name}"),
                         name,
                         "a stored column",
                         "missing",
                     )
-                })
+                })?;
+                Ok(batches.iter().map(|b| b.column(i).as_ref()).collect())
+            };
+            let concat_of = |name: &str| -> Result<ArrayRef> {
+                let parts = column_of(name)?;
+                if parts.is_empty() {
+                    let field = schema
+                        .field_with_name(name)
+                        .map_err(|e| Error::backend("arrow", e))?;
+                    return Ok(new_null_array(field.data_type(), 0));
+                }
+                concat(&parts).map_err(|e| Error::backend("arrow", e))
             };
             let feature_keys: Vec<ArrayRef> = view
                 .join_keys
                 .iter()
-                .map(|k| col(&k.name))
+                .map(|k| concat_of(&k.name))
                 .collect::<Result<_>>()?;
-            let event = col(&view.event_time_column)?;
+            let event = concat_of(&view.event_time_column)?;
             let event = event
                 .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
                 .values();
-            let created = view.created_time_column.as_deref().map(col).transpose()?;
+            let created = view
+                .created_time_column
+                .as_deref()
+                .map(concat_of)
+                .transpose()?;
             let created_values = created.as_ref().map(|c| {
                 c.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
                     .values()
@@ -508,9 +530,34 @@ impl OfflineStore {
                 ttl_us,
                 options.require_created_before_event && view.created_time_column.is_some(),
             )?;
+            // Global row index -> (batch, row); misses point at a one-row null array.
+            let starts: Vec<usize> = batches
+                .iter()
+                .scan(0usize, |acc, b| {
+                    let start = *acc;
+                    *acc += b.num_rows();
+                    Some(start)
+                })
+                .collect();
+            let picks: Vec<(usize, usize)> = indices
+                .iter()
+                .map(|i| match i {
+                    Some(i) => {
+                        let i = i as usize;
+                        let b = starts.partition_point(|&s| s <= i) - 1;
+                        (b, i - starts[b])
+                    }
+                    None => (batches.len(), 0),
+                })
+                .collect();
             for r in refs {
-                let values = take(col(r.feature())?.as_ref(), &indices, None)
+                let mut parts = column_of(r.feature())?;
+                let field = schema
+                    .field_with_name(r.feature())
                     .map_err(|e| Error::backend("arrow", e))?;
+                let null = new_null_array(field.data_type(), 1);
+                parts.push(null.as_ref());
+                let values = interleave(&parts, &picks).map_err(|e| Error::backend("arrow", e))?;
                 columns.insert(r.to_string(), values);
             }
         }
