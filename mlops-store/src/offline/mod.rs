@@ -561,7 +561,6 @@ impl OfflineStore {
                 columns.insert(r.to_string(), values);
             }
         }
-
         let mut fields: Vec<Field> = entity_df
             .schema()
             .fields()
