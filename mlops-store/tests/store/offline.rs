@@ -531,3 +531,63 @@ proptest! {
         })?;
     }
 }
+
+/// A view's files are plain Hive-partitioned Parquet: DuckDB reads them and gets
+/// the rows that were ingested. Needs a Python with duckdb in `MLOPS_TEST_PYTHON`
+/// (`.ci/run` sets one up); without it the test says so and does nothing.
+#[tokio::test]
+async fn duckdb_reads_the_view_files() {
+    let Ok(python) = std::env::var("MLOPS_TEST_PYTHON") else {
+        eprintln!(
+            "SKIPPED duckdb_reads_the_view_files: set MLOPS_TEST_PYTHON to a python with duckdb (.ci/run does)"
+        );
+        return;
+    };
+    let root = local_root("offline-duckdb");
+    let s = OfflineStore::new(&root);
+    s.apply_view(card_view(None), ApplyOptions::default())
+        .await
+        .unwrap();
+    let keys = vec![3, 1, 2, 1];
+    let events = vec![DAY + 5, DAY + 1, 2 * DAY + 7, 3 * DAY];
+    let values = vec![Some(0.5), None, Some(2.5), Some(-1.0)];
+    s.ingest(
+        "card",
+        card_rows(keys.clone(), events.clone(), events.clone(), values.clone()),
+    )
+    .await
+    .unwrap();
+    let dir = local_dir(&root).unwrap();
+    let script = format!(
+        "import duckdb, json\n\
+         rows = duckdb.sql(\"select card_id, epoch_us(event_ts), spend, event_date::VARCHAR \
+         from read_parquet('{}/features/views/card/data/*/*.parquet', hive_partitioning=true) \
+         order by event_ts\").fetchall()\n\
+         print(json.dumps(rows))",
+        dir.display()
+    );
+    let out = std::process::Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<(i64, i64, Option<f64>, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut expected: Vec<(i64, i64, Option<f64>, String)> = keys
+        .iter()
+        .zip(&events)
+        .zip(&values)
+        .map(|((&k, &e), &v)| {
+            let date = chrono::DateTime::from_timestamp_micros(e)
+                .unwrap()
+                .date_naive()
+                .to_string();
+            (k, e, v, date)
+        })
+        .collect();
+    expected.sort_by_key(|r| r.1);
+    assert_eq!(rows, expected);
+}
