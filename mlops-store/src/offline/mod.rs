@@ -361,9 +361,15 @@ impl OfflineStore {
             let path = self.root.path(&f.path);
             let describe = self.root.describe(&path);
             let columns = columns.to_vec();
-            tokio::spawn(
-                async move { reader::read_columns(store, path, &columns, &describe).await },
-            )
+            let event = view.event_time_column.clone();
+            tokio::spawn(async move {
+                let range = reader::TimeRange {
+                    column: &event,
+                    min_us,
+                    max_us,
+                };
+                reader::read_columns(store, path, &columns, range, &describe).await
+            })
         });
         let per_file: Vec<Vec<RecordBatch>> = futures_util::stream::iter(reads)
             .buffered(8)

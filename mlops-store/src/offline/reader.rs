@@ -84,19 +84,76 @@ impl MetadataSuffixFetch for &mut ObjectReader {
     }
 }
 
+/// Which rows of a file to read: those whose `column` (a microsecond timestamp)
+/// lies in `[min_us, max_us]`, judged by row-group statistics.
+#[derive(Debug, Clone)]
+pub(crate) struct TimeRange<'a> {
+    pub(crate) column: &'a str,
+    pub(crate) min_us: i64,
+    pub(crate) max_us: i64,
+}
+
+/// The row groups whose statistics for the range's column overlap it (all of them
+/// when statistics are missing).
+fn row_groups_in_range(
+    metadata: &ParquetMetaData,
+    arrow_schema: &arrow::datatypes::Schema,
+    parquet_schema: &parquet::schema::types::SchemaDescriptor,
+    range: &TimeRange<'_>,
+) -> Option<Vec<usize>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::TimestampMicrosecondType;
+    use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
+    let converter =
+        StatisticsConverter::try_new(range.column, arrow_schema, parquet_schema).ok()?;
+    let mins = converter.row_group_mins(metadata.row_groups()).ok()?;
+    let maxes = converter.row_group_maxes(metadata.row_groups()).ok()?;
+    let mins = mins.as_primitive_opt::<TimestampMicrosecondType>()?;
+    let maxes = maxes.as_primitive_opt::<TimestampMicrosecondType>()?;
+    Some(
+        (0..metadata.num_row_groups())
+            .filter(|&i| {
+                let lo = if mins.is_null(i) {
+                    i64::MIN
+                } else {
+                    mins.value(i)
+                };
+                let hi = if maxes.is_null(i) {
+                    i64::MAX
+                } else {
+                    maxes.value(i)
+                };
+                hi >= range.min_us && lo <= range.max_us
+            })
+            .collect(),
+    )
+}
+
 /// Reads the columns named in `columns` that the file has (others are the caller's
-/// to fill), in the file's column order.
+/// to fill), in the file's column order, skipping row groups outside `range`.
 pub(crate) async fn read_columns(
     store: Arc<dyn ObjectStore>,
     path: Path,
     columns: &[String],
+    range: TimeRange<'_>,
     describe: &str,
 ) -> Result<Vec<RecordBatch>> {
     let parquet_err = |e: ParquetError| Error::storage(describe.to_owned(), e);
     let reader = ObjectReader { store, path };
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(parquet_err)?;
+    if let Some(groups) = row_groups_in_range(
+        builder.metadata(),
+        builder.schema(),
+        builder.parquet_schema(),
+        &range,
+    ) {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        builder = builder.with_row_groups(groups);
+    }
     let schema = builder.parquet_schema();
     let indices: Vec<usize> = (0..schema.num_columns())
         .filter(|&i| columns.iter().any(|c| c == schema.column(i).name()))

@@ -591,3 +591,48 @@ async fn duckdb_reads_the_view_files() {
     expected.sort_by_key(|r| r.1);
     assert_eq!(rows, expected);
 }
+
+/// Row groups are skipped by their time statistics; the answers stay right when
+/// a query window covers only part of a multi-row-group file.
+#[tokio::test]
+async fn row_group_pruning_keeps_answers_right() {
+    let s = OfflineStore::new(&StoreRoot::open("memory://").unwrap());
+    s.apply_view(card_view(Some(3_600_000_000)), ApplyOptions::default())
+        .await
+        .unwrap();
+    let n = 300_000i64; // three row groups in one day's file
+    let rows: Vec<(i64, i64, i64, Option<f64>)> = (0..n)
+        .map(|i| {
+            let t = DAY + i * 250_000; // every 0.25 s through the day
+            ((i * 7919) % 50, t, t, Some(i as f64))
+        })
+        .collect();
+    s.ingest(
+        "card",
+        card_rows(
+            rows.iter().map(|r| r.0).collect(),
+            rows.iter().map(|r| r.1).collect(),
+            rows.iter().map(|r| r.2).collect(),
+            rows.iter().map(|r| r.3).collect(),
+        ),
+    )
+    .await
+    .unwrap();
+    // A window late in the day: the early row groups cannot match (1 h TTL).
+    let query: Vec<(i64, i64)> = (0..60)
+        .map(|i| (i % 55, DAY + 70_000_000_000 + i * 1_000_000))
+        .collect();
+    let q = entities(
+        query.iter().map(|q| q.0).collect(),
+        query.iter().map(|q| q.1).collect(),
+    );
+    let out = s
+        .get_historical_features(q, &spend_ref(), HistoricalOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        column(&out, "spend"),
+        brute_force(&rows, &query, Some(3_600_000_000), true)
+    );
+    assert!(column(&out, "spend").iter().flatten().count() > 40);
+}
