@@ -483,8 +483,9 @@ impl OfflineStore {
             wanted.extend(refs.iter().map(|r| r.feature().to_owned()));
             let lo = ttl_us.map_or(i64::MIN, |t| min_t.saturating_sub(t));
             let (schema, batches) = self.scan(view, &wanted, lo, max_t).await?;
-            // Keys and times are concatenated for the index; feature values are
-            // gathered straight from the batches they were read into.
+            // Feature values are gathered straight from the batches they were read
+            // into; keys and times are concatenated only when the key is not a
+            // single integer.
             let column_of = |name: &str| -> Result<Vec<&dyn Array>> {
                 let i = schema.index_of(name).map_err(|_| {
                     Error::schema_mismatch(
@@ -506,15 +507,6 @@ impl OfflineStore {
                 }
                 concat(&parts).map_err(|e| Error::backend("arrow", e))
             };
-            let feature_keys: Vec<ArrayRef> = view
-                .join_keys
-                .iter()
-                .map(|k| concat_of(&k.name))
-                .collect::<Result<_>>()?;
-            let event = concat_of(&view.event_time_column)?;
-            let event = event
-                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
-                .values();
             let created = view
                 .created_time_column
                 .as_deref()
@@ -525,17 +517,67 @@ impl OfflineStore {
                     .values()
                     .to_vec()
             });
-            let indices = pit::as_of_indices(
-                &keys,
-                &entity_ts,
-                &pit::FeatureRows {
-                    keys: &feature_keys,
-                    event,
-                    created: created_values.as_deref(),
-                },
-                ttl_us,
-                options.require_created_before_event && view.created_time_column.is_some(),
-            )?;
+            let require_created =
+                options.require_created_before_event && view.created_time_column.is_some();
+            let event_chunks: Vec<&[i64]> = column_of(&view.event_time_column)?
+                .into_iter()
+                .map(|a| {
+                    a.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                        .values()
+                        .as_ref()
+                })
+                .collect();
+            // A single integer key is indexed straight from the batches; other keys
+            // are concatenated and row-encoded.
+            let int_chunks: Option<Vec<std::borrow::Cow<'_, [i64]>>> =
+                match (&keys[..], &view.join_keys[..]) {
+                    ([wanted], [key]) if pit::int_values(wanted.as_ref()).is_some() => {
+                        column_of(&key.name)?
+                            .into_iter()
+                            .map(pit::int_values)
+                            .collect()
+                    }
+                    _ => None,
+                };
+            let indices = match (
+                int_chunks,
+                keys.first().and_then(|k| pit::int_values(k.as_ref())),
+            ) {
+                (Some(chunks), Some(wanted)) => {
+                    let chunk_refs: Vec<&[i64]> = chunks.iter().map(|c| c.as_ref()).collect();
+                    pit::as_of_int(
+                        &wanted,
+                        &entity_ts,
+                        &chunk_refs,
+                        &event_chunks,
+                        created_values.as_deref(),
+                        ttl_us,
+                        require_created,
+                    )
+                }
+                _ => {
+                    let feature_keys: Vec<ArrayRef> = view
+                        .join_keys
+                        .iter()
+                        .map(|k| concat_of(&k.name))
+                        .collect::<Result<_>>()?;
+                    let event = concat_of(&view.event_time_column)?;
+                    let event = event
+                        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                        .values();
+                    pit::as_of_indices(
+                        &keys,
+                        &entity_ts,
+                        &pit::FeatureRows {
+                            keys: &feature_keys,
+                            event,
+                            created: created_values.as_deref(),
+                        },
+                        ttl_us,
+                        require_created,
+                    )?
+                }
+            };
             // Global row index -> (batch, row); misses point at a one-row null array.
             let starts: Vec<usize> = batches
                 .iter()

@@ -39,8 +39,9 @@ pub(crate) fn as_of_indices(
         return Ok(as_of_int(
             &wanted,
             entity_ts,
-            &stored,
-            rows,
+            &[&stored],
+            &[rows.event],
+            rows.created,
             ttl_us,
             require_created,
         ));
@@ -99,7 +100,7 @@ pub(crate) fn as_of_indices(
 
 /// The values of a null-free integer column as `i64` (equality-preserving), or
 /// `None` for other columns.
-fn int_values(a: &ArrayRef) -> Option<std::borrow::Cow<'_, [i64]>> {
+pub(crate) fn int_values(a: &dyn Array) -> Option<std::borrow::Cow<'_, [i64]>> {
     if a.null_count() > 0 {
         return None;
     }
@@ -156,17 +157,24 @@ impl Hasher for IntHasher {
 /// The single integer key case, without row encoding: feature rows grouped by key
 /// in one counting pass (compressed rows), each group sorted by (event, created,
 /// commit order) on all cores.
-fn as_of_int(
+///
+/// The feature rows come in chunks (the batches they were read into): `stored[c]`
+/// and `events[c]` are chunk `c`'s keys and event times; `created` is indexed by
+/// the global row number.
+pub(crate) fn as_of_int(
     wanted: &[i64],
     entity_ts: &[i64],
-    stored: &[i64],
-    rows: &FeatureRows<'_>,
+    stored: &[&[i64]],
+    events: &[&[i64]],
+    created: Option<&[i64]>,
     ttl_us: Option<i64>,
     require_created: bool,
 ) -> UInt32Array {
+    let total: usize = stored.iter().map(|c| c.len()).sum();
     let mut ids: HashMap<i64, u32, BuildHasherDefault<IntHasher>> = HashMap::default();
     let group_of: Vec<u32> = stored
         .iter()
+        .flat_map(|c| c.iter())
         .map(|&k| {
             let next = ids.len() as u32;
             *ids.entry(k).or_insert(next)
@@ -180,11 +188,11 @@ fn as_of_int(
     for g in 0..groups {
         start[g + 1] += start[g];
     }
-    let created_of = |i: u32| rows.created.map_or(i64::MIN, |c| c[i as usize]);
+    let created_of = |i: u32| created.map_or(i64::MIN, |c| c[i as usize]);
     // Each group's (event time, row) pairs, contiguous, so sorting and searching a
     // group touches one small region of memory; built and sorted on all cores,
     // each thread owning a range of groups of about equal rows.
-    let threads = if stored.len() > 100_000 {
+    let threads = if total > 100_000 {
         std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 8)
@@ -193,25 +201,29 @@ fn as_of_int(
     };
     let mut bounds = vec![0usize];
     for t in 1..threads {
-        let target = stored.len() * t / threads;
+        let target = total * t / threads;
         bounds.push(start.partition_point(|&s| s < target).min(groups));
     }
     bounds.push(groups);
-    let mut slots = vec![(0i64, 0u32); stored.len()];
+    let mut slots = vec![(0i64, 0u32); total];
     let build = |mine: &mut [(i64, u32)], from: usize, to: usize| {
         let offset = start[from];
         let mut fill: Vec<usize> = start[from..to].iter().map(|s| s - offset).collect();
-        for (i, &g) in group_of.iter().enumerate() {
+        for (i, (&g, &event)) in group_of
+            .iter()
+            .zip(events.iter().flat_map(|c| c.iter()))
+            .enumerate()
+        {
             let g = g as usize;
             if g >= from && g < to {
-                mine[fill[g - from]] = (rows.event[i], i as u32);
+                mine[fill[g - from]] = (event, i as u32);
                 fill[g - from] += 1;
             }
         }
         for g in from..to {
             let group = &mut mine[start[g] - offset..start[g + 1] - offset];
             group.sort_unstable();
-            if rows.created.is_some() {
+            if created.is_some() {
                 // Equal event times: order by created time, then commit order.
                 let mut a = 0;
                 while a < group.len() {
@@ -239,27 +251,81 @@ fn as_of_int(
         }
     });
     drop(group_of);
-    wanted
+    // Queries visited group by group (a counting sort on their group), so each
+    // group's pairs are read once from memory for all its queries, on all cores.
+    let missing = u32::MAX;
+    let query_group: Vec<u32> = wanted
         .iter()
-        .zip(entity_ts)
-        .map(|(k, &t)| {
-            let g = *ids.get(k)? as usize;
-            let group = &slots[start[g]..start[g + 1]];
-            let end = group.partition_point(|s| s.0 <= t);
-            for &(event, i) in group[..end].iter().rev() {
-                if let Some(ttl) = ttl_us
-                    && event < t.saturating_sub(ttl)
-                {
-                    return None;
-                }
-                if require_created && created_of(i) > t {
-                    continue;
-                }
-                return Some(i);
+        .map(|k| ids.get(k).copied().unwrap_or(missing))
+        .collect();
+    let mut qstart = vec![0usize; groups + 1];
+    for &g in &query_group {
+        if g != missing {
+            qstart[g as usize + 1] += 1;
+        }
+    }
+    for g in 0..groups {
+        qstart[g + 1] += qstart[g];
+    }
+    let mut queries = vec![0u32; qstart[groups]];
+    let mut qfill = qstart.clone();
+    for (q, &g) in query_group.iter().enumerate() {
+        if g != missing {
+            queries[qfill[g as usize]] = q as u32;
+            qfill[g as usize] += 1;
+        }
+    }
+    drop(qfill);
+    let answer = |g: usize, t: i64| -> Option<u32> {
+        let group = &slots[start[g]..start[g + 1]];
+        let end = group.partition_point(|s| s.0 <= t);
+        for &(event, i) in group[..end].iter().rev() {
+            if let Some(ttl) = ttl_us
+                && event < t.saturating_sub(ttl)
+            {
+                return None;
             }
-            None
+            if require_created && created_of(i) > t {
+                continue;
+            }
+            return Some(i);
+        }
+        None
+    };
+    let solve = |from: usize, to: usize| -> Vec<(u32, u32)> {
+        let mut out = Vec::with_capacity(qstart[to] - qstart[from]);
+        for g in from..to {
+            for &q in &queries[qstart[g]..qstart[g + 1]] {
+                if let Some(i) = answer(g, entity_ts[q as usize]) {
+                    out.push((q, i));
+                }
+            }
+        }
+        out
+    };
+    let mut result: Vec<Option<u32>> = vec![None; wanted.len()];
+    let parts: Vec<Vec<(u32, u32)>> = if threads > 1 && wanted.len() > 10_000 {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = bounds
+                .windows(2)
+                .map(|w| {
+                    let (from, to) = (w[0], w[1]);
+                    let solve = &solve;
+                    scope.spawn(move || solve(from, to))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
         })
-        .collect()
+    } else {
+        vec![solve(0, groups)]
+    };
+    for (q, i) in parts.into_iter().flatten() {
+        result[q as usize] = Some(i);
+    }
+    result.into_iter().collect()
 }
 
 #[cfg(test)]
