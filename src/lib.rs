@@ -7,8 +7,8 @@
 //!
 //! | Module | Crate | What |
 //! |---|---|---|
-//! | [`core`] | `mlops-core` | traits, shared types, errors, pure algorithms |
-//! | [`store`] | `mlops-store` | storage roots on object_store (feature store, registry, tracking and audit planned) |
+//! | [`core`] | `mlops-core` | traits, shared types, errors, drift detection |
+//! | [`store`] | `mlops-store` | offline feature store, model registry, experiment tracking, dataset snapshots and audit log on object_store |
 //! | [`train`] | `mlops-train` | training devices on burn (trainers planned) |
 //! | [`serve`] | `mlops-serve` | Open Inference Protocol serving (server planned) |
 //!
@@ -53,6 +53,9 @@ pub mod prelude {
     pub use mlops_core::tracking::{ExperimentTracker, MetricPoint, RunStatus};
     pub use mlops_core::train::{Task, TrainedModel, Trainer};
     pub use mlops_core::{Error, ModelLoader, Predictor, Result, Server};
-    pub use mlops_store::StoreRoot;
+    pub use mlops_store::{
+        ObjectAuditLog, ObjectRegistry, ObjectTracker, OfflineStore, RegistryOptions,
+        SnapshotStore, StoreRoot,
+    };
     pub use mlops_train::TrainDevice;
 }
