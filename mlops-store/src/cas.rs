@@ -69,17 +69,7 @@ impl CasCell {
             let path = self.object();
             let where_ = self.root.describe(&path);
             match store.get(&path).await {
-                Ok(result) => {
-                    let version = UpdateVersion {
-                        e_tag: result.meta.e_tag.clone(),
-                        version: result.meta.version.clone(),
-                    };
-                    let bytes = result
-                        .bytes()
-                        .await
-                        .map_err(|e| storage_error(&where_, e))?;
-                    Ok((Some(parse(&where_, &bytes)?), Token::Version(version)))
-                }
+                Ok(result) => versioned(&where_, result).await,
                 Err(object_store::Error::NotFound { .. }) => Ok((None, Token::Absent)),
                 Err(e) => Err(storage_error(&where_, e)),
             }
@@ -126,17 +116,7 @@ impl CasCell {
                     Err(object_store::Error::NotModified { .. }) => {
                         Ok((Some(value), Token::Version(v)))
                     }
-                    Ok(result) => {
-                        let version = UpdateVersion {
-                            e_tag: result.meta.e_tag.clone(),
-                            version: result.meta.version.clone(),
-                        };
-                        let bytes = result
-                            .bytes()
-                            .await
-                            .map_err(|e| storage_error(&where_, e))?;
-                        Ok((Some(parse(&where_, &bytes)?), Token::Version(version)))
-                    }
+                    Ok(result) => versioned(&where_, result).await,
                     Err(object_store::Error::NotFound { .. }) => Ok((None, Token::Absent)),
                     Err(e) => Err(storage_error(&where_, e)),
                 }
@@ -225,6 +205,19 @@ impl CasCell {
             format!("still contended after {MAX_ATTEMPTS} attempts"),
         ))
     }
+}
+
+/// The value of a GET answer and the token to update it conditionally.
+async fn versioned<T: DeserializeOwned>(
+    where_: &str,
+    result: object_store::GetResult,
+) -> Result<(Option<T>, Token)> {
+    let version = UpdateVersion {
+        e_tag: result.meta.e_tag.clone(),
+        version: result.meta.version.clone(),
+    };
+    let bytes = result.bytes().await.map_err(|e| storage_error(where_, e))?;
+    Ok((Some(parse(where_, &bytes)?), Token::Version(version)))
 }
 
 fn parse<T: DeserializeOwned>(where_: &str, bytes: &[u8]) -> Result<T> {
