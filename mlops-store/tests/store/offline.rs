@@ -636,3 +636,45 @@ async fn row_group_pruning_keeps_answers_right() {
     );
     assert!(column(&out, "spend").iter().flatten().count() > 40);
 }
+
+/// No entity rows, or no data yet: an empty or all-null answer, not an error.
+#[tokio::test]
+async fn empty_inputs_give_empty_answers() {
+    let s = OfflineStore::new(&StoreRoot::open("memory://").unwrap());
+    s.apply_view(card_view(None), ApplyOptions::default())
+        .await
+        .unwrap();
+    let none = entities(vec![], vec![]);
+    let out = s
+        .get_historical_features(none, &spend_ref(), HistoricalOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((out.num_rows(), out.num_columns()), (0, 3));
+    // A view without data yet: every value is null.
+    let q = entities(vec![1, 2], vec![DAY, 2 * DAY]);
+    let out = s
+        .get_historical_features(q, &spend_ref(), HistoricalOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(column(&out, "spend"), vec![None, None]);
+    // Null entity keys match nothing (and take the general path).
+    let nulls = RecordBatch::try_from_iter([
+        (
+            "card_id",
+            Arc::new(Int64Array::from(vec![None, Some(1)])) as ArrayRef,
+        ),
+        ("event_timestamp", ts(vec![DAY, DAY])),
+    ])
+    .unwrap();
+    s.ingest(
+        "card",
+        card_rows(vec![1], vec![DAY], vec![DAY], vec![Some(3.0)]),
+    )
+    .await
+    .unwrap();
+    let out = s
+        .get_historical_features(nulls, &spend_ref(), HistoricalOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(column(&out, "spend"), vec![None, Some(3.0)]);
+}
