@@ -95,13 +95,18 @@ fn main() {
         let before = peak_rss_mib();
         let mut best = f64::INFINITY;
         let mut out = None;
-        for _ in 0..3 {
+        let mut first_peak = 0.0;
+        for run in 0..3 {
             let start = Instant::now();
             let r = store
                 .get_historical_features(entities.clone(), &refs, HistoricalOptions::default())
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             best = best.min(start.elapsed().as_secs_f64());
+            if run == 0 {
+                // Peak of one join: later runs add the allocator's retained pages.
+                first_peak = peak_rss_mib();
+            }
             out = Some(r);
         }
         let out = out.unwrap_or_else(|| panic!("no result"));
@@ -112,7 +117,7 @@ fn main() {
             sum += col.as_primitive::<Float64Type>().iter().flatten().sum::<f64>();
         }
         println!(
-            "{{\"engine\": \"mlops\", \"seconds\": {best:.4}, \"non_null\": {count}, \"sum\": {sum:.6}, \"peak_mib\": {:.0}, \"peak_before_join_mib\": {before:.0}}}",
+            "{{\"engine\": \"mlops\", \"seconds\": {best:.4}, \"non_null\": {count}, \"sum\": {sum:.6}, \"peak_mib\": {first_peak:.0}, \"peak_all_runs_mib\": {:.0}, \"peak_before_join_mib\": {before:.0}}}",
             peak_rss_mib()
         );
     });

@@ -11,9 +11,9 @@ as Parquet. mlops ingests the feature rows into an offline store once (not timed
 every engine then reads that store's data files
 (features/views/card/data/event_date=*/*.parquet) and joins with a 1-day TTL:
 the latest feature row with event time <= the entity row's time and >= time - 1 day.
-Each engine runs in its own process; the script prints wall time (best of 3),
-peak resident memory of that process, and a checksum (non-null count and sum of
-all joined values) that must agree.
+Each engine runs in its own process; the script prints wall time (best of 3), the
+peak resident memory of that process after its first join and after all three,
+and a checksum (non-null count and sum of all joined values) that must agree.
 """
 import json
 import os
@@ -101,6 +101,7 @@ def run_duckdb():
           ON e.card_id = f.card_id AND e.event_timestamp >= f.event_ts
     """
     best = float("inf")
+    first_peak = None
     for _ in range(3):
         start = time.perf_counter()
         cur = con.execute(q)
@@ -108,13 +109,16 @@ def run_duckdb():
         if hasattr(table, "read_all"):
             table = table.read_all()
         best = min(best, time.perf_counter() - start)
+        first_peak = first_peak or peak_mib()
     count, total = checksum(table)
-    return {"engine": "duckdb " + duckdb.__version__, "seconds": best, "non_null": count, "sum": total, "peak_mib": peak_mib()}
+    return {"engine": "duckdb " + duckdb.__version__, "seconds": best, "non_null": count, "sum": total,
+            "peak_mib": first_peak, "peak_all_runs_mib": peak_mib()}
 
 
 def run_polars():
     import polars as pl
     best = float("inf")
+    first_peak = None
     for _ in range(3):
         start = time.perf_counter()
         ent = pl.scan_parquet(f"{DATA}/entities.parquet").with_row_index("i").sort("event_timestamp")
@@ -126,8 +130,10 @@ def run_polars():
             .collect()
         )
         best = min(best, time.perf_counter() - start)
+        first_peak = first_peak or peak_mib()
     count, total = checksum(out.to_arrow())
-    return {"engine": "polars " + pl.__version__, "seconds": best, "non_null": count, "sum": total, "peak_mib": peak_mib()}
+    return {"engine": "polars " + pl.__version__, "seconds": best, "non_null": count, "sum": total,
+            "peak_mib": first_peak, "peak_all_runs_mib": peak_mib()}
 
 
 def main():
@@ -146,9 +152,11 @@ def main():
                              capture_output=True, text=True).stdout
         results += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     print(f"{rows:,} feature rows (100,000 entities, 5 features), {entity_rows:,} entity rows, TTL 1 day")
-    print(f"{'engine':<18}{'time (s)':>10}{'peak MiB':>10}{'non-null':>12}{'sum':>16}")
+    print("peak: resident memory of the engine's process after its first join; all runs: after three")
+    print(f"{'engine':<18}{'time (s)':>10}{'peak MiB':>10}{'all runs':>10}{'non-null':>12}{'sum':>16}")
     for r in results:
-        print(f"{r['engine']:<18}{r['seconds']:>10.3f}{r['peak_mib']:>10.0f}{r['non_null']:>12}{r['sum']:>16.4f}")
+        print(f"{r['engine']:<18}{r['seconds']:>10.3f}{r['peak_mib']:>10.0f}{r['peak_all_runs_mib']:>10.0f}"
+              f"{r['non_null']:>12}{r['sum']:>16.4f}")
     base = results[0]["seconds"]
     for r in results[1:]:
         print(f"mlops vs {r['engine']}: {r['seconds'] / base:.2f}x faster")
