@@ -6,6 +6,7 @@ mod audit;
 mod concurrency;
 mod faults;
 mod offline;
+mod online;
 mod registry;
 mod snapshots;
 mod tracking;

@@ -1,0 +1,62 @@
+//! Online stores: the latest feature values per entity, for low-latency lookups
+//! when serving.
+
+mod memory;
+
+use std::fmt::Debug;
+
+use arrow::array::RecordBatch;
+use async_trait::async_trait;
+use mlops_core::Result;
+use mlops_core::feature::FeatureView;
+
+pub use memory::InMemoryOnlineStore;
+
+/// One entity's stored row for a view, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnlineRow {
+    /// When the values became true (microseconds since the epoch, UTC).
+    pub event_us: i64,
+    /// When the row was written (microseconds), if the view has a created-time column.
+    pub created_us: Option<i64>,
+    /// Index of the row in the batch the values are in.
+    pub row: usize,
+}
+
+/// The answer of [`OnlineStore::read`]: the found rows' features as one batch
+/// (one row per found entity, in request order), and per requested key the index of
+/// its row in that batch.
+#[derive(Debug, Clone)]
+pub struct OnlineRead {
+    /// Feature columns (in the order asked) of the rows found.
+    pub values: RecordBatch,
+    /// Per requested key: its row in `values` with its times, or `None` when the
+    /// store holds nothing for it.
+    pub rows: Vec<Option<OnlineRow>>,
+}
+
+/// Holds the latest row per entity key and view.
+///
+/// Contract for implementations:
+/// - `write` keeps, per key, the row with the greatest (event time, created time);
+///   an older row never replaces a newer one, and writing the same rows again
+///   changes nothing (idempotent);
+/// - `read` answers in request order; concurrent reads do not wait for writes to
+///   other keys;
+/// - keys are the view's join key columns, with the view's types
+///   ([`Error::SchemaMismatch`](mlops_core::Error::SchemaMismatch) otherwise).
+#[async_trait]
+pub trait OnlineStore: Send + Sync + Debug {
+    /// Writes `rows` (the view's schema: keys, times, features) and returns how
+    /// many entity rows were inserted or replaced.
+    async fn write(&self, view: &FeatureView, rows: &RecordBatch) -> Result<usize>;
+
+    /// Reads `features` of `view` for the keys in `keys` (the view's join key
+    /// columns, one row per requested entity).
+    async fn read(
+        &self,
+        view: &FeatureView,
+        keys: &RecordBatch,
+        features: &[String],
+    ) -> Result<OnlineRead>;
+}
