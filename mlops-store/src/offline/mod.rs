@@ -25,10 +25,9 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{
     Array, ArrayRef, AsArray, RecordBatch, TimestampMicrosecondArray, UInt32Array, new_null_array,
 };
-use arrow::compute::{cast, concat, interleave, take_record_batch};
+use arrow::compute::{cast, concat, concat_batches, interleave, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use chrono::{DateTime, NaiveDate, Utc};
-use futures_util::{StreamExt, TryStreamExt};
 use mlops_core::feature::{
     ApplyOptions, Entity, FeatureRef, FeatureView, HistoricalOptions, IngestReceipt,
 };
@@ -45,6 +44,9 @@ use crate::root::StoreRoot;
 struct Definitions {
     entities: BTreeMap<String, Entity>,
     views: BTreeMap<String, FeatureView>,
+    /// Per view, the event time (µs) up to which it was materialized online.
+    #[serde(default)]
+    watermarks: BTreeMap<String, i64>,
 }
 
 /// One data file as a commit records it.
@@ -331,6 +333,79 @@ impl OfflineStore {
             .unwrap_or_default())
     }
 
+    /// The materialization watermark of `view` (µs), if it was ever materialized
+    /// incrementally.
+    pub(crate) async fn watermark(&self, view: &str) -> Result<Option<i64>> {
+        Ok(self.read_definitions().await?.watermarks.get(view).copied())
+    }
+
+    /// Moves the watermark of `view` forward to `to_us` (never back).
+    pub(crate) async fn advance_watermark(&self, view: &str, to_us: i64) -> Result<()> {
+        self.definitions()
+            .update(|d: Option<Definitions>| {
+                let mut d = d.unwrap_or_default();
+                let w = d.watermarks.entry(view.to_owned()).or_insert(to_us);
+                *w = (*w).max(to_us);
+                Ok((d, ()))
+            })
+            .await
+    }
+
+    /// Per entity key, the latest row (event time, then created time, then commit
+    /// order) with event time in `[start_us, end_us)`: what materialization loads.
+    pub(crate) async fn latest_rows(
+        &self,
+        view: &FeatureView,
+        start_us: i64,
+        end_us: i64,
+    ) -> Result<RecordBatch> {
+        let schema = view.schema();
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let (schema, batches) = self
+            .scan(view, &columns, start_us, end_us.saturating_sub(1))
+            .await?;
+        let all = concat_batches(&schema, &batches).map_err(|e| Error::backend("arrow", e))?;
+        let micros = |name: &str| -> Vec<i64> {
+            all.column_by_name(name)
+                .map(|c| {
+                    c.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                        .values()
+                        .to_vec()
+                })
+                .unwrap_or_default()
+        };
+        let event = micros(&view.event_time_column);
+        let created = view.created_time_column.as_deref().map(micros);
+        let keys: Vec<ArrayRef> = view
+            .join_keys
+            .iter()
+            .filter_map(|k| all.column_by_name(&k.name).cloned())
+            .collect();
+        let converter = arrow::row::RowConverter::new(
+            keys.iter()
+                .map(|k| arrow::row::SortField::new(k.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| Error::backend("arrow", e))?;
+        let rows = converter
+            .convert_columns(&keys)
+            .map_err(|e| Error::backend("arrow", e))?;
+        let order = |i: usize| (event[i], created.as_ref().map_or(0, |c| c[i]), i);
+        let mut best: HashMap<&[u8], usize> = HashMap::new();
+        for (i, &t) in event.iter().enumerate() {
+            if t < start_us || t >= end_us {
+                continue;
+            }
+            let slot = best.entry(rows.row(i).data()).or_insert(i);
+            if order(i) > order(*slot) {
+                *slot = i;
+            }
+        }
+        let mut picks: Vec<u32> = best.into_values().map(|i| i as u32).collect();
+        picks.sort_unstable();
+        take_record_batch(&all, &UInt32Array::from(picks)).map_err(|e| Error::backend("arrow", e))
+    }
+
     /// The view's rows with event time in `[min_us, max_us]` (files outside are not
     /// read), only `columns`, in commit order; columns a file lacks (features added
     /// later) come back as nulls.
@@ -356,26 +431,45 @@ impl OfflineStore {
             .collect();
         // Each file is fetched and decoded in its own task, so decoding uses every
         // core of a multi-threaded runtime; results keep commit order.
-        let reads = files.iter().map(|f| {
-            let store = self.root.store().clone();
-            let path = self.root.path(&f.path);
-            let describe = self.root.describe(&path);
-            let columns = columns.to_vec();
-            let event = view.event_time_column.clone();
-            tokio::spawn(async move {
-                let range = reader::TimeRange {
-                    column: &event,
-                    min_us,
-                    max_us,
-                };
-                reader::read_columns(store, path, &columns, range, &describe).await
+        // Owned arguments, so the stream below borrows nothing (its future must be
+        // Send for callers behind async traits).
+        let jobs: Vec<(
+            Arc<dyn object_store::ObjectStore>,
+            object_store::path::Path,
+            String,
+        )> = files
+            .iter()
+            .map(|f| {
+                let path = self.root.path(&f.path);
+                let describe = self.root.describe(&path);
+                (self.root.store().clone(), path, describe)
             })
-        });
-        let per_file: Vec<Vec<RecordBatch>> = futures_util::stream::iter(reads)
-            .buffered(8)
-            .map(|joined| joined.unwrap_or_else(|e| Err(Error::backend("tokio", e))))
-            .try_collect()
-            .await?;
+            .collect();
+        // At most 8 files in flight, results kept in commit order.
+        let mut jobs = jobs.into_iter();
+        let mut running = std::collections::VecDeque::new();
+        let mut per_file: Vec<Vec<RecordBatch>> = Vec::new();
+        loop {
+            while running.len() < 8 {
+                let Some((store, path, describe)) = jobs.next() else {
+                    break;
+                };
+                let columns = columns.to_vec();
+                let event = view.event_time_column.clone();
+                running.push_back(tokio::spawn(async move {
+                    let range = reader::TimeRange {
+                        column: &event,
+                        min_us,
+                        max_us,
+                    };
+                    reader::read_columns(store, path, &columns, range, &describe).await
+                }));
+            }
+            let Some(handle) = running.pop_front() else {
+                break;
+            };
+            per_file.push(handle.await.map_err(|e| Error::backend("tokio", e))??);
+        }
         let mut batches = Vec::new();
         for b in per_file.into_iter().flatten() {
             batches.push(align(&b, &schema)?);

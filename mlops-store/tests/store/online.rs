@@ -252,3 +252,234 @@ async fn concurrent_writers_keep_the_newest_row() {
         assert_eq!(risk.value(r.as_ref().unwrap().row), (49 * 8 + 7) as f64);
     }
 }
+
+mod materialization {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Float64Type};
+    use chrono::{DateTime, Utc};
+    use mlops_core::Error;
+    use mlops_core::feature::{ApplyOptions, FeatureRef, FeatureStatus, FeatureStore, FeatureView};
+    use mlops_store::{InMemoryOnlineStore, ObjectFeatureStore, StoreRoot};
+
+    use super::ts;
+
+    const H: i64 = 3_600_000_000;
+
+    fn at(us: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(us).unwrap()
+    }
+
+    fn card(keys: Vec<i64>, event: Vec<i64>, spend: Vec<Option<f64>>) -> RecordBatch {
+        RecordBatch::try_from_iter([
+            ("card_id", Arc::new(Int64Array::from(keys)) as ArrayRef),
+            ("event_ts", ts(event)),
+            ("spend", Arc::new(Float64Array::from(spend)) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    fn request(keys: Vec<i64>) -> RecordBatch {
+        RecordBatch::try_from_iter([("card_id", Arc::new(Int64Array::from(keys)) as ArrayRef)])
+            .unwrap()
+    }
+
+    async fn store() -> ObjectFeatureStore {
+        let s = ObjectFeatureStore::new(
+            &StoreRoot::open("memory://").unwrap(),
+            Arc::new(InMemoryOnlineStore::new()),
+        );
+        let view = FeatureView::builder("card")
+            .join_key("card_id", DataType::Int64)
+            .event_time("event_ts")
+            .ttl(Duration::from_secs(2 * 3600))
+            .feature("spend", DataType::Float64)
+            .build()
+            .unwrap();
+        s.apply_view(view, ApplyOptions::default()).await.unwrap();
+        s
+    }
+
+    /// Values, statuses and event times read at `now`.
+    async fn read_at(
+        s: &ObjectFeatureStore,
+        req: RecordBatch,
+        now: i64,
+    ) -> (
+        Vec<Option<f64>>,
+        Vec<FeatureStatus>,
+        Vec<Option<DateTime<Utc>>>,
+    ) {
+        let refs: Vec<FeatureRef> = vec!["card:spend".parse().unwrap()];
+        let out = s.get_online_features_at(req, &refs, at(now)).await.unwrap();
+        let spend = out
+            .batch
+            .column_by_name("spend")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .iter()
+            .collect();
+        (
+            spend,
+            out.columns[0].statuses.clone(),
+            out.columns[0].event_times.clone(),
+        )
+    }
+
+    #[tokio::test]
+    async fn materialize_then_serve_with_statuses() {
+        let concrete = store().await;
+        let s: Arc<dyn FeatureStore> = Arc::new(concrete.clone());
+        s.ingest(
+            "card",
+            card(
+                vec![1, 1, 2, 3],
+                vec![H, 3 * H, 2 * H, 9 * H],
+                vec![Some(1.0), Some(3.0), None, Some(9.0)],
+            ),
+        )
+        .await
+        .unwrap();
+        // The window [0, 5h): card 1's latest is 3.0, card 2's is null; card 3 is later.
+        let r = s.materialize("card", at(0), at(5 * H)).await.unwrap();
+        assert_eq!(r.entities_written, 2);
+        let again = s.materialize("card", at(0), at(5 * H)).await.unwrap();
+        assert_eq!(again.entities_written, 0, "idempotent");
+        // Read now (2026): everything is older than the 2 h TTL.
+        let refs: Vec<FeatureRef> = vec!["card:spend".parse().unwrap()];
+        let out = s
+            .get_online_features(request(vec![2, 1, 3]), &refs)
+            .await
+            .unwrap();
+        let spend: Vec<Option<f64>> = out
+            .batch
+            .column_by_name("spend")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .iter()
+            .collect();
+        assert_eq!(spend, vec![None, None, None]);
+        assert_eq!(
+            out.columns[0].statuses,
+            vec![
+                FeatureStatus::OutsideMaxAge,
+                FeatureStatus::OutsideMaxAge,
+                FeatureStatus::NotFound
+            ]
+        );
+        assert_eq!(
+            out.batch.num_columns(),
+            2,
+            "the request's columns, then the features"
+        );
+
+        // Read as of 4 h: within the TTL (exactly 2 h old counts as inside too).
+        let (spend, statuses, times) = read_at(&concrete, request(vec![2, 1, 3, 1]), 4 * H).await;
+        assert_eq!(spend, vec![None, Some(3.0), None, Some(3.0)]);
+        assert_eq!(
+            statuses,
+            vec![
+                FeatureStatus::NullValue,
+                FeatureStatus::Present,
+                FeatureStatus::NotFound,
+                FeatureStatus::Present
+            ]
+        );
+        assert_eq!(times[1], Some(at(3 * H)));
+        let (_, statuses, _) = read_at(&concrete, request(vec![1]), 5 * H).await;
+        assert_eq!(statuses, vec![FeatureStatus::Present]);
+        let (_, statuses, _) = read_at(&concrete, request(vec![1]), 5 * H + 1).await;
+        assert_eq!(statuses, vec![FeatureStatus::OutsideMaxAge]);
+
+        // An older row arriving later never replaces the newer one online.
+        s.ingest("card", card(vec![1], vec![2 * H], vec![Some(2.0)]))
+            .await
+            .unwrap();
+        s.materialize("card", at(0), at(5 * H)).await.unwrap();
+        let (spend, _, _) = read_at(&concrete, request(vec![1]), 4 * H).await;
+        assert_eq!(spend, vec![Some(3.0)]);
+    }
+
+    #[tokio::test]
+    async fn incremental_materialization_and_bad_requests() {
+        let s = ObjectFeatureStore::new(
+            &StoreRoot::open("memory://").unwrap(),
+            Arc::new(InMemoryOnlineStore::new()),
+        );
+        let view = FeatureView::builder("card")
+            .join_key("card_id", DataType::Int64)
+            .event_time("event_ts")
+            .feature("spend", DataType::Float64)
+            .build()
+            .unwrap();
+        s.apply_view(view, ApplyOptions::default()).await.unwrap();
+        s.ingest(
+            "card",
+            card(vec![1, 2], vec![H, 2 * H], vec![Some(1.0), Some(2.0)]),
+        )
+        .await
+        .unwrap();
+        let r = s
+            .materialize_incremental("card", at(90 * 60_000_000))
+            .await
+            .unwrap();
+        assert_eq!(r.entities_written, 1, "only card 1 is before 1.5 h");
+        let r = s.materialize_incremental("card", at(3 * H)).await.unwrap();
+        assert_eq!(
+            (r.entities_written, r.start),
+            (1, at(90 * 60_000_000)),
+            "continues from the watermark"
+        );
+        let r = s.materialize_incremental("card", at(3 * H)).await.unwrap();
+        assert_eq!(r.entities_written, 0);
+        let refs: Vec<FeatureRef> = vec!["card:spend".parse().unwrap()];
+        let out = s
+            .get_online_features_at(request(vec![1, 2]), &refs, at(3 * H))
+            .await
+            .unwrap();
+        assert_eq!(out.columns[0].statuses, vec![FeatureStatus::Present; 2]);
+
+        assert!(matches!(
+            s.get_online_features(request(vec![]), &refs)
+                .await
+                .unwrap_err(),
+            Error::InvalidInput { .. }
+        ));
+        assert!(matches!(
+            s.get_online_features(request(vec![1]), &[])
+                .await
+                .unwrap_err(),
+            Error::InvalidInput { .. }
+        ));
+        let err = s
+            .get_online_features(request(vec![1]), &["card:nope".parse().unwrap()])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("feature not found: card:nope"),
+            "{err}"
+        );
+        let err = s
+            .get_online_features(request(vec![1]), &["ghost:x".parse().unwrap()])
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("feature view not found: ghost"),
+            "{err}"
+        );
+        let wrong = RecordBatch::try_from_iter([(
+            "card_id",
+            Arc::new(Float64Array::from(vec![1.0])) as ArrayRef,
+        )])
+        .unwrap();
+        let err = s.get_online_features(wrong, &refs).await.unwrap_err();
+        assert!(
+            err.to_string().contains("expected Int64, found Float64"),
+            "{err}"
+        );
+        assert!(s.materialize("card", at(5), at(5)).await.is_err());
+        assert!(s.materialize("ghost", at(0), at(5)).await.is_err());
+    }
+}

@@ -1,0 +1,275 @@
+//! The whole feature store: the offline store and an online store together,
+//! implementing [`FeatureStore`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array, new_null_array};
+use arrow::compute::take;
+use arrow::datatypes::{Field, Schema};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mlops_core::feature::{
+    ApplyOptions, Entity, FeatureRef, FeatureStatus, FeatureStore, FeatureView, HistoricalOptions,
+    IngestReceipt, MaterializeReport, OnlineFeatureColumn, OnlineFeatures,
+};
+use mlops_core::{Error, ResourceKind, Result};
+
+use crate::offline::OfflineStore;
+use crate::online::OnlineStore;
+use crate::root::StoreRoot;
+
+/// Offline storage on a [`StoreRoot`] plus an [`OnlineStore`], as one
+/// [`FeatureStore`].
+///
+/// ```
+/// # async fn demo() -> mlops_core::Result<()> {
+/// use std::sync::Arc;
+/// use mlops_store::{InMemoryOnlineStore, ObjectFeatureStore, StoreRoot};
+/// let store = ObjectFeatureStore::new(&StoreRoot::open("memory://")?, Arc::new(InMemoryOnlineStore::new()));
+/// # let _ = store;
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct ObjectFeatureStore {
+    offline: OfflineStore,
+    online: Arc<dyn OnlineStore>,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+impl ObjectFeatureStore {
+    /// The feature store with offline data under `root` and online values in `online`.
+    pub fn new(root: &StoreRoot, online: Arc<dyn OnlineStore>) -> Self {
+        Self {
+            offline: OfflineStore::new(root),
+            online,
+        }
+    }
+
+    /// The offline half.
+    pub fn offline(&self) -> &OfflineStore {
+        &self.offline
+    }
+
+    async fn materialize_us(&self, view: &str, start_us: i64, end_us: i64) -> Result<usize> {
+        let def = self.offline.get_view(view).await?;
+        let latest = self.offline.latest_rows(&def, start_us, end_us).await?;
+        if latest.num_rows() == 0 {
+            return Ok(0);
+        }
+        self.online.write(&def, &latest).await
+    }
+
+    /// [`FeatureStore::get_online_features`] at a given time (the TTL is judged
+    /// against `now`).
+    pub async fn get_online_features_at(
+        &self,
+        entity_rows: RecordBatch,
+        features: &[FeatureRef],
+        now: DateTime<Utc>,
+    ) -> Result<OnlineFeatures> {
+        if entity_rows.num_rows() == 0 {
+            return Err(Error::invalid_input(
+                "online request",
+                "it has no entity rows",
+            ));
+        }
+        if features.is_empty() {
+            return Err(Error::invalid_input(
+                "online request",
+                "it names no features",
+            ));
+        }
+        let mut by_view: BTreeMap<&str, Vec<&FeatureRef>> = BTreeMap::new();
+        let mut names = HashSet::new();
+        for f in features {
+            if !names.insert(f.feature()) {
+                return Err(Error::invalid_input(
+                    format!("feature '{}'", f.feature()),
+                    "requested from two views; output columns would clash",
+                ));
+            }
+            by_view.entry(f.view()).or_default().push(f);
+        }
+        let now_us = micros(now);
+        let n = entity_rows.num_rows();
+        let mut results: BTreeMap<String, (ArrayRef, OnlineFeatureColumn)> = BTreeMap::new();
+        for (view_name, refs) in by_view {
+            let view: FeatureView = self.offline.get_view(view_name).await?;
+            for r in &refs {
+                if view.feature(r.feature()).is_none() {
+                    return Err(Error::not_found(ResourceKind::Feature, r.to_string()));
+                }
+            }
+            let wanted: Vec<String> = refs.iter().map(|r| r.feature().to_owned()).collect();
+            let read = self.online.read(&view, &entity_rows, &wanted).await?;
+            let ttl_us = view
+                .ttl
+                .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+            for (c, r) in refs.iter().enumerate() {
+                let values = read.values.column(c);
+                let mut statuses = Vec::with_capacity(n);
+                let mut event_times = Vec::with_capacity(n);
+                let mut picks: Vec<Option<u32>> = Vec::with_capacity(n);
+                for row in &read.rows {
+                    match row {
+                        None => {
+                            statuses.push(FeatureStatus::NotFound);
+                            event_times.push(None);
+                            picks.push(None);
+                        }
+                        Some(found) => {
+                            event_times.push(DateTime::from_timestamp_micros(found.event_us));
+                            if ttl_us.is_some_and(|ttl| now_us.saturating_sub(found.event_us) > ttl)
+                            {
+                                statuses.push(FeatureStatus::OutsideMaxAge);
+                                picks.push(None);
+                            } else if values.is_null(found.row) {
+                                statuses.push(FeatureStatus::NullValue);
+                                picks.push(None);
+                            } else {
+                                statuses.push(FeatureStatus::Present);
+                                picks.push(Some(found.row as u32));
+                            }
+                        }
+                    }
+                }
+                let column = if values.is_empty() {
+                    new_null_array(values.data_type(), n)
+                } else {
+                    take(values.as_ref(), &UInt32Array::from(picks), None)
+                        .map_err(|e| Error::backend("arrow", e))?
+                };
+                results.insert(
+                    r.to_string(),
+                    (
+                        column,
+                        OnlineFeatureColumn {
+                            feature: (*r).clone(),
+                            column: r.feature().to_owned(),
+                            statuses,
+                            event_times,
+                        },
+                    ),
+                );
+            }
+        }
+        let mut fields: Vec<Field> = entity_rows
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let mut arrays: Vec<ArrayRef> = entity_rows.columns().to_vec();
+        let mut columns = Vec::with_capacity(features.len());
+        for f in features {
+            let (array, meta) = results
+                .remove(&f.to_string())
+                .ok_or_else(|| Error::not_found(ResourceKind::Feature, f.to_string()))?;
+            if fields.iter().any(|x| x.name() == f.feature()) {
+                return Err(Error::invalid_input(
+                    format!("feature '{}'", f.feature()),
+                    "the request already has a column of that name",
+                ));
+            }
+            fields.push(Field::new(f.feature(), array.data_type().clone(), true));
+            arrays.push(array);
+            columns.push(meta);
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .map_err(|e| Error::backend("arrow", e))?;
+        Ok(OnlineFeatures { batch, columns })
+    }
+}
+
+#[async_trait]
+impl FeatureStore for ObjectFeatureStore {
+    async fn apply_entity(&self, entity: Entity) -> Result<()> {
+        self.offline.apply_entity(entity).await
+    }
+
+    async fn apply_view(&self, view: FeatureView, options: ApplyOptions) -> Result<()> {
+        self.offline.apply_view(view, options).await
+    }
+
+    async fn get_view(&self, name: &str) -> Result<FeatureView> {
+        self.offline.get_view(name).await
+    }
+
+    async fn list_views(&self) -> Result<Vec<FeatureView>> {
+        self.offline.list_views().await
+    }
+
+    async fn ingest(&self, view: &str, batch: RecordBatch) -> Result<IngestReceipt> {
+        self.offline.ingest(view, batch).await
+    }
+
+    async fn get_historical_features(
+        &self,
+        entity_df: RecordBatch,
+        features: &[FeatureRef],
+        options: HistoricalOptions,
+    ) -> Result<RecordBatch> {
+        self.offline
+            .get_historical_features(entity_df, features, options)
+            .await
+    }
+
+    async fn materialize(
+        &self,
+        view: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<MaterializeReport> {
+        if end <= start {
+            return Err(Error::invalid_input(
+                format!("materialization of view {view}"),
+                format!("the window [{start}, {end}) is empty"),
+            ));
+        }
+        let written = self
+            .materialize_us(view, micros(start), micros(end))
+            .await?;
+        Ok(MaterializeReport {
+            view: view.to_owned(),
+            start,
+            end,
+            entities_written: written,
+        })
+    }
+
+    async fn materialize_incremental(
+        &self,
+        view: &str,
+        end: DateTime<Utc>,
+    ) -> Result<MaterializeReport> {
+        let start_us = self.offline.watermark(view).await?.unwrap_or(i64::MIN);
+        let end_us = micros(end);
+        let written = if end_us > start_us {
+            self.materialize_us(view, start_us, end_us).await?
+        } else {
+            self.offline.get_view(view).await?;
+            0
+        };
+        self.offline.advance_watermark(view, end_us).await?;
+        Ok(MaterializeReport {
+            view: view.to_owned(),
+            start: DateTime::from_timestamp_micros(start_us).unwrap_or(DateTime::<Utc>::MIN_UTC),
+            end,
+            entities_written: written,
+        })
+    }
+
+    async fn get_online_features(
+        &self,
+        entity_rows: RecordBatch,
+        features: &[FeatureRef],
+    ) -> Result<OnlineFeatures> {
+        self.get_online_features_at(entity_rows, features, Utc::now())
+            .await
+    }
+}
