@@ -50,6 +50,8 @@ pub use error::storage_error;
 pub use fault::FaultyStore;
 pub use feature_store::ObjectFeatureStore;
 pub use offline::OfflineStore;
+#[cfg(feature = "redis")]
+pub use online::RedisOnlineStore;
 pub use online::{InMemoryOnlineStore, OnlineRead, OnlineRow, OnlineStore};
 pub use registry::{DEFAULT_MAX_METADATA_BYTES, ObjectRegistry, RegistryOptions};
 pub use root::StoreRoot;

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use mlops_core::feature::FeatureView;
 use mlops_core::{Error, Result};
 
-use super::{OnlineRead, OnlineRow, OnlineStore};
+use super::{OnlineRead, OnlineRow, OnlineStore, table_key};
 
 const SHARDS: usize = 64;
 
@@ -44,22 +44,9 @@ pub struct InMemoryOnlineStore {
     hasher: RandomState,
 }
 
-/// The table key: the view's name and everything its rows' encoding depends on.
-fn table_key(view: &FeatureView) -> String {
-    let features: Vec<String> = view
-        .features
-        .iter()
-        .map(|f| format!("{}:{}", f.name, f.data_type))
-        .collect();
-    let keys: Vec<String> = view
-        .join_keys
-        .iter()
-        .map(|k| format!("{}:{}", k.name, k.data_type))
-        .collect();
-    format!("{}|{}|{}", view.name, keys.join(","), features.join(","))
-}
-
-fn converter(fields: impl Iterator<Item = arrow::datatypes::DataType>) -> Result<RowConverter> {
+pub(super) fn converter(
+    fields: impl Iterator<Item = arrow::datatypes::DataType>,
+) -> Result<RowConverter> {
     RowConverter::new(fields.map(SortField::new).collect()).map_err(|e| Error::backend("arrow", e))
 }
 
@@ -101,7 +88,7 @@ impl InMemoryOnlineStore {
 }
 
 /// The join key columns of `batch`, checked against the view.
-fn key_columns(
+pub(super) fn key_columns(
     view: &FeatureView,
     batch: &RecordBatch,
     context: &str,
@@ -131,7 +118,7 @@ fn key_columns(
         .collect()
 }
 
-fn times(batch: &RecordBatch, column: &str, context: &str) -> Result<Vec<i64>> {
+pub(super) fn times(batch: &RecordBatch, column: &str, context: &str) -> Result<Vec<i64>> {
     let col = batch.column_by_name(column).ok_or_else(|| {
         Error::schema_mismatch(context, column, "a timestamp (µs, UTC)", "missing")
     })?;

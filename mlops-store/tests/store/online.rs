@@ -483,3 +483,111 @@ mod materialization {
         assert!(s.materialize("ghost", at(0), at(5)).await.is_err());
     }
 }
+
+/// The same contract against a real Redis server (`MLOPS_TEST_REDIS_URL`, which
+/// `.ci/run` sets after starting one); without it the test says so and does nothing.
+#[tokio::test]
+async fn redis_store_keeps_the_contract() {
+    let Ok(url) = std::env::var("MLOPS_TEST_REDIS_URL") else {
+        eprintln!(
+            "SKIPPED redis_store_keeps_the_contract: set MLOPS_TEST_REDIS_URL (.ci/run starts a redis-server)"
+        );
+        return;
+    };
+    let namespace = format!(
+        "mlops-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let store = mlops_store::RedisOnlineStore::connect(&url, &namespace)
+        .await
+        .unwrap();
+    contract(Arc::new(store.clone())).await;
+
+    // Writers racing on the same keys: the newest row wins, atomically.
+    let v = view();
+    let mut handles = Vec::new();
+    for w in 0..4i64 {
+        let (store, v) = (store.clone(), v.clone());
+        handles.push(tokio::spawn(async move {
+            for t in 0..20i64 {
+                let event = t * 4 + w;
+                store
+                    .write(
+                        &v,
+                        &rows(
+                            vec!["r1", "r2"],
+                            vec![1, 1],
+                            vec![event; 2],
+                            vec![event; 2],
+                            vec![Some(event as f64); 2],
+                        ),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let read = store
+        .read(&v, &keys(vec!["r1", "r2"], vec![1, 1]), &["risk".into()])
+        .await
+        .unwrap();
+    let risk = read.values.column(0).as_primitive::<Float64Type>();
+    for r in &read.rows {
+        assert_eq!(risk.value(r.as_ref().unwrap().row), 79.0);
+    }
+    // A TTL view's keys expire in Redis (at event + 2 x TTL).
+    let ttl_view = FeatureView::builder("short")
+        .join_key("merchant_id", DataType::Utf8)
+        .join_key("country", DataType::Int64)
+        .event_time("ts")
+        .created_time("created")
+        .ttl(std::time::Duration::from_secs(1))
+        .feature("risk", DataType::Float64)
+        .feature("label", DataType::Utf8)
+        .build()
+        .unwrap();
+    let now_us = chrono::Utc::now().timestamp_micros();
+    store
+        .write(
+            &ttl_view,
+            &rows(
+                vec!["x"],
+                vec![1],
+                vec![now_us],
+                vec![now_us],
+                vec![Some(1.0)],
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .read(&ttl_view, &keys(vec!["x"], vec![1]), &["risk".into()])
+            .await
+            .unwrap()
+            .rows[0]
+            .is_some()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    assert!(
+        store
+            .read(&ttl_view, &keys(vec!["x"], vec![1]), &["risk".into()])
+            .await
+            .unwrap()
+            .rows[0]
+            .is_none(),
+        "expired"
+    );
+    assert!(
+        mlops_store::RedisOnlineStore::connect("not a url", "x")
+            .await
+            .is_err()
+    );
+}
