@@ -1,7 +1,7 @@
 //! The whole feature store: the offline store and an online store together,
 //! implementing [`FeatureStore`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array, new_null_array};
@@ -35,6 +35,9 @@ use crate::root::StoreRoot;
 pub struct ObjectFeatureStore {
     offline: OfflineStore,
     online: Arc<dyn OnlineStore>,
+    /// View definitions for online reads, refreshed at most every `refresh`.
+    views: Arc<std::sync::RwLock<Option<(std::time::Instant, HashMap<String, FeatureView>)>>>,
+    refresh: std::time::Duration,
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -47,7 +50,46 @@ impl ObjectFeatureStore {
         Self {
             offline: OfflineStore::new(root),
             online,
+            views: Arc::new(std::sync::RwLock::new(None)),
+            refresh: std::time::Duration::from_secs(1),
         }
+    }
+
+    /// How long online reads may use cached view definitions (default 1 s; zero
+    /// re-reads them on every request). Changes made through this instance are seen
+    /// at once.
+    pub fn with_definition_refresh(mut self, every: std::time::Duration) -> Self {
+        self.refresh = every;
+        self
+    }
+
+    /// The view named `name` for an online read: from the cache when fresh.
+    async fn cached_view(&self, name: &str) -> Result<FeatureView> {
+        {
+            let cache = self.views.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, views)) = cache.as_ref()
+                && at.elapsed() < self.refresh
+            {
+                return views
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| Error::not_found(ResourceKind::FeatureView, name));
+            }
+        }
+        let views: HashMap<String, FeatureView> = self
+            .offline
+            .list_views()
+            .await?
+            .into_iter()
+            .map(|v| (v.name.clone(), v))
+            .collect();
+        let found = views.get(name).cloned();
+        *self.views.write().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), views));
+        found.ok_or_else(|| Error::not_found(ResourceKind::FeatureView, name))
+    }
+
+    fn forget_views(&self) {
+        *self.views.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// The offline half.
@@ -99,7 +141,7 @@ impl ObjectFeatureStore {
         let n = entity_rows.num_rows();
         let mut results: BTreeMap<String, (ArrayRef, OnlineFeatureColumn)> = BTreeMap::new();
         for (view_name, refs) in by_view {
-            let view: FeatureView = self.offline.get_view(view_name).await?;
+            let view: FeatureView = self.cached_view(view_name).await?;
             for r in &refs {
                 if view.feature(r.feature()).is_none() {
                     return Err(Error::not_found(ResourceKind::Feature, r.to_string()));
@@ -193,7 +235,9 @@ impl FeatureStore for ObjectFeatureStore {
     }
 
     async fn apply_view(&self, view: FeatureView, options: ApplyOptions) -> Result<()> {
-        self.offline.apply_view(view, options).await
+        self.offline.apply_view(view, options).await?;
+        self.forget_views();
+        Ok(())
     }
 
     async fn get_view(&self, name: &str) -> Result<FeatureView> {
