@@ -36,9 +36,12 @@ pub struct ObjectFeatureStore {
     offline: OfflineStore,
     online: Arc<dyn OnlineStore>,
     /// View definitions for online reads, refreshed at most every `refresh`.
-    views: Arc<std::sync::RwLock<Option<(std::time::Instant, HashMap<String, FeatureView>)>>>,
+    views: Arc<std::sync::RwLock<Option<CachedViews>>>,
     refresh: std::time::Duration,
 }
+
+/// View definitions and when they were read.
+type CachedViews = (std::time::Instant, HashMap<String, FeatureView>);
 
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -84,7 +87,8 @@ impl ObjectFeatureStore {
             .map(|v| (v.name.clone(), v))
             .collect();
         let found = views.get(name).cloned();
-        *self.views.write().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), views));
+        *self.views.write().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), views));
         found.ok_or_else(|| Error::not_found(ResourceKind::FeatureView, name))
     }
 
@@ -140,6 +144,8 @@ impl ObjectFeatureStore {
         let now_us = micros(now);
         let n = entity_rows.num_rows();
         let mut results: BTreeMap<String, (ArrayRef, OnlineFeatureColumn)> = BTreeMap::new();
+        // Resolve and check every view first, then read them all at once.
+        let mut plans = Vec::with_capacity(by_view.len());
         for (view_name, refs) in by_view {
             let view: FeatureView = self.cached_view(view_name).await?;
             for r in &refs {
@@ -148,7 +154,15 @@ impl ObjectFeatureStore {
                 }
             }
             let wanted: Vec<String> = refs.iter().map(|r| r.feature().to_owned()).collect();
-            let read = self.online.read(&view, &entity_rows, &wanted).await?;
+            plans.push((view, refs, wanted));
+        }
+        let reads = futures_util::future::try_join_all(
+            plans
+                .iter()
+                .map(|(view, _, wanted)| self.online.read(view, &entity_rows, wanted)),
+        )
+        .await?;
+        for ((view, refs, _), read) in plans.iter().zip(reads) {
             let ttl_us = view
                 .ttl
                 .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));

@@ -1,0 +1,149 @@
+//! Online lookup latency: one entity and 100 entities, 5 features from 2 views,
+//! against the in-memory store and (when `MLOPS_BENCH_REDIS_URL` is set) Redis.
+//! Prints one JSON line per case with p50 and p99 in microseconds.
+//!
+//! ```text
+//! python3 benches/online_vs_redis.py            # with redis-benchmark as the floor
+//! cargo bench --bench online_compare            # in-memory only
+//! ```
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::DataType;
+use chrono::Utc;
+use mlops::core::feature::{ApplyOptions, FeatureRef, FeatureStore, FeatureView};
+use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore, OnlineStore, StoreRoot};
+
+const ENTITIES: i64 = 100_000;
+const ITERATIONS: usize = 20_000;
+
+fn view(name: &str, features: &[&str]) -> FeatureView {
+    let mut b = FeatureView::builder(name)
+        .join_key("card_id", DataType::Int64)
+        .event_time("ts");
+    for f in features {
+        b = b.feature(*f, DataType::Float64);
+    }
+    b.build().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn rows(features: &[&str], now_us: i64) -> RecordBatch {
+    let mut cols: Vec<(String, ArrayRef)> = vec![
+        (
+            "card_id".into(),
+            Arc::new(Int64Array::from_iter_values(0..ENTITIES)),
+        ),
+        (
+            "ts".into(),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![now_us; ENTITIES as usize])
+                    .with_timezone("UTC"),
+            ),
+        ),
+    ];
+    for (j, f) in features.iter().enumerate() {
+        cols.push((
+            (*f).into(),
+            Arc::new(Float64Array::from_iter_values(
+                (0..ENTITIES).map(|i| (i * 7 + j as i64) as f64),
+            )),
+        ));
+    }
+    RecordBatch::try_from_iter(cols).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn measure(name: &str, store: &ObjectFeatureStore, refs: &[FeatureRef]) {
+    for batch in [1usize, 100] {
+        let mut lat = Vec::with_capacity(ITERATIONS);
+        for i in 0..ITERATIONS + 1000 {
+            let keys: Vec<i64> = (0..batch as i64)
+                .map(|k| (i as i64 * 7919 + k * 104_729) % ENTITIES)
+                .collect();
+            let req = RecordBatch::try_from_iter([(
+                "card_id",
+                Arc::new(Int64Array::from(keys)) as ArrayRef,
+            )])
+            .unwrap_or_else(|e| panic!("{e}"));
+            let start = Instant::now();
+            let out = store
+                .get_online_features(req, refs)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let t = start.elapsed().as_secs_f64() * 1e6;
+            assert_eq!(out.batch.num_rows(), batch);
+            if i >= 1000 {
+                lat.push(t); // the first 1000 warm up
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "{{\"store\": \"{name}\", \"entities\": {batch}, \"p50_us\": {:.1}, \"p99_us\": {:.1}}}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+}
+
+async fn setup(online: Arc<dyn OnlineStore>) -> ObjectFeatureStore {
+    let store = ObjectFeatureStore::new(
+        &StoreRoot::open("memory://").unwrap_or_else(|e| panic!("{e}")),
+        online,
+    );
+    let now = Utc::now();
+    for (name, features) in [
+        ("card", &["f0", "f1", "f2"][..]),
+        ("merchant", &["g0", "g1"][..]),
+    ] {
+        store
+            .apply_view(view(name, features), ApplyOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .ingest(name, rows(features, now.timestamp_micros()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .materialize(
+                name,
+                now - chrono::TimeDelta::hours(1),
+                now + chrono::TimeDelta::hours(1),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    store
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async {
+        let refs: Vec<FeatureRef> = [
+            "card:f0",
+            "card:f1",
+            "card:f2",
+            "merchant:g0",
+            "merchant:g1",
+        ]
+        .iter()
+        .map(|r| r.parse().unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+        let memory = setup(Arc::new(InMemoryOnlineStore::new())).await;
+        measure("memory", &memory, &refs).await;
+        if let Ok(url) = std::env::var("MLOPS_BENCH_REDIS_URL") {
+            let redis = mlops::store::RedisOnlineStore::connect(&url, "bench")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let store = setup(Arc::new(redis)).await;
+            measure("redis", &store, &refs).await;
+        }
+    });
+}
