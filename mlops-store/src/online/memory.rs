@@ -228,7 +228,9 @@ impl OnlineStore for InMemoryOnlineStore {
         let value_converter = converter(view.features.iter().map(|f| f.data_type.clone()))?;
         let parser = value_converter.parser();
         let table = self.table(view, false);
-        let mut found: Vec<Box<[u8]>> = Vec::new();
+        // The found rows' encoded values, back to back in one buffer.
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut spans: Vec<(usize, usize)> = Vec::new();
         let mut rows = Vec::with_capacity(keys.num_rows());
         for i in 0..keys.num_rows() {
             let key = key_rows.row(i).data();
@@ -236,22 +238,23 @@ impl OnlineStore for InMemoryOnlineStore {
                 let shard = t.shards[self.shard_of(key)]
                     .read()
                     .unwrap_or_else(|p| p.into_inner());
-                shard
-                    .get(key)
-                    .map(|e| (e.event_us, e.created_us, e.values.clone()))
+                shard.get(key).map(|e| {
+                    let start = buffer.len();
+                    buffer.extend_from_slice(&e.values);
+                    spans.push((start, buffer.len()));
+                    (e.event_us, e.created_us)
+                })
             });
-            rows.push(hit.map(|(event_us, created_us, values)| {
-                found.push(values);
-                OnlineRow {
-                    event_us,
-                    created_us,
-                    row: found.len() - 1,
-                }
+            rows.push(hit.map(|(event_us, created_us)| OnlineRow {
+                event_us,
+                created_us,
+                row: spans.len() - 1,
             }));
         }
         let all = value_converter
-            .convert_rows(found.iter().map(|b| parser.parse(b)))
+            .convert_rows(spans.iter().map(|&(a, b)| parser.parse(&buffer[a..b])))
             .map_err(|e| Error::backend("arrow", e))?;
+        let found = spans;
         let fields: Vec<Field> = wanted
             .iter()
             .map(|&i| {
