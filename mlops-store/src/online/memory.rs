@@ -4,13 +4,12 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Field, Schema, TimestampMicrosecondType};
-use arrow::row::{RowConverter, SortField};
+use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use mlops_core::feature::FeatureView;
 use mlops_core::{Error, Result};
 
+use super::encode::{decode_values, encode_rows, plan_read};
 use super::{OnlineRead, OnlineRow, OnlineStore, table_key};
 
 const SHARDS: usize = 64;
@@ -42,12 +41,6 @@ struct ViewTable {
 pub struct InMemoryOnlineStore {
     views: RwLock<HashMap<String, Arc<ViewTable>>>,
     hasher: RandomState,
-}
-
-pub(super) fn converter(
-    fields: impl Iterator<Item = arrow::datatypes::DataType>,
-) -> Result<RowConverter> {
-    RowConverter::new(fields.map(SortField::new).collect()).map_err(|e| Error::backend("arrow", e))
 }
 
 impl InMemoryOnlineStore {
@@ -87,92 +80,12 @@ impl InMemoryOnlineStore {
     }
 }
 
-/// The join key columns of `batch`, checked against the view.
-pub(super) fn key_columns(
-    view: &FeatureView,
-    batch: &RecordBatch,
-    context: &str,
-) -> Result<Vec<arrow::array::ArrayRef>> {
-    view.join_keys
-        .iter()
-        .map(|k| {
-            let col = batch.column_by_name(&k.name).ok_or_else(|| {
-                Error::schema_mismatch(context, &k.name, k.data_type.to_string(), "missing")
-            })?;
-            if col.data_type() != &k.data_type {
-                return Err(Error::schema_mismatch(
-                    context,
-                    &k.name,
-                    k.data_type.to_string(),
-                    col.data_type().to_string(),
-                ));
-            }
-            if col.null_count() > 0 {
-                return Err(Error::invalid_input(
-                    format!("{context} column '{}'", k.name),
-                    format!("{} keys are null", col.null_count()),
-                ));
-            }
-            Ok(col.clone())
-        })
-        .collect()
-}
-
-pub(super) fn times(batch: &RecordBatch, column: &str, context: &str) -> Result<Vec<i64>> {
-    let col = batch.column_by_name(column).ok_or_else(|| {
-        Error::schema_mismatch(context, column, "a timestamp (µs, UTC)", "missing")
-    })?;
-    let ts = col
-        .as_primitive_opt::<TimestampMicrosecondType>()
-        .ok_or_else(|| {
-            Error::schema_mismatch(
-                context,
-                column,
-                "Timestamp(µs, UTC)",
-                col.data_type().to_string(),
-            )
-        })?;
-    if ts.null_count() > 0 {
-        return Err(Error::invalid_input(
-            format!("{context} column '{column}'"),
-            format!("{} rows are null", ts.null_count()),
-        ));
-    }
-    Ok(ts.values().to_vec())
-}
-
 #[async_trait]
 impl OnlineStore for InMemoryOnlineStore {
     async fn write(&self, view: &FeatureView, rows: &RecordBatch) -> Result<usize> {
-        let context = format!("online write to view {}", view.name);
-        let keys = key_columns(view, rows, &context)?;
-        let event = times(rows, &view.event_time_column, &context)?;
-        let created = view
-            .created_time_column
-            .as_deref()
-            .map(|c| times(rows, c, &context))
-            .transpose()?;
-        let mut values = Vec::with_capacity(view.features.len());
-        for f in &view.features {
-            let col = rows.column_by_name(&f.name).ok_or_else(|| {
-                Error::schema_mismatch(&context, &f.name, f.data_type.to_string(), "missing")
-            })?;
-            if col.data_type() != &f.data_type {
-                return Err(Error::schema_mismatch(
-                    &context,
-                    &f.name,
-                    f.data_type.to_string(),
-                    col.data_type().to_string(),
-                ));
-            }
-            values.push(col.clone());
-        }
-        let key_rows = converter(keys.iter().map(|k| k.data_type().clone()))?
-            .convert_columns(&keys)
-            .map_err(|e| Error::backend("arrow", e))?;
-        let value_rows = converter(values.iter().map(|v| v.data_type().clone()))?
-            .convert_columns(&values)
-            .map_err(|e| Error::backend("arrow", e))?;
+        let encoded = encode_rows(view, rows)?;
+        let (key_rows, value_rows, event, created) =
+            (encoded.keys, encoded.values, encoded.event, encoded.created);
         let table = self
             .table(view, true)
             .ok_or_else(|| Error::backend("online store", "no table"))?;
@@ -206,27 +119,7 @@ impl OnlineStore for InMemoryOnlineStore {
         keys: &RecordBatch,
         features: &[String],
     ) -> Result<OnlineRead> {
-        let context = format!("online read from view {}", view.name);
-        let wanted: Vec<usize> = features
-            .iter()
-            .map(|f| {
-                view.features
-                    .iter()
-                    .position(|v| &v.name == f)
-                    .ok_or_else(|| {
-                        Error::not_found(
-                            mlops_core::ResourceKind::Feature,
-                            format!("{}:{f}", view.name),
-                        )
-                    })
-            })
-            .collect::<Result<_>>()?;
-        let key_cols = key_columns(view, keys, &context)?;
-        let key_rows = converter(key_cols.iter().map(|k| k.data_type().clone()))?
-            .convert_columns(&key_cols)
-            .map_err(|e| Error::backend("arrow", e))?;
-        let value_converter = converter(view.features.iter().map(|f| f.data_type.clone()))?;
-        let parser = value_converter.parser();
+        let (wanted, key_rows) = plan_read(view, keys, features)?;
         let table = self.table(view, false);
         // The found rows' encoded values, back to back in one buffer.
         let mut buffer: Vec<u8> = Vec::new();
@@ -251,27 +144,7 @@ impl OnlineStore for InMemoryOnlineStore {
                 row: spans.len() - 1,
             }));
         }
-        let all = value_converter
-            .convert_rows(spans.iter().map(|&(a, b)| parser.parse(&buffer[a..b])))
-            .map_err(|e| Error::backend("arrow", e))?;
-        let found = spans;
-        let fields: Vec<Field> = wanted
-            .iter()
-            .map(|&i| {
-                Field::new(
-                    &view.features[i].name,
-                    view.features[i].data_type.clone(),
-                    true,
-                )
-            })
-            .collect();
-        let columns = wanted.iter().map(|&i| all[i].clone()).collect();
-        let values = RecordBatch::try_new_with_options(
-            Arc::new(Schema::new(fields)),
-            columns,
-            &arrow::array::RecordBatchOptions::new().with_row_count(Some(found.len())),
-        )
-        .map_err(|e| Error::backend("arrow", e))?;
+        let values = decode_values(view, &wanted, spans.iter().map(|&(a, b)| &buffer[a..b]))?;
         Ok(OnlineRead { values, rows })
     }
 }

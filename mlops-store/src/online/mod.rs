@@ -1,6 +1,7 @@
 //! Online stores: the latest feature values per entity, for low-latency lookups
 //! when serving.
 
+mod encode;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;

@@ -14,14 +14,13 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Field, Schema};
 use async_trait::async_trait;
 use mlops_core::feature::FeatureView;
 use mlops_core::model::ContentDigest;
 use mlops_core::{Error, Result};
 use redis::aio::ConnectionManager;
 
-use super::memory::{converter, key_columns, times};
+use super::encode::{decode_values, encode_rows, plan_read};
 use super::{OnlineRead, OnlineRow, OnlineStore, table_key};
 
 const WRITE_SCRIPT: &str = r#"
@@ -86,35 +85,9 @@ impl RedisOnlineStore {
 #[async_trait]
 impl OnlineStore for RedisOnlineStore {
     async fn write(&self, view: &FeatureView, rows: &RecordBatch) -> Result<usize> {
-        let context = format!("online write to view {}", view.name);
-        let keys = key_columns(view, rows, &context)?;
-        let event = times(rows, &view.event_time_column, &context)?;
-        let created = view
-            .created_time_column
-            .as_deref()
-            .map(|c| times(rows, c, &context))
-            .transpose()?;
-        let mut values = Vec::with_capacity(view.features.len());
-        for f in &view.features {
-            let col = rows.column_by_name(&f.name).ok_or_else(|| {
-                Error::schema_mismatch(&context, &f.name, f.data_type.to_string(), "missing")
-            })?;
-            if col.data_type() != &f.data_type {
-                return Err(Error::schema_mismatch(
-                    &context,
-                    &f.name,
-                    f.data_type.to_string(),
-                    col.data_type().to_string(),
-                ));
-            }
-            values.push(col.clone());
-        }
-        let key_rows = converter(keys.iter().map(|k| k.data_type().clone()))?
-            .convert_columns(&keys)
-            .map_err(|e| Error::backend("arrow", e))?;
-        let value_rows = converter(values.iter().map(|v| v.data_type().clone()))?
-            .convert_columns(&values)
-            .map_err(|e| Error::backend("arrow", e))?;
+        let encoded = encode_rows(view, rows)?;
+        let (key_rows, value_rows, event, created) =
+            (encoded.keys, encoded.values, encoded.event, encoded.created);
         let ttl_ms = view
             .ttl
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -157,25 +130,7 @@ impl OnlineStore for RedisOnlineStore {
         keys: &RecordBatch,
         features: &[String],
     ) -> Result<OnlineRead> {
-        let context = format!("online read from view {}", view.name);
-        let wanted: Vec<usize> = features
-            .iter()
-            .map(|f| {
-                view.features
-                    .iter()
-                    .position(|v| &v.name == f)
-                    .ok_or_else(|| {
-                        Error::not_found(
-                            mlops_core::ResourceKind::Feature,
-                            format!("{}:{f}", view.name),
-                        )
-                    })
-            })
-            .collect::<Result<_>>()?;
-        let key_cols = key_columns(view, keys, &context)?;
-        let key_rows = converter(key_cols.iter().map(|k| k.data_type().clone()))?
-            .convert_columns(&key_cols)
-            .map_err(|e| Error::backend("arrow", e))?;
+        let (wanted, key_rows) = plan_read(view, keys, features)?;
         let prefix = self.key_prefix(view);
         let mut pipe = redis::pipe();
         for i in 0..keys.num_rows() {
@@ -188,8 +143,6 @@ impl OnlineStore for RedisOnlineStore {
         let mut con = self.connection.clone();
         let answers: Vec<(Option<i64>, Option<i64>, Option<Vec<u8>>)> =
             pipe.query_async(&mut con).await.map_err(redis_error)?;
-        let value_converter = converter(view.features.iter().map(|f| f.data_type.clone()))?;
-        let parser = value_converter.parser();
         let mut found: Vec<Vec<u8>> = Vec::new();
         let mut rows = Vec::with_capacity(answers.len());
         for (e, c, v) in answers {
@@ -205,25 +158,7 @@ impl OnlineStore for RedisOnlineStore {
                 _ => None,
             });
         }
-        let all = value_converter
-            .convert_rows(found.iter().map(|b| parser.parse(b)))
-            .map_err(|e| Error::backend("arrow", e))?;
-        let fields: Vec<Field> = wanted
-            .iter()
-            .map(|&i| {
-                Field::new(
-                    &view.features[i].name,
-                    view.features[i].data_type.clone(),
-                    true,
-                )
-            })
-            .collect();
-        let values = RecordBatch::try_new_with_options(
-            Arc::new(Schema::new(fields)),
-            wanted.iter().map(|&i| all[i].clone()).collect(),
-            &arrow::array::RecordBatchOptions::new().with_row_count(Some(found.len())),
-        )
-        .map_err(|e| Error::backend("arrow", e))?;
+        let values = decode_values(view, &wanted, found.iter().map(Vec::as_slice))?;
         Ok(OnlineRead { values, rows })
     }
 }

@@ -1,0 +1,175 @@
+//! Encoding shared by the online stores: rows in Arrow's row format, checked
+//! against the view.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Field, Schema, TimestampMicrosecondType};
+use arrow::row::{RowConverter, Rows, SortField};
+use mlops_core::feature::FeatureView;
+use mlops_core::{Error, ResourceKind, Result};
+
+pub(super) fn converter(
+    fields: impl Iterator<Item = arrow::datatypes::DataType>,
+) -> Result<RowConverter> {
+    RowConverter::new(fields.map(SortField::new).collect()).map_err(|e| Error::backend("arrow", e))
+}
+
+/// The join key columns of `batch`, checked against the view.
+pub(super) fn key_columns(
+    view: &FeatureView,
+    batch: &RecordBatch,
+    context: &str,
+) -> Result<Vec<arrow::array::ArrayRef>> {
+    view.join_keys
+        .iter()
+        .map(|k| {
+            let col = batch.column_by_name(&k.name).ok_or_else(|| {
+                Error::schema_mismatch(context, &k.name, k.data_type.to_string(), "missing")
+            })?;
+            if col.data_type() != &k.data_type {
+                return Err(Error::schema_mismatch(
+                    context,
+                    &k.name,
+                    k.data_type.to_string(),
+                    col.data_type().to_string(),
+                ));
+            }
+            if col.null_count() > 0 {
+                return Err(Error::invalid_input(
+                    format!("{context} column '{}'", k.name),
+                    format!("{} keys are null", col.null_count()),
+                ));
+            }
+            Ok(col.clone())
+        })
+        .collect()
+}
+
+pub(super) fn times(batch: &RecordBatch, column: &str, context: &str) -> Result<Vec<i64>> {
+    let col = batch.column_by_name(column).ok_or_else(|| {
+        Error::schema_mismatch(context, column, "a timestamp (µs, UTC)", "missing")
+    })?;
+    let ts = col
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| {
+            Error::schema_mismatch(
+                context,
+                column,
+                "Timestamp(µs, UTC)",
+                col.data_type().to_string(),
+            )
+        })?;
+    if ts.null_count() > 0 {
+        return Err(Error::invalid_input(
+            format!("{context} column '{column}'"),
+            format!("{} rows are null", ts.null_count()),
+        ));
+    }
+    Ok(ts.values().to_vec())
+}
+
+/// A batch to write, encoded: keys and feature values in row format, times in µs.
+pub(super) struct EncodedRows {
+    pub(super) keys: Rows,
+    pub(super) values: Rows,
+    pub(super) event: Vec<i64>,
+    pub(super) created: Option<Vec<i64>>,
+}
+
+/// Checks `rows` against the view (keys, times, every feature with its type) and
+/// encodes them.
+pub(super) fn encode_rows(view: &FeatureView, rows: &RecordBatch) -> Result<EncodedRows> {
+    let context = format!("online write to view {}", view.name);
+    let keys = key_columns(view, rows, &context)?;
+    let event = times(rows, &view.event_time_column, &context)?;
+    let created = view
+        .created_time_column
+        .as_deref()
+        .map(|c| times(rows, c, &context))
+        .transpose()?;
+    let mut values = Vec::with_capacity(view.features.len());
+    for f in &view.features {
+        let col = rows.column_by_name(&f.name).ok_or_else(|| {
+            Error::schema_mismatch(&context, &f.name, f.data_type.to_string(), "missing")
+        })?;
+        if col.data_type() != &f.data_type {
+            return Err(Error::schema_mismatch(
+                &context,
+                &f.name,
+                f.data_type.to_string(),
+                col.data_type().to_string(),
+            ));
+        }
+        values.push(col.clone());
+    }
+    let keys = converter(keys.iter().map(|k| k.data_type().clone()))?
+        .convert_columns(&keys)
+        .map_err(|e| Error::backend("arrow", e))?;
+    let values = converter(values.iter().map(|v| v.data_type().clone()))?
+        .convert_columns(&values)
+        .map_err(|e| Error::backend("arrow", e))?;
+    Ok(EncodedRows {
+        keys,
+        values,
+        event,
+        created,
+    })
+}
+
+/// For a read: the positions of the requested features in the view, and the
+/// requested keys in row format.
+pub(super) fn plan_read(
+    view: &FeatureView,
+    keys: &RecordBatch,
+    features: &[String],
+) -> Result<(Vec<usize>, Rows)> {
+    let context = format!("online read from view {}", view.name);
+    let wanted: Vec<usize> = features
+        .iter()
+        .map(|f| {
+            view.features
+                .iter()
+                .position(|v| &v.name == f)
+                .ok_or_else(|| {
+                    Error::not_found(ResourceKind::Feature, format!("{}:{f}", view.name))
+                })
+        })
+        .collect::<Result<_>>()?;
+    let key_cols = key_columns(view, keys, &context)?;
+    let key_rows = converter(key_cols.iter().map(|k| k.data_type().clone()))?
+        .convert_columns(&key_cols)
+        .map_err(|e| Error::backend("arrow", e))?;
+    Ok((wanted, key_rows))
+}
+
+/// The `wanted` features of encoded value rows, as one batch (one row per encoded
+/// row, in order).
+pub(super) fn decode_values<'a>(
+    view: &FeatureView,
+    wanted: &[usize],
+    encoded: impl ExactSizeIterator<Item = &'a [u8]>,
+) -> Result<RecordBatch> {
+    let value_converter = converter(view.features.iter().map(|f| f.data_type.clone()))?;
+    let parser = value_converter.parser();
+    let count = encoded.len();
+    let all = value_converter
+        .convert_rows(encoded.map(|b| parser.parse(b)))
+        .map_err(|e| Error::backend("arrow", e))?;
+    let fields: Vec<Field> = wanted
+        .iter()
+        .map(|&i| {
+            Field::new(
+                &view.features[i].name,
+                view.features[i].data_type.clone(),
+                true,
+            )
+        })
+        .collect();
+    RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        wanted.iter().map(|&i| all[i].clone()).collect(),
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(count)),
+    )
+    .map_err(|e| Error::backend("arrow", e))
+}
