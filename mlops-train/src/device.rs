@@ -8,7 +8,10 @@ use mlops_core::{Error, Result};
 
 /// Where to train: parsed from `cpu`, `wgpu`, `wgpu:N`, `cuda`, `cuda:N` (e.g. from
 /// an `MLOPS_DEVICE` environment variable), then opened with [`TrainDevice::open`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub enum TrainDevice {
     /// burn's pure-Rust `flex` CPU backend; always available.
     #[default]
@@ -60,6 +63,19 @@ impl FromStr for TrainDevice {
             "cuda" => Ok(Self::Cuda { index }),
             _ => Err(bad("unknown device kind")),
         }
+    }
+}
+
+impl TryFrom<String> for TrainDevice {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<TrainDevice> for String {
+    fn from(d: TrainDevice) -> String {
+        d.to_string()
     }
 }
 

@@ -3,11 +3,17 @@
 //! Training for the mlops SDK on [burn](https://burn.dev): burn's pure-Rust `flex`
 //! CPU backend by default, GPUs through the `wgpu` and `cuda` cargo features.
 //!
-//! Today this crate chooses the device training runs on ([`TrainDevice`]); the
-//! [`Trainer`](mlops_core::Trainer), [`Predictor`](mlops_core::Predictor) and
-//! [`ModelLoader`](mlops_core::ModelLoader) implementations (tabular data
-//! preparation, linear and MLP models, evaluation, artifacts) are planned: see the
-//! README's feature table.
+//! - [`TabularTrainer`] implements [`Trainer`](mlops_core::Trainer): Arrow data with
+//!   feature and label columns in, a linear model or MLP out, for binary and
+//!   multi-class classification and regression ([`TrainConfig`]);
+//! - [`Preprocessor`]: standardization, one-hot encoding with an unknown bucket,
+//!   null indicators, fitted on the training split and saved with the model;
+//! - [`TabularModel`] implements [`Predictor`](mlops_core::Predictor) on raw
+//!   feature values; [`TabularLoader`] implements
+//!   [`ModelLoader`](mlops_core::ModelLoader) for its artifacts;
+//! - [`metrics`]: the evaluation metrics, as scikit-learn defines them;
+//! - [`fit_tracked`] and [`search`]: training and model selection recorded in an
+//!   [`ExperimentTracker`](mlops_core::ExperimentTracker).
 //!
 //! ```
 //! use mlops_train::TrainDevice;
@@ -21,8 +27,26 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod device;
+pub mod metrics;
+mod model;
+mod net;
+mod prep;
+mod rng;
+mod search;
+mod trainer;
 
 pub use device::TrainDevice;
+pub use model::{FLAVOR, ModelCard, TabularLoader, TabularModel, outputs};
+pub use net::{Activation, ModelSpec};
+pub use prep::{Encoding, FeatureEncoding, PrepConfig, Preprocessor};
+pub use search::{
+    SearchBudget, SearchConfig, SearchOutcome, SearchSpace, SearchStrategy, Trial, fit_tracked,
+    search,
+};
+pub use trainer::{
+    ClassWeights, EarlyStopping, EpochObserver, EpochRecord, LrSchedule, OptimizerKind, Progress,
+    TabularTrainer, TrainConfig, TrainOutcome, tensors_from_batch,
+};
 
 /// The burn device type, re-exported so callers need no direct burn dependency.
 pub use burn::tensor::Device;

@@ -1,0 +1,196 @@
+//! Artifacts: a loaded model answers exactly as the trained one; damaged or foreign
+//! artifacts and bad requests are refused clearly.
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use bytes::Bytes;
+use mlops_core::inference::{Datatype, TensorData};
+use mlops_core::{Error, ModelArtifact, ModelLoader, Predictor, Task, Tensor, Trainer};
+use mlops_train::{ModelSpec, TabularLoader, TabularTrainer, tensors_from_batch};
+
+use crate::data;
+use crate::training::config;
+
+fn requests() -> RecordBatch {
+    // Includes a country never seen in training.
+    RecordBatch::try_from_iter([
+        (
+            "amount",
+            Arc::new(Float64Array::from(vec![120.0, 900.0, 310.5])) as ArrayRef,
+        ),
+        (
+            "age",
+            Arc::new(Int64Array::from(vec![25, 61, 40])) as ArrayRef,
+        ),
+        (
+            "country",
+            Arc::new(StringArray::from(vec!["fr", "br", "jp"])) as ArrayRef,
+        ),
+        (
+            "noise",
+            Arc::new(Float64Array::from(vec![0.0, 1.0, -1.0])) as ArrayRef,
+        ),
+    ])
+    .unwrap()
+}
+
+#[test]
+fn loaded_model_answers_exactly_as_the_trained_one() {
+    let data = data::binary(1200, 11);
+    let trained = TabularTrainer::new(config(Task::BinaryClassification, ModelSpec::mlp([16, 16])))
+        .fit(&data, "is_fraud")
+        .unwrap();
+    let loader = TabularLoader::default();
+    assert!(loader.can_load(&trained.artifact.flavor));
+    let loaded = loader.load(&trained.artifact).unwrap();
+    assert_eq!(loaded.signature(), trained.predictor.signature());
+    let sig = loaded.signature();
+    assert_eq!(sig.inputs.len(), 4);
+    assert_eq!(sig.inputs[1].datatype, Datatype::Int64);
+    assert_eq!(sig.inputs[2].datatype, Datatype::Bytes);
+    assert_eq!(sig.outputs[0].name, "probability");
+
+    let inputs = tensors_from_batch(sig, &requests()).unwrap();
+    let a = trained.predictor.predict(&inputs).unwrap();
+    let b = loaded.predict(&inputs).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a[0].shape, vec![3]);
+    let p = a[0].data.to_f32_vec().unwrap();
+    assert!(p.iter().all(|v| (0.0..=1.0).contains(v)));
+
+    // Nulls through the Arrow path, and the same values as the tensor path.
+    let model = loader.load_model(&trained.artifact).unwrap();
+    assert_eq!(model.predict_batch(&requests()).unwrap(), p);
+    let with_nulls = RecordBatch::try_from_iter(
+        requests()
+            .schema()
+            .fields()
+            .iter()
+            .zip(requests().columns())
+            .map(|(f, c)| {
+                let c: ArrayRef = if f.name() == "amount" {
+                    Arc::new(Float64Array::from(vec![None, Some(1.0), None]))
+                } else {
+                    c.clone()
+                };
+                (f.name().clone(), c)
+            }),
+    )
+    .unwrap();
+    assert_eq!(model.predict_batch(&with_nulls).unwrap().len(), 3);
+    assert!(model.drift_reference().is_some());
+
+    // Concurrent predictions from many threads agree.
+    let loaded: Arc<dyn Predictor> = loaded;
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (m, i) = (loaded.clone(), inputs.clone());
+            std::thread::spawn(move || m.predict(&i).unwrap())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), a);
+    }
+}
+
+#[test]
+fn multiclass_and_regression_round_trip() {
+    let data = data::multiclass(600, 12);
+    let trained = TabularTrainer::new(config(Task::MulticlassClassification, ModelSpec::Linear))
+        .fit(&data, "species")
+        .unwrap();
+    let loaded = TabularLoader::default().load(&trained.artifact).unwrap();
+    let inputs = tensors_from_batch(loaded.signature(), &data.slice(0, 5)).unwrap();
+    let out = loaded.predict(&inputs).unwrap();
+    assert_eq!(out[0].shape, vec![5, 3]);
+    assert_eq!(out, trained.predictor.predict(&inputs).unwrap());
+
+    let data = data::regression(600, 13);
+    let trained = TabularTrainer::new(config(Task::Regression, ModelSpec::mlp([8])))
+        .fit(&data, "y")
+        .unwrap();
+    let loaded = TabularLoader::default().load(&trained.artifact).unwrap();
+    let inputs = tensors_from_batch(loaded.signature(), &data.slice(0, 4)).unwrap();
+    assert_eq!(
+        loaded.predict(&inputs).unwrap(),
+        trained.predictor.predict(&inputs).unwrap()
+    );
+}
+
+#[test]
+fn damaged_or_foreign_artifacts_are_refused() {
+    let data = data::binary(300, 14);
+    let trained = TabularTrainer::new(config(Task::BinaryClassification, ModelSpec::Linear))
+        .fit(&data, "is_fraud")
+        .unwrap();
+    let loader = TabularLoader::default();
+
+    let mut flipped = trained.artifact.bytes.to_vec();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let tampered = ModelArtifact {
+        bytes: Bytes::from(flipped.clone()),
+        ..trained.artifact.clone()
+    };
+    assert!(matches!(
+        loader.load(&tampered).unwrap_err(),
+        Error::Integrity { .. }
+    ));
+
+    // Re-digested garbage: the digest matches but the content does not parse.
+    for bytes in [b"not a model".to_vec(), flipped[..30].to_vec()] {
+        let err = loader
+            .load(&ModelArtifact::new("burn-tabular", bytes))
+            .unwrap_err();
+        assert!(matches!(err, Error::Integrity { .. }), "{err}");
+    }
+    let err = loader
+        .load(&ModelArtifact::new("sklearn", b"x".to_vec()))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }) && err.to_string().contains("sklearn"));
+}
+
+#[test]
+fn bad_requests_are_named() {
+    let data = data::binary(300, 15);
+    let trained = TabularTrainer::new(config(Task::BinaryClassification, ModelSpec::Linear))
+        .fit(&data, "is_fraud")
+        .unwrap();
+    let p = trained.predictor;
+    let good = tensors_from_batch(p.signature(), &requests()).unwrap();
+    let check = |inputs: Vec<Tensor>, needle: &str| {
+        let err = p.predict(&inputs).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert!(
+            err.to_string().contains(needle),
+            "expected {needle:?} in {err}"
+        );
+    };
+    let mut wrong_type = good.clone();
+    wrong_type[1] = Tensor::new("age", vec![3], TensorData::Fp32(vec![1.0, 2.0, 3.0])).unwrap();
+    check(wrong_type, "age");
+    let mut nan = good.clone();
+    nan[0] = Tensor::new(
+        "amount",
+        vec![3],
+        TensorData::Fp64(vec![1.0, f64::NAN, 3.0]),
+    )
+    .unwrap();
+    check(nan, "amount");
+    check(good[1..].to_vec(), "amount");
+    let mut short = good.clone();
+    short[3] = Tensor::new("noise", vec![2], TensorData::Fp64(vec![1.0, 2.0])).unwrap();
+    check(short, "rows");
+    let mut not_utf8 = good.clone();
+    not_utf8[2] = Tensor::new(
+        "country",
+        vec![3],
+        TensorData::Bytes(vec![vec![0xff], vec![], vec![]]),
+    )
+    .unwrap();
+    check(not_utf8, "UTF-8");
+    // Zero rows give zero rows.
+    let empty = tensors_from_batch(p.signature(), &requests().slice(0, 0)).unwrap();
+    assert_eq!(p.predict(&empty).unwrap()[0].shape, vec![0]);
+}
