@@ -147,7 +147,7 @@ fn main() {
     let predictor: Arc<dyn Predictor> = model;
     let mut latency = serde_json::Map::new();
     for rows in [1usize, 64] {
-        let inputs = tensors_from_batch(predictor.signature(), &valid.slice(0, rows))
+        let inputs = tensors_from_batch(&predictor.signature().inputs, &valid.slice(0, rows))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut micros: Vec<f64> = (0..2000)
             .map(|_| {

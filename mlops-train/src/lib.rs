@@ -36,6 +36,8 @@ mod search;
 mod trainer;
 
 pub use device::TrainDevice;
+/// Re-exported from `mlops_core::inference`: v2 input tensors from Arrow columns.
+pub use mlops_core::inference::tensors_from_batch;
 pub use model::{FLAVOR, ModelCard, TabularLoader, TabularModel, outputs};
 pub use net::{Activation, ModelSpec};
 pub use prep::{Encoding, FeatureEncoding, PrepConfig, Preprocessor};
@@ -45,7 +47,7 @@ pub use search::{
 };
 pub use trainer::{
     ClassWeights, EarlyStopping, EpochObserver, EpochRecord, LrSchedule, OptimizerKind, Progress,
-    TabularTrainer, TrainConfig, TrainOutcome, tensors_from_batch,
+    TabularTrainer, TrainConfig, TrainOutcome,
 };
 
 /// The burn device type, re-exported so callers need no direct burn dependency.

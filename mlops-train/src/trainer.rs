@@ -13,7 +13,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData, activation};
 use mlops_core::drift::{TableDriftConfig, TableDriftDetector};
-use mlops_core::inference::TensorData as V2Data;
+use mlops_core::inference::tensors_from_batch;
 use mlops_core::{
     Error, EvaluationReport, ModelMetadata, Predictor, Result, Task, Tensor as V2Tensor,
     TrainedModel, Trainer,
@@ -1012,75 +1012,6 @@ impl TabularTrainer {
     }
 }
 
-/// v2 input tensors for `signature` from the columns of `batch` (nulls refused:
-/// tensors cannot hold them; use [`TabularModel::predict_batch`] for data with
-/// nulls).
-pub fn tensors_from_batch(
-    signature: &mlops_core::Signature,
-    batch: &RecordBatch,
-) -> Result<Vec<V2Tensor>> {
-    use arrow::datatypes::*;
-    use mlops_core::inference::Datatype as D;
-    signature
-        .inputs
-        .iter()
-        .map(|spec| {
-            let array = column(batch, &spec.name)?;
-            if array.null_count() > 0 {
-                return Err(Error::invalid_input(
-                    format!("column '{}'", spec.name),
-                    "has nulls, which tensors cannot hold; use TabularModel::predict_batch",
-                ));
-            }
-            let target = match spec.datatype {
-                D::Bool => DataType::Boolean,
-                D::Uint8 => DataType::UInt8,
-                D::Uint16 => DataType::UInt16,
-                D::Uint32 => DataType::UInt32,
-                D::Uint64 => DataType::UInt64,
-                D::Int8 => DataType::Int8,
-                D::Int16 => DataType::Int16,
-                D::Int32 => DataType::Int32,
-                D::Int64 => DataType::Int64,
-                D::Fp16 | D::Fp32 => DataType::Float32,
-                D::Fp64 => DataType::Float64,
-                D::Bytes => DataType::Utf8,
-            };
-            let a = cast(array, &target).map_err(|e| {
-                Error::schema_mismatch(
-                    "model input",
-                    &spec.name,
-                    spec.datatype.to_string(),
-                    e.to_string(),
-                )
-            })?;
-            let data = match spec.datatype {
-                D::Bool => {
-                    V2Data::Bool(a.as_boolean().iter().map(|v| v.unwrap_or(false)).collect())
-                }
-                D::Uint8 => V2Data::Uint8(a.as_primitive::<UInt8Type>().values().to_vec()),
-                D::Uint16 => V2Data::Uint16(a.as_primitive::<UInt16Type>().values().to_vec()),
-                D::Uint32 => V2Data::Uint32(a.as_primitive::<UInt32Type>().values().to_vec()),
-                D::Uint64 => V2Data::Uint64(a.as_primitive::<UInt64Type>().values().to_vec()),
-                D::Int8 => V2Data::Int8(a.as_primitive::<Int8Type>().values().to_vec()),
-                D::Int16 => V2Data::Int16(a.as_primitive::<Int16Type>().values().to_vec()),
-                D::Int32 => V2Data::Int32(a.as_primitive::<Int32Type>().values().to_vec()),
-                D::Int64 => V2Data::Int64(a.as_primitive::<Int64Type>().values().to_vec()),
-                D::Fp16 => V2Data::Fp16(a.as_primitive::<Float32Type>().values().to_vec()),
-                D::Fp32 => V2Data::Fp32(a.as_primitive::<Float32Type>().values().to_vec()),
-                D::Fp64 => V2Data::Fp64(a.as_primitive::<Float64Type>().values().to_vec()),
-                D::Bytes => V2Data::Bytes(
-                    a.as_string::<i32>()
-                        .iter()
-                        .map(|v| v.unwrap_or_default().as_bytes().to_vec())
-                        .collect(),
-                ),
-            };
-            V2Tensor::new(&spec.name, vec![batch.num_rows()], data)
-        })
-        .collect()
-}
-
 impl Trainer for TabularTrainer {
     fn task(&self) -> Task {
         self.config.task
@@ -1131,7 +1062,7 @@ impl Trainer for TabularTrainer {
                 Labels::Classes { ids, names }
             }
         };
-        let inputs = tensors_from_batch(predictor.signature(), data)?;
+        let inputs = tensors_from_batch(&predictor.signature().inputs, data)?;
         let outputs = predictor.predict(&inputs)?;
         let first = outputs
             .first()

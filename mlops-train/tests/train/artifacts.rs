@@ -51,7 +51,7 @@ fn loaded_model_answers_exactly_as_the_trained_one() {
     assert_eq!(sig.inputs[2].datatype, Datatype::Bytes);
     assert_eq!(sig.outputs[0].name, "probability");
 
-    let inputs = tensors_from_batch(sig, &requests()).unwrap();
+    let inputs = tensors_from_batch(&sig.inputs, &requests()).unwrap();
     let a = trained.predictor.predict(&inputs).unwrap();
     let b = loaded.predict(&inputs).unwrap();
     assert_eq!(a, b);
@@ -101,7 +101,7 @@ fn multiclass_and_regression_round_trip() {
         .fit(&data, "species")
         .unwrap();
     let loaded = TabularLoader::default().load(&trained.artifact).unwrap();
-    let inputs = tensors_from_batch(loaded.signature(), &data.slice(0, 5)).unwrap();
+    let inputs = tensors_from_batch(&loaded.signature().inputs, &data.slice(0, 5)).unwrap();
     let out = loaded.predict(&inputs).unwrap();
     assert_eq!(out[0].shape, vec![5, 3]);
     assert_eq!(out, trained.predictor.predict(&inputs).unwrap());
@@ -111,7 +111,7 @@ fn multiclass_and_regression_round_trip() {
         .fit(&data, "y")
         .unwrap();
     let loaded = TabularLoader::default().load(&trained.artifact).unwrap();
-    let inputs = tensors_from_batch(loaded.signature(), &data.slice(0, 4)).unwrap();
+    let inputs = tensors_from_batch(&loaded.signature().inputs, &data.slice(0, 4)).unwrap();
     assert_eq!(
         loaded.predict(&inputs).unwrap(),
         trained.predictor.predict(&inputs).unwrap()
@@ -158,7 +158,7 @@ fn bad_requests_are_named() {
         .fit(&data, "is_fraud")
         .unwrap();
     let p = trained.predictor;
-    let good = tensors_from_batch(p.signature(), &requests()).unwrap();
+    let good = tensors_from_batch(&p.signature().inputs, &requests()).unwrap();
     let check = |inputs: Vec<Tensor>, needle: &str| {
         let err = p.predict(&inputs).unwrap_err();
         assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
@@ -191,6 +191,6 @@ fn bad_requests_are_named() {
     .unwrap();
     check(not_utf8, "UTF-8");
     // Zero rows give zero rows.
-    let empty = tensors_from_batch(p.signature(), &requests().slice(0, 0)).unwrap();
+    let empty = tensors_from_batch(&p.signature().inputs, &requests().slice(0, 0)).unwrap();
     assert_eq!(p.predict(&empty).unwrap()[0].shape, vec![0]);
 }

@@ -228,7 +228,7 @@ fn evaluate_any_predictor_of_the_task() {
         .unwrap();
     assert!(report.metrics["recall"] > 0.8, "{report:?}");
     assert!(!report.metrics.contains_key("roc_auc"));
-    let inputs = tensors_from_batch(trained.predictor.signature(), &positives).unwrap();
+    let inputs = tensors_from_batch(&trained.predictor.signature().inputs, &positives).unwrap();
     assert_eq!(inputs.len(), 4);
 }
 
