@@ -15,8 +15,7 @@ use burn::tensor::{Device, Tensor, TensorData, activation};
 use mlops_core::drift::{TableDriftConfig, TableDriftDetector};
 use mlops_core::inference::tensors_from_batch;
 use mlops_core::{
-    Error, EvaluationReport, ModelMetadata, Predictor, Result, Task, Tensor as V2Tensor,
-    TrainedModel, Trainer,
+    Error, EvaluationReport, ModelMetadata, Predictor, Result, Task, TrainedModel, Trainer,
 };
 use serde::{Deserialize, Serialize};
 
