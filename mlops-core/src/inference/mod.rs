@@ -40,6 +40,8 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 
+pub mod binary;
+
 /// The element type of a tensor, as named by the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
