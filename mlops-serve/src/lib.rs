@@ -6,9 +6,16 @@
 //! [`ModelLoader`](mlops_core::ModelLoader) traits, never through a training
 //! framework.
 //!
-//! Today this crate holds the protocol's error mapping ([`http_status`]); the
-//! model server (routing, batching, caching, monitoring), the HTTP endpoints and the
-//! remote client are planned: see the README's feature table.
+//! - [`ModelServer`] implements [`Server`](mlops_core::Server): deployments of
+//!   registry models with fixed, A/B or canary routing ([`Routing`]), shadow
+//!   traffic, dynamic batching ([`BatchConfig`]), a prediction cache
+//!   ([`CacheConfig`]), hot reload when an alias moves, and feature enrichment from
+//!   an online store ([`Enrichment`]);
+//! - [`http`] serves a [`Server`](mlops_core::Server) over HTTP with axum: the v2
+//!   REST endpoints, the binary tensor extension, repository load/unload, admin
+//!   endpoints, Prometheus metrics, API keys with scopes and request limits;
+//! - [`RemoteServer`] implements the same trait over HTTP, so application code
+//!   runs unchanged against a local or a remote server.
 //!
 //! ```
 //! use mlops_core::{Error, ResourceKind};
@@ -19,6 +26,16 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod batch;
+mod cache;
+mod config;
+mod metrics;
+mod server;
 mod status;
 
+pub use cache::CacheStats;
+pub use config::{
+    Arm, BatchConfig, CacheConfig, CanaryRamp, DeploymentConfig, Enrichment, Routing,
+};
+pub use server::{DeploymentStatus, ModelServer, ROUTING_KEY, ReloadReport, ShadowRecord};
 pub use status::http_status;

@@ -1,0 +1,150 @@
+//! The server's Prometheus metrics, in one registry per server (no global state,
+//! so several servers in one process keep their own counts).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub(crate) model: String,
+    pub(crate) version: String,
+    pub(crate) status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ModelLabels {
+    pub(crate) model: String,
+    pub(crate) version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabels {
+    pub(crate) model: String,
+    pub(crate) outcome: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 12))
+}
+
+/// Counters, gauges and histograms of one server.
+#[derive(Debug)]
+pub(crate) struct ServerMetrics {
+    registry: Mutex<Registry>,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) latency: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    pub(crate) batch_rows: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    pub(crate) queue_depth: Family<ModelLabels, Gauge>,
+    pub(crate) cache: Family<OutcomeLabels, Counter>,
+    pub(crate) loads: Family<RequestLabels, Counter>,
+    pub(crate) shadow: Family<OutcomeLabels, Counter>,
+}
+
+impl ServerMetrics {
+    pub(crate) fn new() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<ModelLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let batch_rows = Family::<ModelLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            batch_histogram,
+        );
+        let queue_depth = Family::<ModelLabels, Gauge>::default();
+        let cache = Family::<OutcomeLabels, Counter>::default();
+        let loads = Family::<RequestLabels, Counter>::default();
+        let shadow = Family::<OutcomeLabels, Counter>::default();
+        let mut registry = Registry::with_prefix("mlops");
+        registry.register(
+            "inference_requests",
+            "Inference requests by model, version and HTTP status",
+            requests.clone(),
+        );
+        registry.register(
+            "inference_duration_seconds",
+            "Time to answer an inference request, queueing included",
+            latency.clone(),
+        );
+        registry.register(
+            "batch_rows",
+            "Rows per model call (dynamic batching)",
+            batch_rows.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Requests waiting in a model's batch queue",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "prediction_cache",
+            "Prediction cache lookups by outcome (hit or miss)",
+            cache.clone(),
+        );
+        registry.register(
+            "model_loads",
+            "Model version loads by outcome (status ok or error)",
+            loads.clone(),
+        );
+        registry.register(
+            "shadow_requests",
+            "Requests mirrored to a shadow version, by outcome",
+            shadow.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            batch_rows,
+            queue_depth,
+            cache,
+            loads,
+            shadow,
+        }
+    }
+
+    pub(crate) fn observe_request(&self, model: &str, version: &str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: model.to_owned(),
+                version: version.to_owned(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&ModelLabels {
+                model: model.to_owned(),
+                version: version.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn count(family: &Family<OutcomeLabels, Counter>, model: &str, outcome: &str) {
+        family
+            .get_or_create(&OutcomeLabels {
+                model: model.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition (OpenMetrics flavour accepted by Prometheus).
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            // Writing into a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        }
+        out
+    }
+}
