@@ -26,14 +26,19 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod auth;
 mod batch;
 mod cache;
+mod client;
 mod config;
+pub mod http;
 mod metrics;
 mod server;
 mod status;
 
+pub use auth::{ApiKeys, Scope};
 pub use cache::CacheStats;
+pub use client::RemoteServer;
 pub use config::{
     Arm, BatchConfig, CacheConfig, CanaryRamp, DeploymentConfig, Enrichment, Routing,
 };

@@ -1,0 +1,205 @@
+//! [`RemoteServer`]: the [`Server`] trait over HTTP, for any Open Inference
+//! Protocol server (ours, Triton, KServe).
+
+use async_trait::async_trait;
+use mlops_core::error::ResourceKind;
+use mlops_core::inference::binary::HEADER_CONTENT_LENGTH;
+use mlops_core::inference::{
+    ErrorResponse, InferenceRequest, InferenceResponse, ModelMetadataResponse,
+    ServerMetadataResponse,
+};
+use mlops_core::{Error, Result, Server};
+use reqwest::{Method, StatusCode};
+
+/// A remote v2 server, reached over HTTP.
+///
+/// ```no_run
+/// # async fn demo() -> mlops_core::Result<()> {
+/// use mlops_core::Server;
+/// use mlops_serve::RemoteServer;
+///
+/// let server = RemoteServer::new("http://127.0.0.1:8000")?.with_api_key("s3cret");
+/// assert!(server.live().await?);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RemoteServer {
+    base: String,
+    client: reqwest::Client,
+    api_key: Option<String>,
+    binary: bool,
+}
+
+impl RemoteServer {
+    /// A client of the server at `base_url` (`http://host:port`).
+    pub fn new(base_url: &str) -> Result<Self> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::invalid_input(
+                format!("server URL {base_url:?}"),
+                "expected http://host:port",
+            ));
+        }
+        Ok(Self {
+            base,
+            client: reqwest::Client::new(),
+            api_key: None,
+            binary: false,
+        })
+    }
+
+    /// Sends `Authorization: Bearer <key>` with every request.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// Sends inputs and asks for outputs in the binary tensor extension (smaller
+    /// and faster for large batches; carries NaN).
+    pub fn with_binary_tensors(mut self, on: bool) -> Self {
+        self.binary = on;
+        self
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, Option<usize>)>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, bytes::Bytes)> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.client.request(method, &url);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        if let Some((bytes, json_len)) = body {
+            req = match json_len {
+                Some(n) => req
+                    .header(HEADER_CONTENT_LENGTH, n.to_string())
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream"),
+                None => req.header(reqwest::header::CONTENT_TYPE, "application/json"),
+            };
+            req = req.body(bytes);
+        }
+        let resp = req.send().await.map_err(|e| Error::Unavailable {
+            what: format!("server {}", self.base),
+            reason: format!("request to {url} failed: {e}"),
+        })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(|e| Error::Unavailable {
+            what: format!("server {}", self.base),
+            reason: format!("reading the answer of {url} failed: {e}"),
+        })?;
+        Ok((status, headers, bytes))
+    }
+
+    /// The error a non-success answer stands for.
+    fn error(&self, path: &str, status: StatusCode, body: &[u8]) -> Error {
+        let message = serde_json::from_slice::<ErrorResponse>(body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+        let what = format!("{} {path}", self.base);
+        match status.as_u16() {
+            400 | 413 | 422 => Error::invalid_input(what, message),
+            401 => Error::Unauthorized { reason: message },
+            403 => Error::Forbidden { reason: message },
+            404 => Error::not_found(ResourceKind::Model, format!("{path}: {message}")),
+            409 => Error::conflict(what, message),
+            429 | 503 | 504 => Error::Unavailable {
+                what,
+                reason: message,
+            },
+            code => Error::backend(format!("server {}", self.base), format!("HTTP {code}: {message}")),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let (status, _, body) = self.call(Method::GET, path, None).await?;
+        if !status.is_success() {
+            return Err(self.error(path, status, &body));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::backend(format!("server {}", self.base), format!("{path}: {e}")))
+    }
+
+    /// A health-style answer: 200 is true, 4xx false (the spec), others errors.
+    async fn flag(&self, path: &str) -> Result<bool> {
+        let (status, _, body) = self.call(Method::GET, path, None).await?;
+        if status.is_success() {
+            Ok(true)
+        } else if status == StatusCode::NOT_FOUND
+            || status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN
+        {
+            Err(self.error(path, status, &body))
+        } else if status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE {
+            Ok(false)
+        } else {
+            Err(self.error(path, status, &body))
+        }
+    }
+}
+
+fn model_path(model: &str, version: Option<&str>) -> String {
+    match version {
+        Some(v) => format!("/v2/models/{model}/versions/{v}"),
+        None => format!("/v2/models/{model}"),
+    }
+}
+
+#[async_trait]
+impl Server for RemoteServer {
+    async fn live(&self) -> Result<bool> {
+        self.flag("/v2/health/live").await
+    }
+
+    async fn ready(&self) -> Result<bool> {
+        self.flag("/v2/health/ready").await
+    }
+
+    async fn server_metadata(&self) -> Result<ServerMetadataResponse> {
+        self.get_json("/v2").await
+    }
+
+    async fn list_models(&self) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Models {
+            models: Vec<String>,
+        }
+        Ok(self.get_json::<Models>("/v2/models").await?.models)
+    }
+
+    async fn model_metadata(&self, model: &str, version: Option<&str>) -> Result<ModelMetadataResponse> {
+        self.get_json(&model_path(model, version)).await
+    }
+
+    async fn model_ready(&self, model: &str, version: Option<&str>) -> Result<bool> {
+        self.flag(&format!("{}/ready", model_path(model, version))).await
+    }
+
+    async fn infer(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        mut request: InferenceRequest,
+    ) -> Result<InferenceResponse> {
+        let path = format!("{}/infer", model_path(model, version));
+        if self.binary {
+            request.parameters.insert(
+                mlops_core::inference::binary::BINARY_DATA_OUTPUT.into(),
+                mlops_core::inference::ParameterValue::Bool(true),
+            );
+        }
+        let body = request.to_body(|_| self.binary)?;
+        let (status, headers, bytes) = self.call(Method::POST, &path, Some(body)).await?;
+        if !status.is_success() {
+            return Err(self.error(&path, status, &bytes));
+        }
+        let json_len = headers
+            .get(HEADER_CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        InferenceResponse::from_body(&bytes, json_len)
+    }
+}
