@@ -110,7 +110,10 @@ impl RemoteServer {
                 what,
                 reason: message,
             },
-            code => Error::backend(format!("server {}", self.base), format!("HTTP {code}: {message}")),
+            code => Error::backend(
+                format!("server {}", self.base),
+                format!("HTTP {code}: {message}"),
+            ),
         }
     }
 
@@ -170,12 +173,17 @@ impl Server for RemoteServer {
         Ok(self.get_json::<Models>("/v2/models").await?.models)
     }
 
-    async fn model_metadata(&self, model: &str, version: Option<&str>) -> Result<ModelMetadataResponse> {
+    async fn model_metadata(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<ModelMetadataResponse> {
         self.get_json(&model_path(model, version)).await
     }
 
     async fn model_ready(&self, model: &str, version: Option<&str>) -> Result<bool> {
-        self.flag(&format!("{}/ready", model_path(model, version))).await
+        self.flag(&format!("{}/ready", model_path(model, version)))
+            .await
     }
 
     async fn infer(

@@ -121,7 +121,10 @@ impl IntoResponse for ApiError {
         .unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if code == 503 {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -139,7 +142,11 @@ fn json_response(value: &impl serde::Serialize) -> ApiResult {
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap, scope: Scope) -> std::result::Result<(), ApiError> {
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> std::result::Result<(), ApiError> {
     if state.config.keys.is_empty() {
         return Ok(());
     }
@@ -177,15 +184,24 @@ pub fn router(server: ModelServer, config: HttpConfig) -> Router {
         .route("/v2", get(server_metadata))
         .route("/v2/models", get(list_models))
         .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_v),
+        )
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_v),
+        )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .route("/v2/models/{model}/reload", post(reload))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
-        .route("/v2/repository/models/{model}/unload", post(repository_unload))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
         .route("/admin/models/{model}", get(admin_status))
         .route("/admin/models/{model}/routing", post(admin_routing))
         .route("/admin/models/{model}/canary", post(admin_canary))
@@ -217,7 +233,11 @@ async fn not_found() -> ApiResult {
 }
 
 fn health(ok: bool, key: &str) -> Response {
-    let status = if ok { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -244,12 +264,21 @@ async fn list_models(State(s): State<AppState>, headers: HeaderMap) -> ApiResult
     json_response(&json!({ "models": s.server.list_models().await? }))
 }
 
-async fn metadata(s: &AppState, headers: &HeaderMap, model: &str, version: Option<&str>) -> ApiResult {
+async fn metadata(
+    s: &AppState,
+    headers: &HeaderMap,
+    model: &str,
+    version: Option<&str>,
+) -> ApiResult {
     authorize(s, headers, Scope::Infer)?;
     json_response(&s.server.model_metadata(model, version).await?)
 }
 
-async fn model_metadata(State(s): State<AppState>, headers: HeaderMap, Path(model): Path<String>) -> ApiResult {
+async fn model_metadata(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> ApiResult {
     metadata(&s, &headers, &model, None).await
 }
 
@@ -261,7 +290,12 @@ async fn model_metadata_v(
     metadata(&s, &headers, &model, Some(&version)).await
 }
 
-async fn readiness(s: &AppState, headers: &HeaderMap, model: &str, version: Option<&str>) -> ApiResult {
+async fn readiness(
+    s: &AppState,
+    headers: &HeaderMap,
+    model: &str,
+    version: Option<&str>,
+) -> ApiResult {
     authorize(s, headers, Scope::Infer)?;
     let ready = s.server.model_ready(model, version).await?;
     let body = serde_json::to_string(&ModelReadyResponse {
@@ -269,11 +303,19 @@ async fn readiness(s: &AppState, headers: &HeaderMap, model: &str, version: Opti
         ready,
     })
     .map_err(|e| Error::backend("json", e))?;
-    let status = if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-async fn model_ready(State(s): State<AppState>, headers: HeaderMap, Path(model): Path<String>) -> ApiResult {
+async fn model_ready(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> ApiResult {
     readiness(&s, &headers, &model, None).await
 }
 
@@ -285,7 +327,13 @@ async fn model_ready_v(
     readiness(&s, &headers, &model, Some(&version)).await
 }
 
-async fn run_infer(s: AppState, headers: HeaderMap, model: String, version: Option<String>, body: Body) -> ApiResult {
+async fn run_infer(
+    s: AppState,
+    headers: HeaderMap,
+    model: String,
+    version: Option<String>,
+    body: Body,
+) -> ApiResult {
     let started = Instant::now();
     let outcome = infer_response(&s, &headers, &model, version.as_deref(), body).await;
     // Requests refused before reaching the model (auth, body, decoding, limits,
@@ -293,9 +341,12 @@ async fn run_infer(s: AppState, headers: HeaderMap, model: String, version: Opti
     if let Err(e) = &outcome
         && !e.counted
     {
-        let known = s.server.list_models().await.is_ok_and(|m| m.contains(&model));
         s.server.record(
-            if known { &model } else { "(unknown)" },
+            if s.server.has_model(&model) {
+                &model
+            } else {
+                "(unknown)"
+            },
             version.as_deref().unwrap_or(""),
             e.code(),
             started.elapsed(),
@@ -312,6 +363,10 @@ async fn infer_response(
     body: Body,
 ) -> ApiResult {
     authorize(s, headers, Scope::Infer)?;
+    // An unknown model is 404 whatever the body holds.
+    if !s.server.has_model(model) {
+        return Err(Error::not_found(mlops_core::ResourceKind::Model, model).into());
+    }
     let Ok(_permit) = s.permits.clone().try_acquire_owned() else {
         return Err(Error::Unavailable {
             what: "model server".into(),
@@ -345,41 +400,55 @@ async fn infer_response(
         inputs: Vec::new(),
         outputs: request.outputs.clone(),
     };
-    let response = tokio::time::timeout(s.config.request_timeout, s.server.infer(model, version, request))
-        .await
-        .map_err(|_| {
-            ApiError::with_status(
-                Error::Unavailable {
-                    what: format!("model {model}"),
-                    reason: format!("inference timed out after {:?}", s.config.request_timeout),
-                },
-                504,
-            )
-        })?
-        .map_err(|error| ApiError {
-            error,
-            status: None,
-            counted: true,
-        })?;
+    let response = tokio::time::timeout(
+        s.config.request_timeout,
+        s.server.infer(model, version, request),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::with_status(
+            Error::Unavailable {
+                what: format!("model {model}"),
+                reason: format!("inference timed out after {:?}", s.config.request_timeout),
+            },
+            504,
+        )
+    })?
+    .map_err(|error| ApiError {
+        error,
+        status: None,
+        counted: true,
+    })?;
     let (body, json_len) = response.to_body(|name| flags.wants_binary(name))?;
     let mut out = Response::new(Body::from(body));
     let h = out.headers_mut();
     match json_len {
         Some(n) => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             h.insert(
                 HEADER_CONTENT_LENGTH,
                 HeaderValue::from_str(&n.to_string()).map_err(|e| Error::backend("http", e))?,
             );
         }
         None => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
     }
     Ok(out)
 }
 
-async fn infer(State(s): State<AppState>, headers: HeaderMap, Path(model): Path<String>, body: Body) -> ApiResult {
+async fn infer(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+    body: Body,
+) -> ApiResult {
     run_infer(s, headers, model, None, body).await
 }
 
@@ -396,7 +465,11 @@ fn report_json(r: &crate::server::ReloadReport) -> serde_json::Value {
     json!({"resolved": r.resolved, "loaded": r.loaded, "unloaded": r.unloaded})
 }
 
-async fn reload(State(s): State<AppState>, headers: HeaderMap, Path(model): Path<String>) -> ApiResult {
+async fn reload(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> ApiResult {
     authorize(&s, &headers, Scope::Admin)?;
     json_response(&report_json(&s.server.reload(&model).await?))
 }
@@ -413,13 +486,21 @@ async fn repository_index(State(s): State<AppState>, headers: HeaderMap) -> ApiR
     json_response(&models)
 }
 
-async fn repository_load(State(s): State<AppState>, headers: HeaderMap, Path(model): Path<String>) -> ApiResult {
+async fn repository_load(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> ApiResult {
     authorize(&s, &headers, Scope::Admin)?;
     s.server.load(&model).await?;
     json_response(&json!({}))
 }
 
-async fn repository_unload(State(s): State<AppState>, headers: HeaderMap, Path(model): Path<String>) -> ApiResult {
+async fn repository_unload(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> ApiResult {
     authorize(&s, &headers, Scope::Admin)?;
     s.server.unload(&model)?;
     json_response(&json!({}))
@@ -428,14 +509,24 @@ async fn repository_unload(State(s): State<AppState>, headers: HeaderMap, Path(m
 fn routing_json(r: &Routing) -> serde_json::Value {
     match r {
         Routing::Fixed(s) => json!({"fixed": s.to_string()}),
-        Routing::Split(arms) => json!({"split": arms.iter().map(|a| json!({"version": a.selector.to_string(), "weight": a.weight})).collect::<Vec<_>>()}),
-        Routing::Canary { stable, canary, weight } => {
+        Routing::Split(arms) => {
+            json!({"split": arms.iter().map(|a| json!({"version": a.selector.to_string(), "weight": a.weight})).collect::<Vec<_>>()})
+        }
+        Routing::Canary {
+            stable,
+            canary,
+            weight,
+        } => {
             json!({"canary": {"stable": stable.to_string(), "canary": canary.to_string(), "weight": weight}})
         }
     }
 }
 
-async fn admin_status(State(s): State<AppState>, headers: HeaderMap, Path(model): Path<String>) -> ApiResult {
+async fn admin_status(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> ApiResult {
     authorize(&s, &headers, Scope::Admin)?;
     let st = s.server.status(&model)?;
     json_response(&json!({
@@ -527,7 +618,11 @@ async fn admin_canary(
     json_response(&json!({"weight": parsed.weight}))
 }
 
-async fn admin_shadow(State(s): State<AppState>, headers: HeaderMap, Path(model): Path<String>) -> ApiResult {
+async fn admin_shadow(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> ApiResult {
     authorize(&s, &headers, Scope::Admin)?;
     let records: Vec<_> = s
         .server

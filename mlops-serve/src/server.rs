@@ -223,6 +223,11 @@ impl ModelServer {
             .ok_or_else(|| Error::not_found(ResourceKind::Model, name))
     }
 
+    /// Whether `name` is deployed.
+    pub fn has_model(&self, name: &str) -> bool {
+        self.deployment(name).is_ok()
+    }
+
     /// Loads the versions `config` routes to and starts serving it under its name.
     /// A name already deployed is [`Error::AlreadyExists`]; a version that cannot be
     /// resolved or loaded fails the deployment and serves nothing.

@@ -1,0 +1,493 @@
+//! The in-process server: routing, reload, shadow, batching, cache, errors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mlops_core::inference::{ParameterValue, RequestOutput, Tensor, TensorData};
+use mlops_core::model::VersionSelector;
+use mlops_core::{Error, ModelRegistry, Server};
+use mlops_serve::{
+    Arm, BatchConfig, CacheConfig, CanaryRamp, DeploymentConfig, ModelServer, ROUTING_KEY, Routing,
+};
+
+use crate::common::*;
+
+fn v(n: u64) -> VersionSelector {
+    VersionSelector::Number(n)
+}
+
+async fn server(versions: u64) -> (ModelServer, Arc<dyn ModelRegistry>, Arc<LinearLoader>) {
+    let models: Vec<Linear> = (1..=versions).map(version_model).collect();
+    let registry = registry(&models).await;
+    let loader = Arc::new(LinearLoader::default());
+    (
+        ModelServer::new(registry.clone(), vec![loader.clone()]),
+        registry,
+        loader,
+    )
+}
+
+async fn version_answering(s: &ModelServer, key: Option<&str>) -> u64 {
+    let mut req = request(&[[1.0, 0.0]]);
+    if let Some(k) = key {
+        req.parameters
+            .insert(ROUTING_KEY.into(), ParameterValue::String(k.into()));
+    }
+    let r = s.infer("fraud", None, req).await.unwrap();
+    let version: u64 = r.model_version.as_deref().unwrap().parse().unwrap();
+    assert_eq!(
+        y_of(&r),
+        vec![version as f32],
+        "the answer comes from the version named"
+    );
+    version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_split_and_canary_routing() {
+    let (s, registry, _) = server(2).await;
+    registry.set_alias("m", "champion", 1).await.unwrap();
+    s.deploy(DeploymentConfig::new(
+        "fraud",
+        "m",
+        Routing::Fixed("@champion".parse().unwrap()),
+    ))
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        assert_eq!(version_answering(&s, None).await, 1);
+    }
+    // An explicit version must be one the deployment serves.
+    let err = s
+        .infer("fraud", Some("2"), request(&[[1.0, 0.0]]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert_eq!(
+        y_of(
+            &s.infer("fraud", Some("1"), request(&[[1.0, 0.0]]))
+                .await
+                .unwrap()
+        ),
+        vec![1.0]
+    );
+
+    // A 75/25 split: sticky per key, and close to the weights over many keys.
+    let split = Routing::Split(vec![
+        Arm {
+            selector: v(1),
+            weight: 3.0,
+        },
+        Arm {
+            selector: v(2),
+            weight: 1.0,
+        },
+    ]);
+    let report = s.set_routing("fraud", split).await.unwrap();
+    assert_eq!(report.loaded, vec![2]);
+    let mut to_two = 0;
+    for i in 0..2000 {
+        let key = format!("customer-{i}");
+        let first = version_answering(&s, Some(&key)).await;
+        if i < 50 {
+            assert_eq!(
+                version_answering(&s, Some(&key)).await,
+                first,
+                "sticky for {key}"
+            );
+        }
+        to_two += usize::from(first == 2);
+    }
+    assert!(
+        (400..600).contains(&to_two),
+        "{to_two} of 2000 keys went to the 25% arm"
+    );
+
+    // A canary at 0 and 1, then ramped on a schedule.
+    s.set_routing(
+        "fraud",
+        Routing::Canary {
+            stable: v(1),
+            canary: v(2),
+            weight: 0.0,
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..20 {
+        assert_eq!(version_answering(&s, None).await, 1);
+    }
+    s.set_canary_weight("fraud", 1.0).unwrap();
+    for _ in 0..20 {
+        assert_eq!(version_answering(&s, None).await, 2);
+    }
+    assert!(s.set_canary_weight("fraud", 1.5).is_err());
+    s.set_routing("fraud", Routing::Fixed(v(1))).await.unwrap();
+    assert!(matches!(
+        s.set_canary_weight("fraud", 0.5).unwrap_err(),
+        Error::Conflict { .. }
+    ));
+
+    let mut ramped = DeploymentConfig::new(
+        "ramped",
+        "m",
+        Routing::Canary {
+            stable: v(1),
+            canary: v(2),
+            weight: 0.0,
+        },
+    );
+    ramped.canary_ramp = Some(CanaryRamp {
+        step: 0.5,
+        every: Duration::from_millis(30),
+        max: 1.0,
+    });
+    s.deploy(ramped).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Routing::Canary { weight, .. } = s.status("ramped").unwrap().routing
+            && weight >= 1.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ramp never reached 1");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_reload_swaps_without_failed_requests() {
+    let (s, registry, _) = server(3).await;
+    registry.set_alias("m", "champion", 1).await.unwrap();
+    let mut config =
+        DeploymentConfig::new("fraud", "m", Routing::Fixed("@champion".parse().unwrap()));
+    config.reload_interval = Some(Duration::from_millis(20));
+    config.batching = Some(BatchConfig {
+        max_batch_size: 8,
+        max_queue_delay: Duration::from_millis(1),
+        max_queue: 4096,
+        instances: 2,
+    });
+    s.deploy(config).await.unwrap();
+
+    // Clients hammer the server while the alias moves back and forth and both the
+    // poller and explicit reloads swap versions.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut seen = BTreeMap::new();
+                for _ in 0..150 {
+                    let r = s
+                        .infer("fraud", None, request(&[[1.0, 0.0]]))
+                        .await
+                        .expect("no request may fail during a swap");
+                    let version: u64 = r.model_version.as_deref().unwrap().parse().unwrap();
+                    assert_eq!(y_of(&r), vec![version as f32]);
+                    *seen.entry(version).or_insert(0) += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    for round in 0..10 {
+        registry
+            .set_alias("m", "champion", 1 + (round % 3))
+            .await
+            .unwrap();
+        if round % 2 == 0 {
+            s.reload("fraud").await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let mut versions = BTreeMap::new();
+    for c in clients {
+        for (v, n) in c.await.unwrap() {
+            *versions.entry(v).or_insert(0) += n;
+        }
+    }
+    assert_eq!(versions.values().sum::<i32>(), 8 * 150);
+    assert!(versions.len() >= 2, "traffic saw the swaps: {versions:?}");
+
+    // The poller picks up a move on its own.
+    registry.set_alias("m", "champion", 3).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while version_answering(&s, None).await != 3 {
+        assert!(Instant::now() < deadline, "the poller never reloaded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let metrics = s.metrics_text();
+    assert!(metrics.contains("mlops_model_loads_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_traffic_is_recorded_off_the_request_path() {
+    let slow_shadow = Linear {
+        w: [10.0, 0.0],
+        b: 0.0,
+        delay_ms: 300,
+    };
+    let registry = registry(&[version_model(1), slow_shadow]).await;
+    let s = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
+    let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
+    config.shadow = Some(v(2));
+    s.deploy(config).await.unwrap();
+    let mut req = request(&[[2.0, 0.0]]);
+    req.id = Some("req-1".into());
+    let started = Instant::now();
+    let r = s.infer("fraud", None, req).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "the shadow's 300 ms are not on the request path"
+    );
+    assert_eq!(y_of(&r), vec![2.0]);
+    assert_eq!(r.id.as_deref(), Some("req-1"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let record = loop {
+        if let Some(r) = s.shadow_records("fraud").unwrap().pop() {
+            break r;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((record.primary_version, record.shadow_version), (1, 2));
+    assert_eq!(record.request_id.as_deref(), Some("req-1"));
+    assert_eq!(record.primary[0].data, TensorData::Fp32(vec![2.0]));
+    assert_eq!(record.shadow.unwrap()[0].data, TensorData::Fp32(vec![20.0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamic_batching_combines_and_sheds() {
+    let slowish = Linear {
+        w: [1.0, 1.0],
+        b: 0.5,
+        delay_ms: 5,
+    };
+    let registry = registry(&[slowish]).await;
+    let loader = Arc::new(LinearLoader::default());
+    let s = ModelServer::new(registry, vec![loader.clone()]);
+    let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
+    config.batching = Some(BatchConfig {
+        max_batch_size: 16,
+        max_queue_delay: Duration::from_millis(20),
+        max_queue: 256,
+        instances: 1,
+    });
+    s.deploy(config).await.unwrap();
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let x = i as f32;
+                let r = s.infer("fraud", None, request(&[[x, 1.0]])).await.unwrap();
+                assert_eq!(y_of(&r), vec![x + 1.5], "request {i} got its own answer");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let max_rows = loader.stats.max_rows.load(Ordering::SeqCst);
+    let calls = loader.stats.calls.load(Ordering::SeqCst);
+    assert!(
+        max_rows > 1 && max_rows <= 16,
+        "batches of up to 16 rows: {max_rows}"
+    );
+    assert!(calls < 48, "{calls} model calls for 48 requests");
+    assert!(s.metrics_text().contains("mlops_batch_rows_bucket"));
+
+    // A bad request batched with good ones fails alone.
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let x = if i == 3 { f32::NAN } else { 1.0 };
+                (i, s.infer("fraud", None, request(&[[x, 0.0]])).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        assert_eq!(r.is_err(), i == 3, "request {i}: {r:?}");
+    }
+
+    // A full queue sheds load with a clear error.
+    let slow = Linear {
+        w: [1.0, 1.0],
+        b: 0.0,
+        delay_ms: 100,
+    };
+    let registry = crate::common::registry(&[slow]).await;
+    let s = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
+    let mut config = DeploymentConfig::new("tiny", "m", Routing::Fixed(v(1)));
+    config.batching = Some(BatchConfig {
+        max_batch_size: 1,
+        max_queue_delay: Duration::ZERO,
+        max_queue: 2,
+        instances: 1,
+    });
+    s.deploy(config).await.unwrap();
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.infer("tiny", None, request(&[[1.0, 1.0]])).await })
+        })
+        .collect();
+    let mut shed = 0;
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            assert!(
+                matches!(e, Error::Unavailable { .. }) && e.to_string().contains("overloaded"),
+                "{e}"
+            );
+            shed += 1;
+        }
+    }
+    assert!(shed > 0, "some requests were shed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prediction_cache_counts_hits_and_expires() {
+    let (s, _, loader) = server(2).await;
+    let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
+    config.cache = Some(CacheConfig {
+        max_entries: 100,
+        ttl: Duration::from_millis(300),
+    });
+    s.deploy(config).await.unwrap();
+    for _ in 0..3 {
+        s.infer("fraud", None, request(&[[1.0, 2.0]]))
+            .await
+            .unwrap();
+    }
+    let stats = s.cache_stats("fraud").unwrap().unwrap();
+    assert_eq!((stats.hits, stats.misses), (2, 1));
+    assert_eq!(loader.stats.calls.load(Ordering::SeqCst), 1);
+    // Another input, and another version, miss.
+    s.infer("fraud", None, request(&[[1.0, 3.0]]))
+        .await
+        .unwrap();
+    s.set_routing("fraud", Routing::Fixed(v(2))).await.unwrap();
+    let r = s
+        .infer("fraud", None, request(&[[1.0, 2.0]]))
+        .await
+        .unwrap();
+    assert_eq!(y_of(&r), vec![2.0]);
+    assert_eq!(s.cache_stats("fraud").unwrap().unwrap().misses, 3);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.infer("fraud", None, request(&[[1.0, 2.0]]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.cache_stats("fraud").unwrap().unwrap().misses,
+        4,
+        "expired after the TTL"
+    );
+    assert!(
+        s.metrics_text()
+            .contains("mlops_prediction_cache_total{model=\"fraud\",outcome=\"hit\"} 2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_and_lifecycle() {
+    let (s, registry, _) = server(1).await;
+    s.deploy(DeploymentConfig::new(
+        "fraud",
+        "m",
+        Routing::Fixed(VersionSelector::Latest),
+    ))
+    .await
+    .unwrap();
+    let err = s
+        .deploy(DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1))))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }));
+    let err = s
+        .deploy(DeploymentConfig::new("other", "nope", Routing::Fixed(v(1))))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert_eq!(s.list_models().await.unwrap(), vec!["fraud"]);
+
+    assert!(matches!(
+        s.infer("nope", None, request(&[[1.0, 1.0]]))
+            .await
+            .unwrap_err(),
+        Error::NotFound { .. }
+    ));
+    assert!(matches!(
+        s.infer("fraud", Some("9"), request(&[[1.0, 1.0]]))
+            .await
+            .unwrap_err(),
+        Error::NotFound { .. }
+    ));
+    let wrong_type = mlops_core::InferenceRequest::new(vec![
+        Tensor::new("x", vec![1, 2], TensorData::Int64(vec![1, 2])).unwrap(),
+    ]);
+    let err = s.infer("fraud", None, wrong_type).await.unwrap_err();
+    assert!(
+        err.to_string().contains("input 'x'") && err.to_string().contains("INT64"),
+        "{err}"
+    );
+    let wrong_shape = mlops_core::InferenceRequest::new(vec![
+        Tensor::new("x", vec![1, 3], TensorData::Fp32(vec![1.0; 3])).unwrap(),
+    ]);
+    assert!(
+        s.infer("fraud", None, wrong_shape)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("shape")
+    );
+    let mut unknown_output = request(&[[1.0, 1.0]]);
+    unknown_output.outputs = Some(vec![RequestOutput {
+        name: "z".into(),
+        parameters: Default::default(),
+    }]);
+    assert!(
+        s.infer("fraud", None, unknown_output)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("output 'z'")
+    );
+    let mut one_output = request(&[[1.0, 1.0]]);
+    one_output.outputs = Some(vec![RequestOutput {
+        name: "twice".into(),
+        parameters: Default::default(),
+    }]);
+    let r = s.infer("fraud", None, one_output).await.unwrap();
+    assert_eq!(r.outputs.len(), 1);
+    assert_eq!(r.outputs[0].name, "twice");
+
+    let meta = s.model_metadata("fraud", None).await.unwrap();
+    assert_eq!(meta.platform, FLAVOR);
+    assert_eq!(meta.versions, Some(vec!["1".to_owned()]));
+    assert_eq!(meta.inputs, signature().inputs);
+    assert!(s.model_ready("fraud", Some("1")).await.unwrap());
+    assert!(!s.model_ready("fraud", Some("5")).await.unwrap());
+
+    // Unload and load back; an unknown registry model cannot be loaded.
+    s.unload("fraud").unwrap();
+    assert!(s.list_models().await.unwrap().is_empty());
+    s.load("fraud").await.unwrap();
+    assert!(s.infer("fraud", None, request(&[[1.0, 1.0]])).await.is_ok());
+    s.load("m").await.unwrap();
+    assert!(s.load("nope").await.is_err());
+    drop(registry);
+
+    // Draining refuses new work and turns readiness off.
+    assert!(s.ready().await.unwrap());
+    assert_eq!(s.drain(Duration::from_millis(100)).await, 0);
+    assert!(!s.ready().await.unwrap());
+    assert!(matches!(
+        s.infer("fraud", None, request(&[[1.0, 1.0]]))
+            .await
+            .unwrap_err(),
+        Error::Unavailable { .. }
+    ));
+}

@@ -1,0 +1,492 @@
+//! The HTTP face, through our client and raw HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlops_core::inference::{InferenceRequest, Tensor, TensorData};
+use mlops_core::model::VersionSelector;
+use mlops_core::{Error, Server};
+use mlops_serve::http::{HttpConfig, router, serve};
+use mlops_serve::{
+    ApiKeys, BatchConfig, DeploymentConfig, ModelServer, RemoteServer, Routing, Scope,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::common::*;
+
+pub(crate) struct Running {
+    pub(crate) base: String,
+    pub(crate) server: ModelServer,
+    stop: Option<oneshot::Sender<()>>,
+    pub(crate) done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    pub(crate) fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub(crate) async fn start(
+    models: &[Linear],
+    config: HttpConfig,
+    batching: Option<BatchConfig>,
+) -> Running {
+    let registry = registry(models).await;
+    let server = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
+    let mut d = DeploymentConfig::new("fraud", "m", Routing::Fixed(VersionSelector::Latest));
+    d.batching = batching;
+    server.deploy(d).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = router(server.clone(), config);
+    let done = tokio::spawn(serve(listener, app, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        base,
+        server,
+        stop: Some(stop),
+        done,
+    }
+}
+
+async fn raw(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method.parse().unwrap(), url).body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_client_speaks_to_the_http_face() {
+    let mut running = start(
+        &[version_model(1), version_model(2)],
+        HttpConfig::default(),
+        None,
+    )
+    .await;
+    let remote = RemoteServer::new(&running.base).unwrap();
+    assert!(remote.live().await.unwrap());
+    assert!(remote.ready().await.unwrap());
+    assert_eq!(remote.list_models().await.unwrap(), vec!["fraud"]);
+    let meta = remote.model_metadata("fraud", None).await.unwrap();
+    assert_eq!(
+        meta,
+        running.server.model_metadata("fraud", None).await.unwrap()
+    );
+    assert!(
+        remote
+            .server_metadata()
+            .await
+            .unwrap()
+            .extensions
+            .contains(&"binary_tensor_data".to_owned())
+    );
+    assert!(remote.model_ready("fraud", Some("2")).await.unwrap());
+    assert!(
+        !remote.model_ready("fraud", Some("1")).await.unwrap(),
+        "version 1 is not deployed"
+    );
+
+    // The same request gives the same answer locally and remotely, JSON or binary.
+    let mut req = request(&[[1.5, 2.0], [3.0, -1.0]]);
+    req.id = Some("abc".into());
+    let local = running
+        .server
+        .infer("fraud", None, req.clone())
+        .await
+        .unwrap();
+    let json = remote.infer("fraud", None, req.clone()).await.unwrap();
+    assert_eq!(json, local);
+    let binary = remote
+        .clone()
+        .with_binary_tensors(true)
+        .infer("fraud", Some("2"), req)
+        .await
+        .unwrap();
+    assert_eq!(binary.outputs, local.outputs);
+    assert_eq!(binary.id.as_deref(), Some("abc"));
+
+    // Errors come back as the same error kinds.
+    assert!(matches!(
+        remote
+            .infer("nope", None, request(&[[1.0, 1.0]]))
+            .await
+            .unwrap_err(),
+        Error::NotFound { .. }
+    ));
+    let bad = InferenceRequest::new(vec![
+        Tensor::new(
+            "x",
+            vec![1, 2],
+            TensorData::Bytes(vec![b"a".to_vec(), b"b".to_vec()]),
+        )
+        .unwrap(),
+    ]);
+    let err = remote.infer("fraud", None, bad).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { .. }) && err.to_string().contains("input 'x'"),
+        "{err}"
+    );
+    running.stop();
+    running.done.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_4xx_with_a_message() {
+    let config = HttpConfig {
+        max_body_bytes: 4096,
+        ..HttpConfig::default()
+    };
+    let running = start(&[version_model(1)], config, None).await;
+    let infer = format!("{}/v2/models/fraud/infer", running.base);
+    let cases: Vec<(Vec<u8>, Vec<(&str, &str)>, u16, &str)> = vec![
+        (b"{not json".to_vec(), vec![], 400, "inference request"),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,"a"]}]}"#.to_vec(),
+            vec![],
+            400,
+            "element 1",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2,3]}]}"#.to_vec(),
+            vec![],
+            400,
+            "holds 2 elements",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP99","data":[1,2]}]}"#.to_vec(),
+            vec![],
+            400,
+            "FP99",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1e39,2]}]}"#
+                .to_vec(),
+            vec![],
+            400,
+            "out of range",
+        ),
+        (
+            br#"{"inputs":[{"name":"y","shape":[1],"datatype":"FP32","data":[1]}]}"#.to_vec(),
+            vec![],
+            400,
+            "input 'y'",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#.to_vec(),
+            vec![("Inference-Header-Content-Length", "9999")],
+            400,
+            "Inference-Header-Content-Length",
+        ),
+        (vec![b' '; 5000], vec![], 413, "4096 bytes"),
+    ];
+    for (body, headers, status, needle) in cases {
+        let (got, _, text) = raw("POST", &infer, &headers, body).await;
+        assert_eq!(got, status, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains(needle),
+            "{needle:?} not in {text}"
+        );
+    }
+    let (status, _, text) = raw(
+        "POST",
+        &format!("{}/v2/models/nope/infer", running.base),
+        &[],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 404, "{text}");
+    let (status, _, text) = raw(
+        "GET",
+        &format!("{}/v2/models/fraud/versions/7", running.base),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 404, "{text}");
+    let (status, _, _) = raw("GET", &format!("{}/v3/nothing", running.base), &[], vec![]).await;
+    assert_eq!(status, 404);
+    // The model answered with a good request afterwards: nothing broke.
+    let ok = br#"{"id":"7","inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[[1,2]]}],"outputs":[{"name":"twice"}]}"#;
+    let (status, _, text) = raw("POST", &infer, &[], ok.to_vec()).await;
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["id"], "7");
+    assert_eq!(v["outputs"].as_array().unwrap().len(), 1);
+    assert_eq!(v["outputs"][0]["data"], serde_json::json!([2.0]));
+    let metrics = reqwest::get(format!("{}/metrics", running.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("status=\"400\""), "{metrics}");
+    assert!(metrics.contains("status=\"413\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_scopes_and_admin_endpoints() {
+    let keys = ApiKeys::new()
+        .with_key("app", "infer-key", &[Scope::Infer])
+        .with_key("ops", "admin-key", &[Scope::Admin]);
+    let running = start(
+        &[version_model(1), version_model(2)],
+        HttpConfig {
+            keys,
+            ..HttpConfig::default()
+        },
+        None,
+    )
+    .await;
+    let b = &running.base;
+    // Health stays open for probes.
+    assert_eq!(
+        raw("GET", &format!("{b}/v2/health/ready"), &[], vec![])
+            .await
+            .0,
+        200
+    );
+    let (status, headers, text) = raw("GET", &format!("{b}/v2/models/fraud"), &[], vec![]).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    assert!(
+        !text.contains("infer-key") && !text.contains("admin-key"),
+        "no key material in: {text}"
+    );
+    let (status, _, text) = raw(
+        "GET",
+        &format!("{b}/v2/models/fraud"),
+        &[("Authorization", "Bearer wrong-key")],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(!text.contains("wrong-key"));
+    assert_eq!(
+        raw(
+            "GET",
+            &format!("{b}/v2/models/fraud"),
+            &[("Authorization", "Bearer infer-key")],
+            vec![]
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, _, text) = raw(
+        "POST",
+        &format!("{b}/v2/models/fraud/reload"),
+        &[("Authorization", "Bearer infer-key")],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("admin scope"));
+    assert_eq!(
+        raw(
+            "GET",
+            &format!("{b}/metrics"),
+            &[("Authorization", "Bearer infer-key")],
+            vec![]
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        raw(
+            "GET",
+            &format!("{b}/metrics"),
+            &[("Authorization", "Bearer admin-key")],
+            vec![]
+        )
+        .await
+        .0,
+        200
+    );
+
+    // Admin: routing, canary weight, status, repository unload/load.
+    let admin = [("Authorization", "Bearer admin-key")];
+    let (status, _, text) = raw(
+        "POST",
+        &format!("{b}/admin/models/fraud/routing"),
+        &admin,
+        br#"{"canary":{"stable":"1","canary":"2","weight":0.0}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let remote = RemoteServer::new(b).unwrap().with_api_key("infer-key");
+    assert_eq!(
+        remote
+            .infer("fraud", None, request(&[[1.0, 0.0]]))
+            .await
+            .unwrap()
+            .model_version
+            .as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        raw(
+            "POST",
+            &format!("{b}/admin/models/fraud/canary"),
+            &admin,
+            br#"{"weight":1}"#.to_vec()
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        remote
+            .infer("fraud", None, request(&[[1.0, 0.0]]))
+            .await
+            .unwrap()
+            .model_version
+            .as_deref(),
+        Some("2")
+    );
+    let (status, _, text) = raw(
+        "POST",
+        &format!("{b}/admin/models/fraud/canary"),
+        &admin,
+        br#"{"weight":7}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let (status, _, text) = raw(
+        "POST",
+        &format!("{b}/admin/models/fraud/routing"),
+        &admin,
+        br#"{"bogus":1}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let (_, _, text) = raw("GET", &format!("{b}/admin/models/fraud"), &admin, vec![]).await;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["versions"], serde_json::json!([1, 2]));
+    assert_eq!(
+        raw(
+            "POST",
+            &format!("{b}/v2/repository/models/fraud/unload"),
+            &admin,
+            vec![]
+        )
+        .await
+        .0,
+        200
+    );
+    assert!(matches!(
+        remote
+            .infer("fraud", None, request(&[[1.0, 0.0]]))
+            .await
+            .unwrap_err(),
+        Error::NotFound { .. }
+    ));
+    assert_eq!(
+        raw(
+            "POST",
+            &format!("{b}/v2/repository/models/fraud/load"),
+            &admin,
+            vec![]
+        )
+        .await
+        .0,
+        200
+    );
+    assert!(
+        remote
+            .infer("fraud", None, request(&[[1.0, 0.0]]))
+            .await
+            .is_ok()
+    );
+    let (_, _, text) = raw("POST", &format!("{b}/v2/repository/index"), &admin, vec![]).await;
+    assert!(text.contains("\"READY\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overload_timeouts_and_graceful_shutdown() {
+    let slow = Linear {
+        w: [1.0, 0.0],
+        b: 0.0,
+        delay_ms: 300,
+    };
+    let config = HttpConfig {
+        max_concurrency: 2,
+        request_timeout: Duration::from_secs(5),
+        ..HttpConfig::default()
+    };
+    let mut running = start(&[slow.clone()], config, None).await;
+    let remote = RemoteServer::new(&running.base).unwrap();
+    // Four at once against a limit of two: two are refused with 503 + Retry-After.
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let r = remote.clone();
+            tokio::spawn(async move { r.infer("fraud", None, request(&[[1.0, 0.0]])).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            assert!(matches!(e, Error::Unavailable { .. }), "{e}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1, "the concurrency limit refused some");
+    let body =
+        br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#.to_vec();
+    let url = format!("{}/v2/models/fraud/infer", running.base);
+    let (a, b) = tokio::join!(raw("POST", &url, &[], body.clone()), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        raw("POST", &url, &[], body.clone()).await
+    });
+    let (b2, _) = tokio::join!(raw("POST", &url, &[], body.clone()), async {});
+    let statuses = [a.0, b.0, b2.0];
+    assert!(statuses.contains(&200));
+    if let Some(refusal) = [&a, &b].into_iter().find(|r| r.0 == 503) {
+        assert_eq!(refusal.1["retry-after"], "1");
+    }
+
+    // Graceful shutdown: a request in flight when shutdown starts still completes.
+    let r = remote.clone();
+    let in_flight =
+        tokio::spawn(async move { r.infer("fraud", None, request(&[[4.0, 0.0]])).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    running.stop();
+    let answer = in_flight.await.unwrap().unwrap();
+    assert_eq!(y_of(&answer), vec![4.0]);
+    running.done.await.unwrap().unwrap();
+    assert!(remote.live().await.is_err(), "the listener is closed");
+
+    // A request timeout answers 504.
+    let config = HttpConfig {
+        request_timeout: Duration::from_millis(50),
+        ..HttpConfig::default()
+    };
+    let running = start(&[slow], config, None).await;
+    let (status, _, text) = raw(
+        "POST",
+        &format!("{}/v2/models/fraud/infer", running.base),
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(status, 504, "{text}");
+    assert!(text.contains("timed out"));
+}

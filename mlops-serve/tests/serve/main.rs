@@ -1,0 +1,8 @@
+//! Integration tests of mlops-serve, in one binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod core;
+mod enrichment;
+mod http;
+mod real_clients;

@@ -1,0 +1,178 @@
+//! Tools no one here wrote: Python's tritonclient and Prometheus' promtool, against
+//! our server serving a real trained model. They run when the environment has
+//! them (`.ci/run` sets MLOPS_TEST_PYTHON to a Python with tritonclient and
+//! installs promtool); otherwise each test says so and passes.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch};
+use mlops_core::model::VersionSelector;
+use mlops_core::{ModelRegistry, Task, Trainer};
+use mlops_serve::http::{HttpConfig, router, serve};
+use mlops_serve::{DeploymentConfig, ModelServer, Routing};
+use mlops_store::{ObjectRegistry, RegistryOptions, StoreRoot};
+use mlops_train::{ModelSpec, Progress, TabularLoader, TabularTrainer, TrainConfig};
+use tokio::net::TcpListener;
+
+/// A server on loopback serving a trained 20-feature MLP as "fraud".
+async fn serve_trained() -> (String, ModelServer) {
+    let n = 600;
+    let mut cols: Vec<(String, ArrayRef)> = Vec::new();
+    let mut label = vec![0i64; n];
+    for f in 0..20 {
+        let values: Vec<f32> = (0..n)
+            .map(|i| (((i * 31 + f * 17) % 97) as f32 / 48.0) - 1.0)
+            .collect();
+        if f == 0 {
+            for (i, v) in values.iter().enumerate() {
+                label[i] = i64::from(*v > 0.0);
+            }
+        }
+        cols.push((format!("x{f}"), Arc::new(Float32Array::from(values))));
+    }
+    cols.push(("label".into(), Arc::new(Int64Array::from(label))));
+    let data = RecordBatch::try_from_iter(cols).unwrap();
+    let mut c = TrainConfig::new(Task::BinaryClassification, ModelSpec::mlp([64, 64]));
+    c.epochs = 2;
+    c.progress = Progress::Hidden;
+    let trained = TabularTrainer::new(c).fit(&data, "label").unwrap();
+    let root = StoreRoot::open("memory://").unwrap();
+    let registry = Arc::new(ObjectRegistry::new(&root, RegistryOptions::default()));
+    registry
+        .register("fraud", trained.artifact, trained.metadata)
+        .await
+        .unwrap();
+    let server = ModelServer::new(registry, vec![Arc::new(TabularLoader::default())]);
+    server
+        .deploy(DeploymentConfig::new(
+            "fraud",
+            "fraud",
+            Routing::Fixed(VersionSelector::Latest),
+        ))
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(serve(
+        listener,
+        router(server.clone(), HttpConfig::default()),
+        std::future::pending(),
+    ));
+    (base, server)
+}
+
+const TRITON_SCRIPT: &str = r#"
+import sys
+import numpy as np
+import tritonclient.http as httpclient
+
+client = httpclient.InferenceServerClient(url=sys.argv[1])
+assert client.is_server_live() and client.is_server_ready()
+assert client.is_model_ready("fraud")
+meta = client.get_model_metadata("fraud")
+assert [i["name"] for i in meta["inputs"]] == [f"x{i}" for i in range(20)], meta
+assert meta["outputs"][0]["name"] == "probability", meta
+for binary in (False, True):
+    inputs = []
+    for i in range(20):
+        t = httpclient.InferInput(f"x{i}", [3], "FP32")
+        t.set_data_from_numpy(np.array([0.5, -0.5, 0.1], dtype=np.float32) * (1 if i == 0 else 0.3), binary_data=binary)
+        inputs.append(t)
+    out = [httpclient.InferRequestedOutput("probability", binary_data=binary)]
+    result = client.infer("fraud", inputs, outputs=out, request_id="r1")
+    p = result.as_numpy("probability")
+    assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all(), p
+    assert result.get_response()["id"] == "r1"
+    print("binary" if binary else "json", p.tolist())
+try:
+    client.infer("nope", inputs)
+    raise SystemExit("an unknown model must fail")
+except httpclient.InferenceServerException as e:
+    assert "nope" in str(e), e
+print("ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_reads_metadata_and_infers() {
+    let Ok(python) = std::env::var("MLOPS_TEST_PYTHON") else {
+        println!("MLOPS_TEST_PYTHON is not set: skipping the tritonclient test");
+        return;
+    };
+    let has_client = Command::new(&python)
+        .args(["-c", "import tritonclient.http"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_client {
+        println!("{python} lacks tritonclient: skipping the tritonclient test");
+        return;
+    }
+    let (base, _server) = serve_trained().await;
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-c", TRITON_SCRIPT, &base])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tritonclient failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok"), "{stdout}");
+    // JSON and binary gave the same probabilities.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0].trim_start_matches("json "),
+        lines[1].trim_start_matches("binary ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_metrics() {
+    let promtool = std::env::var("MLOPS_TEST_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    if Command::new(&promtool).arg("--version").output().is_err() {
+        println!("promtool is not installed: skipping the metrics format check");
+        return;
+    }
+    let (base, server) = serve_trained().await;
+    let remote = mlops_serve::RemoteServer::new(&format!("http://{base}")).unwrap();
+    let _ = mlops_core::Server::infer(
+        &remote,
+        "nope",
+        None,
+        mlops_core::InferenceRequest::new(vec![]),
+    )
+    .await;
+    let text = reqwest::get(format!("http://{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, server.metrics_text());
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
