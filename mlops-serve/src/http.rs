@@ -646,7 +646,7 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
     Ok((
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         s.server.metrics_text(),
     )

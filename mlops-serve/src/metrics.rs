@@ -138,13 +138,66 @@ impl ServerMetrics {
             .inc();
     }
 
-    /// The Prometheus text exposition (OpenMetrics flavour accepted by Prometheus).
+    /// The Prometheus text exposition format (version 0.0.4), which every
+    /// Prometheus and `promtool check metrics` read. prometheus-client writes
+    /// OpenMetrics, where a counter family is named without its `_total` suffix
+    /// and the text ends with `# EOF`; both are adjusted here.
     pub(crate) fn render(&self) -> String {
-        let mut out = String::new();
+        let mut open_metrics = String::new();
         if let Ok(registry) = self.registry.lock() {
             // Writing into a String cannot fail.
-            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+            let _ = prometheus_client::encoding::text::encode(&mut open_metrics, &registry);
         }
-        out
+        to_prometheus_text(&open_metrics)
+    }
+}
+
+/// OpenMetrics text to the Prometheus 0.0.4 text format.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_their_total_suffix_in_help_and_type() {
+        let m = ServerMetrics::new();
+        m.observe_request("fraud", "1", 200, Duration::from_millis(1));
+        let text = m.render();
+        assert!(
+            text.contains("# HELP mlops_inference_requests_total "),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE mlops_inference_requests_total counter"));
+        assert!(text.contains(
+            "mlops_inference_requests_total{model=\"fraud\",version=\"1\",status=\"200\"} 1"
+        ));
+        assert!(text.contains("# TYPE mlops_inference_duration_seconds histogram"));
+        assert!(!text.contains("# EOF"));
     }
 }

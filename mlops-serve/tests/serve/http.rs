@@ -155,7 +155,8 @@ async fn malformed_requests_get_4xx_with_a_message() {
     };
     let running = start(&[version_model(1)], config, None).await;
     let infer = format!("{}/v2/models/fraud/infer", running.base);
-    let cases: Vec<(Vec<u8>, Vec<(&str, &str)>, u16, &str)> = vec![
+    type Case<'a> = (Vec<u8>, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (b"{not json".to_vec(), vec![], 400, "inference request"),
         (
             br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,"a"]}]}"#.to_vec(),
@@ -432,7 +433,7 @@ async fn overload_timeouts_and_graceful_shutdown() {
         request_timeout: Duration::from_secs(5),
         ..HttpConfig::default()
     };
-    let mut running = start(&[slow.clone()], config, None).await;
+    let mut running = start(std::slice::from_ref(&slow), config, None).await;
     let remote = RemoteServer::new(&running.base).unwrap();
     // Four at once against a limit of two: two are refused with 503 + Retry-After.
     let tasks: Vec<_> = (0..4)
