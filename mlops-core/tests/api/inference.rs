@@ -388,3 +388,45 @@ fn fp64_values_decode_exactly() {
     let req = InferenceRequest::from_json(text.as_bytes()).unwrap();
     assert_eq!(req.inputs[0].data, TensorData::Fp64(vec![x]));
 }
+
+mod fuzz {
+    //! The stable stand-in for the cargo-fuzz target (mlops-serve/fuzz): decoding
+    //! arbitrary and mutated bodies never panics, and what decodes re-encodes.
+    use mlops_core::inference::InferenceRequest;
+    use proptest::prelude::*;
+
+    const SEED: &str = r#"{"id":"1","parameters":{"binary_data_output":true},"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4]]},{"name":"s","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":7}}],"outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
+
+    fn check(body: &[u8], json_len: Option<usize>) {
+        if let Ok(r) = InferenceRequest::from_body(body, json_len) {
+            let (bytes, len) = r.to_body(|_| true).unwrap();
+            let back = InferenceRequest::from_body(&bytes, len).unwrap();
+            assert_eq!(back.inputs.len(), r.inputs.len());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn decoding_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512), len in proptest::option::of(0usize..600)) {
+            check(&body, len);
+        }
+
+        #[test]
+        fn mutated_requests_never_panic(
+            flips in proptest::collection::vec((0usize..SEED.len() + 11, any::<u8>()), 1..6),
+            extra in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut body = SEED.as_bytes().to_vec();
+            body.extend_from_slice(&[3, 0, 0, 0, b'a', b'b', b'c']);
+            body.extend_from_slice(&extra);
+            for (at, byte) in flips {
+                let at = at % body.len();
+                body[at] = byte;
+            }
+            check(&body, Some(SEED.len()));
+            check(&body, None);
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Request decoding must never panic, whatever the bytes: JSON bodies and bodies
+//! of the binary tensor extension with any header length. A decoded request must
+//! encode again.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mlops_core::inference::InferenceRequest;
+
+fuzz_target!(|data: &[u8]| {
+    // The first two bytes choose the JSON part's length for the binary form.
+    let (json_len, body) = match data {
+        [a, b, rest @ ..] => (Some(usize::from(u16::from_le_bytes([*a, *b]))), rest),
+        _ => (None, data),
+    };
+    for len in [None, json_len] {
+        if let Ok(request) = InferenceRequest::from_body(body, len) {
+            let _ = request.to_body(|_| true);
+            let _ = request.to_body(|_| false);
+        }
+    }
+});
