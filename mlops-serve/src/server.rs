@@ -83,6 +83,10 @@ struct LoadedVersion {
     version: ModelVersion,
     predictor: Arc<dyn Predictor>,
     batcher: Option<Batcher>,
+    /// The success counter and latency histogram of this version, resolved once
+    /// so the hot path takes no lock and allocates no label.
+    ok_requests: prometheus_client::metrics::counter::Counter,
+    latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Routing and loaded versions, swapped as one.
@@ -423,10 +427,26 @@ impl ModelServer {
                     self.inner.metrics.clone(),
                 )
             });
+            let labels = ModelLabels {
+                model: config.name.clone(),
+                version: number.to_string(),
+            };
+            let metrics = &self.inner.metrics;
+            let ok_requests = metrics
+                .requests
+                .get_or_create(&crate::metrics::RequestLabels {
+                    model: config.name.clone(),
+                    version: number.to_string(),
+                    status: "200".into(),
+                })
+                .clone();
+            let latency = metrics.latency.get_or_create(&labels).clone();
             Ok(Arc::new(LoadedVersion {
                 version,
                 predictor,
                 batcher,
+                ok_requests,
+                latency,
             }))
         }
         .await;
@@ -651,9 +671,13 @@ impl ModelServer {
         name: &str,
         loaded: &LoadedVersion,
         inputs: Vec<Tensor>,
+        inline_max_rows: usize,
     ) -> Result<Vec<Tensor>> {
         match &loaded.batcher {
             Some(b) => b.submit(name, inputs).await,
+            None if inputs.first().map_or(0, Tensor::rows) <= inline_max_rows => {
+                loaded.predictor.predict(&inputs)
+            }
             None => predict_blocking(loaded.predictor.clone(), inputs).await,
         }
     }
@@ -664,6 +688,7 @@ impl ModelServer {
         version: Option<&str>,
         request: InferenceRequest,
         version_label: &mut String,
+        served: &mut Option<Arc<LoadedVersion>>,
     ) -> Result<InferenceResponse> {
         if self.is_draining() {
             return Err(Error::Unavailable {
@@ -715,12 +740,13 @@ impl ModelServer {
             .shadow
             .filter(|&s| s != number)
             .map(|_| inputs.clone());
-        let outputs: Arc<Vec<Tensor>> = match cached {
-            Some(o) => o,
+        let inline = d.config.inline_max_rows;
+        let outputs: Vec<Tensor> = match cached {
+            Some(o) => o.as_ref().clone(),
             None => {
-                let o = Arc::new(self.run_model(name, &loaded, inputs).await?);
+                let o = self.run_model(name, &loaded, inputs, inline).await?;
                 if let (Some(c), Some(k)) = (&d.cache, key) {
-                    c.insert(number, k, o.clone());
+                    c.insert(number, k, Arc::new(o.clone()));
                 }
                 o
             }
@@ -728,6 +754,7 @@ impl ModelServer {
         if let (Some(shadow_number), Some(inputs)) = (state.shadow, shadow_inputs)
             && let Some(shadow) = state.versions.get(&shadow_number).cloned()
         {
+            let primary = Arc::new(outputs.clone());
             self.mirror(
                 &d,
                 name,
@@ -735,17 +762,18 @@ impl ModelServer {
                 number,
                 shadow,
                 inputs,
-                outputs.clone(),
+                primary,
+                inline,
             );
         }
         let outputs = match &wanted {
-            None => outputs.as_ref().clone(),
+            None => outputs,
             Some(w) => outputs
-                .iter()
+                .into_iter()
                 .filter(|o| w.iter().any(|x| x.name == o.name))
-                .cloned()
                 .collect(),
         };
+        *served = Some(loaded);
         Ok(InferenceResponse {
             model_name: name.to_owned(),
             model_version: Some(number.to_string()),
@@ -766,12 +794,15 @@ impl ModelServer {
         shadow: Arc<LoadedVersion>,
         inputs: Vec<Tensor>,
         primary: Arc<Vec<Tensor>>,
+        inline_max_rows: usize,
     ) {
         let server = self.clone();
         let deployment = Arc::downgrade(d);
         let name = name.to_owned();
         tokio::spawn(async move {
-            let answer = server.run_model(&name, &shadow, inputs).await;
+            let answer = server
+                .run_model(&name, &shadow, inputs, inline_max_rows)
+                .await;
             let outcome = if answer.is_ok() { "ok" } else { "error" };
             ServerMetrics::count(&server.inner.metrics.shadow, &name, outcome);
             let Some(d) = deployment.upgrade() else {
@@ -1001,18 +1032,27 @@ impl Server for ModelServer {
         self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
         let _guard = InFlight(&self.inner.in_flight);
         let mut version_label = version.unwrap_or("").to_owned();
+        let mut served = None;
         let result = self
-            .infer_inner(model, version, request, &mut version_label)
+            .infer_inner(model, version, request, &mut version_label, &mut served)
             .await;
-        let status = result.as_ref().map_or_else(http_status, |_| 200);
-        // Unknown names are not label values: a scan of made-up names must not
-        // grow the metrics without bound.
-        let label = if self.deployment(model).is_ok() {
-            model
-        } else {
-            "(unknown)"
-        };
-        self.record(label, &version_label, status, started.elapsed());
+        match (&result, served) {
+            (Ok(_), Some(loaded)) => {
+                loaded.ok_requests.inc();
+                loaded.latency.observe(started.elapsed().as_secs_f64());
+            }
+            (result, _) => {
+                let status = result.as_ref().map_or_else(http_status, |_| 200);
+                // Unknown names are not label values: a scan of made-up names must
+                // not grow the metrics without bound.
+                let label = if self.has_model(model) {
+                    model
+                } else {
+                    "(unknown)"
+                };
+                self.record(label, &version_label, status, started.elapsed());
+            }
+        }
         result
     }
 }

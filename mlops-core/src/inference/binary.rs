@@ -392,6 +392,11 @@ impl InferenceRequest {
     /// data; returns the body and, when any input is binary, the JSON part's length
     /// (the `Inference-Header-Content-Length` value).
     pub fn to_body(&self, binary: impl Fn(&str) -> bool) -> Result<(Vec<u8>, Option<usize>)> {
+        if !self.inputs.iter().any(|t| binary(&t.name)) {
+            let body = serde_json::to_vec(self)
+                .map_err(|e| Error::invalid_input("inference request", e.to_string()))?;
+            return Ok((body, None));
+        }
         let mut shell = self.clone();
         for t in &mut shell.inputs {
             if binary(&t.name) {
@@ -427,6 +432,11 @@ impl InferenceResponse {
     /// binary data; returns the body and, when any output is binary, the JSON
     /// part's length. Binary outputs may hold NaN and infinities, which JSON cannot.
     pub fn to_body(&self, binary: impl Fn(&str) -> bool) -> Result<(Vec<u8>, Option<usize>)> {
+        if !self.outputs.iter().any(|t| binary(&t.name)) {
+            let body = serde_json::to_vec(self)
+                .map_err(|e| Error::invalid_input("inference response", e.to_string()))?;
+            return Ok((body, None));
+        }
         // Serialize binary outputs without data: NaN in them is fine.
         let mut shell = self.clone();
         for t in &mut shell.outputs {

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Serving, side by side in one run on loopback with wrk: mlops-serve vs a minimal
+axum handler returning a fixed body (the floor) vs KServe's Python model server
+serving the same weights.
+
+    python3 benches/serve_vs_python.py [--seconds 10]
+
+Needs `wrk` (Debian package) and cargo. Creates (once)
+~/.cache/mlops-bench/serve-venv with kserve, numpy and safetensors from PyPI.
+The Rust side (benches/serve_compare.rs) trains the 20->64->64->1 MLP on
+generated data, serves it and the floor, and exports the weights (safetensors) and
+input standardization; the KServe model loads those and computes the same forward
+pass with numpy. Every server gets the same single-row FP32 request (20 inputs of
+shape [1], the v2 JSON form) at 8 and 64 connections for --seconds each, two wrk
+threads. Reports requests per second and p50/p99 latency, and the in-process
+`Server::infer` latency for 1- and 64-row requests. The KServe answer is checked
+against ours before timing.
+"""
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+VENV = pathlib.Path.home() / ".cache" / "mlops-bench" / "serve-venv"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXPORT = pathlib.Path(os.environ.get("MLOPS_SERVE_EXPORT", "/tmp/mlops-serve-bench"))
+
+
+def ensure_venv():
+    python = VENV / "bin" / "python"
+    if pathlib.Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "kserve", "numpy", "safetensors"], check=True)
+    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+
+
+ensure_venv()
+
+KSERVE_MODEL = r'''
+import json, sys
+import numpy as np
+from safetensors.numpy import load_file
+from kserve import Model, ModelServer, InferRequest, InferResponse, InferOutput
+
+EXPORT = sys.argv.pop(1)
+
+class Mlp(Model):
+    def __init__(self, name):
+        super().__init__(name)
+        w = load_file(f"{EXPORT}/weights.safetensors")
+        self.layers = [(w[f"layers.{i}.weight"].T.copy(), w[f"layers.{i}.bias"]) for i in range(3)]
+        scaling = json.load(open(f"{EXPORT}/scaling.json"))
+        self.names = [s["name"] for s in scaling]
+        self.mean = np.array([s["mean"] for s in scaling], dtype=np.float32)
+        self.std = np.array([s["std"] for s in scaling], dtype=np.float32)
+        self.ready = True
+
+    async def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
+        by_name = {i.name: i.as_numpy() for i in payload.inputs}
+        x = (np.stack([by_name[n] for n in self.names], axis=1).astype(np.float32) - self.mean) / self.std
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < 2:
+                x = np.maximum(x, 0)
+        p = (1 / (1 + np.exp(-x[:, 0]))).astype(np.float32)
+        out = InferOutput(name="probability", shape=list(p.shape), datatype="FP32")
+        out.set_data_from_numpy(p, binary_data=False)
+        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id or "")
+
+if __name__ == "__main__":
+    ModelServer(workers=1).start([Mlp("fraud")])
+'''
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = io.open("{body}"):read("*a")
+"""
+
+
+def arg(name, default):
+    return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, body):
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def wait_ready(url, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} never became ready")
+
+
+def to_us(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, unit = float(m.group(1)), m.group(2)
+    return n * {"us": 1, "ms": 1000, "s": 1e6}[unit]
+
+
+def run_wrk(url, connections, seconds, script):
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
+                         check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_us(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = to_us(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_us": p50, "p99_us": p99, "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def main():
+    seconds = arg("--seconds", 10)
+    EXPORT.mkdir(parents=True, exist_ok=True)
+    rust = subprocess.Popen(["cargo", "bench", "-q", "--bench", "serve_compare", "--", str(EXPORT)], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = ""
+    while not line.startswith("{"):
+        line = rust.stdout.readline()
+        if not line and rust.poll() is not None:
+            raise SystemExit("the Rust side failed")
+    info = json.loads(line)
+    port = free_port()
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(KSERVE_MODEL)
+        model_py = f.name
+    kserve = subprocess.Popen([sys.executable, model_py, str(EXPORT), "--http_port", str(port), "--enable_grpc", "false"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        targets = {"mlops-serve": info["ours"], "axum fixed body (floor)": info["floor"],
+                   "KServe 0.21 Python (numpy)": f"http://127.0.0.1:{port}"}
+        wait_ready(f"http://127.0.0.1:{port}/v2/health/ready")
+        body = (EXPORT / "request.json").read_bytes()
+        ours = post(f"{info['ours']}/v2/models/fraud/infer", body)["outputs"][0]["data"][0]
+        theirs = post(f"http://127.0.0.1:{port}/v2/models/fraud/infer", body)["outputs"][0]["data"][0]
+        assert abs(ours - theirs) < 1e-5, (ours, theirs)
+        script = EXPORT / "wrk.lua"
+        script.write_text(WRK_LUA.format(body=EXPORT / "request.json"))
+        results = {}
+        for name, base in targets.items():
+            for c in (8, 64):
+                results[(name, c)] = run_wrk(f"{base}/v2/models/fraud/infer", c, seconds, str(script))
+    finally:
+        kserve.terminate()
+        rust.stdin.close()
+        rust.wait(timeout=30)
+    print(f"single-row FP32 inference, 20->64->64->1 MLP, wrk -t2 -d{seconds}s on loopback"
+          f" (answers agree: {ours:.6f} vs {theirs:.6f})")
+    print(f"{'server':<30}{'conns':>6}{'req/s':>12}{'p50':>10}{'p99':>10}{'non-2xx':>9}")
+    for (name, c), r in results.items():
+        print(f"{name:<30}{c:>6}{r['rps']:>12,.0f}{r['p50_us'] / 1000:>8.2f}ms{r['p99_us'] / 1000:>8.2f}ms{r['non_2xx']:>9}")
+    for c in (8, 64):
+        o, f, k = (results[(n, c)]["rps"] for n in targets)
+        print(f"{c} connections: mlops = {o / f:.0%} of the floor, {o / k:.1f}x KServe")
+    lat = info["in_process"]
+    print(f"in-process Server::infer: 1 row p50 {lat['1_row_p50_us']:.1f} us p99 {lat['1_row_p99_us']:.1f} us;"
+          f" 64 rows p50 {lat['64_row_p50_us']:.1f} us p99 {lat['64_row_p99_us']:.1f} us")
+
+
+if __name__ == "__main__":
+    main()
