@@ -8,6 +8,8 @@
 //! ```text
 //! python3 benches/serve_vs_python.py          # everything, side by side, with wrk
 //! cargo bench --bench serve_compare -- DIR    # this side alone (Ctrl-D stops it)
+//! MLOPS_SERVE_PROFILE=1 cargo bench --bench serve_compare   # model call: direct vs
+//!                                             # on the blocking pool, then exit
 //! ```
 
 use std::io::Read;

@@ -9,8 +9,8 @@
 //! |---|---|---|
 //! | [`core`] | `mlops-core` | traits, shared types, errors, drift detection |
 //! | [`store`] | `mlops-store` | offline feature store, model registry, experiment tracking, dataset snapshots and audit log on object_store |
-//! | [`train`] | `mlops-train` | training devices on burn (trainers planned) |
-//! | [`serve`] | `mlops-serve` | Open Inference Protocol serving (server planned) |
+//! | [`train`] | `mlops-train` | tabular training on burn: preprocessing, linear and MLP models, metrics, artifacts, model search |
+//! | [`serve`] | `mlops-serve` | the model server (routing, batching, caching, reload) and its Open Inference Protocol HTTP face and client |
 //!
 //! ## Cargo features
 //!
@@ -57,5 +57,6 @@ pub mod prelude {
         ObjectAuditLog, ObjectRegistry, ObjectTracker, OfflineStore, RegistryOptions,
         SnapshotStore, StoreRoot,
     };
-    pub use mlops_train::TrainDevice;
+    pub use mlops_serve::{DeploymentConfig, ModelServer, RemoteServer, Routing};
+    pub use mlops_train::{ModelSpec, TabularLoader, TabularTrainer, TrainConfig, TrainDevice};
 }
