@@ -53,10 +53,10 @@ pub mod prelude {
     pub use mlops_core::tracking::{ExperimentTracker, MetricPoint, RunStatus};
     pub use mlops_core::train::{Task, TrainedModel, Trainer};
     pub use mlops_core::{Error, ModelLoader, Predictor, Result, Server};
+    pub use mlops_serve::{DeploymentConfig, ModelServer, RemoteServer, Routing};
     pub use mlops_store::{
         ObjectAuditLog, ObjectRegistry, ObjectTracker, OfflineStore, RegistryOptions,
         SnapshotStore, StoreRoot,
     };
-    pub use mlops_serve::{DeploymentConfig, ModelServer, RemoteServer, Routing};
     pub use mlops_train::{ModelSpec, TabularLoader, TabularTrainer, TrainConfig, TrainDevice};
 }

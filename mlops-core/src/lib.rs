@@ -49,6 +49,7 @@ pub mod drift;
 pub mod error;
 pub mod feature;
 pub mod inference;
+pub mod metrics;
 pub mod model;
 pub mod predict;
 pub mod server;

@@ -5,6 +5,7 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use crate::drift::TableReference;
 use crate::error::Result;
 use crate::inference::Tensor;
 use crate::model::{ModelArtifact, Signature};
@@ -26,6 +27,18 @@ pub trait Predictor: Send + Sync + Debug {
 
     /// Answers one batch: one tensor per declared input, all with the same rows.
     fn predict(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
+
+    /// The drift reference profile of the training data over the model's inputs,
+    /// when the model carries one: the server monitors served inputs against it.
+    fn drift_reference(&self) -> Option<&TableReference> {
+        None
+    }
+
+    /// The reference profile of the model's first output on held-out data, when
+    /// the model carries one: the server monitors served predictions against it.
+    fn prediction_reference(&self) -> Option<&TableReference> {
+        None
+    }
 }
 
 /// Turns artifacts of some flavors into predictors.

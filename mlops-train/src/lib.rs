@@ -27,7 +27,6 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod device;
-pub mod metrics;
 mod model;
 mod net;
 mod prep;
@@ -49,6 +48,9 @@ pub use trainer::{
     ClassWeights, EarlyStopping, EpochObserver, EpochRecord, LrSchedule, OptimizerKind, Progress,
     TabularTrainer, TrainConfig, TrainOutcome,
 };
+
+/// Evaluation metrics (defined in `mlops_core::metrics`, shared with serving).
+pub use mlops_core::metrics;
 
 /// The burn device type, re-exported so callers need no direct burn dependency.
 pub use burn::tensor::Device;

@@ -62,6 +62,10 @@ pub struct ModelCard {
     /// The training split's drift reference profile, over the raw features.
     #[serde(default)]
     pub drift_reference: Option<TableReference>,
+    /// The validation split's profile of the first output (binary and regression
+    /// models), for monitoring served predictions.
+    #[serde(default)]
+    pub prediction_reference: Option<TableReference>,
 }
 
 impl ModelCard {
@@ -240,6 +244,14 @@ impl Predictor for TabularModel {
         let (rows, matrix) = self.prep.transform_tensors(inputs)?;
         let scores = self.score_matrix(rows, matrix)?;
         self.outputs_of(rows, scores)
+    }
+
+    fn drift_reference(&self) -> Option<&TableReference> {
+        self.card.drift_reference.as_ref()
+    }
+
+    fn prediction_reference(&self) -> Option<&TableReference> {
+        self.card.prediction_reference.as_ref()
     }
 }
 

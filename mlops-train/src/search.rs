@@ -13,12 +13,12 @@ use mlops_core::{Error, EvaluationReport, ExperimentTracker, MetricPoint, Result
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::metrics;
 use crate::net::ModelSpec;
 use crate::rng::Rng;
 use crate::trainer::{
     EpochObserver, EpochRecord, OptimizerKind, TabularTrainer, TrainConfig, TrainOutcome,
 };
+use mlops_core::metrics;
 
 /// Forwards epochs over a channel to the async side.
 #[derive(Debug)]

@@ -20,11 +20,11 @@ use mlops_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::device::TrainDevice;
-use crate::metrics;
 use crate::model::{ModelCard, TabularModel};
 use crate::net::{ModelSpec, Net, read_f32};
 use crate::prep::{PrepConfig, Preprocessor, column, numeric_values};
 use crate::rng::Rng;
+use mlops_core::metrics;
 
 /// The optimizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -974,6 +974,29 @@ impl TabularTrainer {
             None
         };
         let signature = ModelCard::signature_for(cfg.task, names.len(), &prep);
+        let prediction_reference = match (cfg.drift_reference, cfg.task, signature.outputs.first())
+        {
+            (true, Task::BinaryClassification | Task::Regression, Some(output)) => {
+                let (mean, std) = target_scale.unwrap_or((0.0, 1.0));
+                let values: Vec<f64> = scores.iter().map(|&s| f64::from(s) * std + mean).collect();
+                let batch = RecordBatch::try_from_iter([(
+                    output.name.clone(),
+                    std::sync::Arc::new(arrow_array::Float64Array::from(values))
+                        as arrow_array::ArrayRef,
+                )])
+                .map_err(|e| Error::backend("arrow", e))?;
+                let config = TableDriftConfig {
+                    seed: cfg.seed,
+                    ..TableDriftConfig::default()
+                };
+                Some(
+                    TableDriftDetector::fit(&batch, &config)?
+                        .reference()
+                        .clone(),
+                )
+            }
+            _ => None,
+        };
         let card = ModelCard {
             task: cfg.task,
             label: label.to_owned(),
@@ -983,6 +1006,7 @@ impl TabularTrainer {
             features: prep.features().to_vec(),
             signature: signature.clone(),
             drift_reference,
+            prediction_reference,
         };
         let model = Arc::new(TabularModel::new(card, final_net, eval_device));
         let artifact = model.to_artifact()?;

@@ -47,6 +47,7 @@ fn binary_models_learn_the_signal() {
         assert_eq!(out.model.card().classes, vec!["false", "true"]);
         assert_eq!(out.model.card().features.len(), 4);
         assert!(out.model.drift_reference().is_some());
+        assert!(out.model.card().prediction_reference.is_some());
         assert_eq!(out.trained.metadata.metrics, *m);
         assert!(out.trained.metadata.params["model"].starts_with(&model.describe()));
     }

@@ -1,12 +1,13 @@
 //! Evaluation metrics, defined as scikit-learn defines them (checked against
-//! scikit-learn on committed fixtures: `mlops-train/tests/fixtures/`).
+//! scikit-learn on committed fixtures: `mlops-train/tests/fixtures/`). The model
+//! server's live quality and the retraining loop use them too.
 //!
 //! Classification metrics take integer class labels `0..k` and, where they need
 //! scores, probabilities: one per row for binary tasks (the positive class, label 1),
 //! `k` per row (row-major) for multi-class ones.
 //!
 //! ```
-//! use mlops_train::metrics;
+//! use mlops_core::metrics;
 //!
 //! let y = [0, 0, 1, 1];
 //! let p = [0.1, 0.4, 0.35, 0.8];
@@ -17,7 +18,8 @@
 
 use std::collections::BTreeMap;
 
-use mlops_core::{Error, Result, Task};
+use crate::error::{Error, Result};
+use crate::train::Task;
 
 fn check_lengths(what: &str, a: usize, b: usize) -> Result<()> {
     if a != b {
