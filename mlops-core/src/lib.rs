@@ -51,6 +51,7 @@ pub mod feature;
 pub mod inference;
 pub mod metrics;
 pub mod model;
+pub mod monitoring;
 pub mod predict;
 pub mod server;
 pub mod tracking;

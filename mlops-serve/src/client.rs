@@ -144,6 +144,74 @@ impl RemoteServer {
     }
 }
 
+impl RemoteServer {
+    async fn post_json(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        let bytes = serde_json::to_vec(&body).map_err(|e| Error::backend("json", e))?;
+        let (status, _, answer) = self.call(Method::POST, path, Some((bytes, None))).await?;
+        if !status.is_success() {
+            return Err(self.error(path, status, &answer));
+        }
+        serde_json::from_slice(&answer)
+            .map_err(|e| Error::backend(format!("server {}", self.base), format!("{path}: {e}")))
+    }
+
+    /// Records the true outcomes (one per row) of request `id`; returns the
+    /// version that served it.
+    pub async fn record_feedback(&self, model: &str, id: &str, outcomes: &[f64]) -> Result<u64> {
+        let v = self
+            .post_json(
+                &format!("/v2/models/{model}/feedback"),
+                serde_json::json!({"id": id, "outcomes": outcomes}),
+            )
+            .await?;
+        v["version"].as_u64().ok_or_else(|| {
+            Error::backend(
+                format!("server {}", self.base),
+                "feedback answer lacks the version",
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl mlops_core::monitoring::TrafficControl for RemoteServer {
+    async fn health(&self, deployment: &str) -> Result<mlops_core::monitoring::ModelHealth> {
+        self.get_json(&format!("/v2/models/{deployment}/health"))
+            .await
+    }
+
+    async fn start_canary(
+        &self,
+        deployment: &str,
+        stable: u64,
+        canary: u64,
+        weight: f64,
+    ) -> Result<()> {
+        let body = serde_json::json!({"canary": {"stable": stable.to_string(), "canary": canary.to_string(), "weight": weight}});
+        self.post_json(&format!("/admin/models/{deployment}/routing"), body)
+            .await
+            .map(|_| ())
+    }
+
+    async fn set_canary_weight(&self, deployment: &str, weight: f64) -> Result<()> {
+        self.post_json(
+            &format!("/admin/models/{deployment}/canary"),
+            serde_json::json!({"weight": weight}),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn route_all(&self, deployment: &str, version: u64) -> Result<()> {
+        self.post_json(
+            &format!("/admin/models/{deployment}/routing"),
+            serde_json::json!({"fixed": version.to_string()}),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
 fn model_path(model: &str, version: Option<&str>) -> String {
     match version {
         Some(v) => format!("/v2/models/{model}/versions/{v}"),

@@ -228,6 +228,11 @@ pub struct DeploymentConfig {
     /// 0 (the default: every call on the blocking pool) for models whose calls
     /// take longer than about 100 µs, so they never stall the async workers.
     pub inline_max_rows: usize,
+    /// Drift monitoring of served inputs and predictions against the references
+    /// the model carries; `None` for none.
+    pub monitoring: Option<crate::live::MonitorConfig>,
+    /// Feedback and live quality; `None` for none.
+    pub feedback: Option<crate::live::FeedbackConfig>,
 }
 
 impl DeploymentConfig {
@@ -245,6 +250,8 @@ impl DeploymentConfig {
             canary_ramp: None,
             enrichment: None,
             inline_max_rows: 0,
+            monitoring: None,
+            feedback: None,
         }
     }
 

@@ -12,6 +12,8 @@
 //! | `POST /v2/repository/index` | infer | `[{"name", "state"}]` |
 //! | `POST /v2/repository/models/{m}/load`, `.../unload` | admin | repository extension |
 //! | `POST /v2/models/{m}/reload` | admin | re-resolve aliases now |
+//! | `POST /v2/models/{m}/feedback` | infer | `{"id": "<request id>", "outcomes": [1]}`: true outcomes, one per row |
+//! | `GET /v2/models/{m}/health` | infer | versions, traffic shares, drift and live quality |
 //! | `GET /admin/models/{m}` | admin | routing, versions, cache counters |
 //! | `POST /admin/models/{m}/routing` | admin | `{"fixed": "@champion"}`, `{"split": [{"version": "1", "weight": 0.9}, ...]}` or `{"canary": {"stable": "1", "canary": "2", "weight": 0.1}}` |
 //! | `POST /admin/models/{m}/canary` | admin | `{"weight": 0.25}` |
@@ -196,6 +198,8 @@ pub fn router(server: ModelServer, config: HttpConfig) -> Router {
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .route("/v2/models/{model}/reload", post(reload))
+        .route("/v2/models/{model}/feedback", post(feedback))
+        .route("/v2/models/{model}/health", get(health_of))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route(
@@ -472,6 +476,38 @@ async fn reload(
 ) -> ApiResult {
     authorize(&s, &headers, Scope::Admin)?;
     json_response(&report_json(&s.server.reload(&model).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    id: String,
+    outcomes: Vec<f64>,
+}
+
+async fn feedback(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+    body: Body,
+) -> ApiResult {
+    authorize(&s, &headers, Scope::Infer)?;
+    let bytes = read_body(&s, body).await?;
+    let parsed: FeedbackBody = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid_input("feedback", e.to_string()))?;
+    let version = s
+        .server
+        .record_feedback(&model, &parsed.id, &parsed.outcomes)?;
+    json_response(&json!({"version": version}))
+}
+
+async fn health_of(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> ApiResult {
+    authorize(&s, &headers, Scope::Infer)?;
+    json_response(&mlops_core::monitoring::TrafficControl::health(&s.server, &model).await?)
 }
 
 async fn repository_index(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {

@@ -32,6 +32,7 @@ mod cache;
 mod client;
 mod config;
 pub mod http;
+mod live;
 mod metrics;
 mod server;
 mod status;
@@ -42,5 +43,6 @@ pub use client::RemoteServer;
 pub use config::{
     Arm, BatchConfig, CacheConfig, CanaryRamp, DeploymentConfig, Enrichment, Routing,
 };
+pub use live::{DriftEvent, FeedbackConfig, LogConfig, MonitorConfig};
 pub use server::{DeploymentStatus, ModelServer, ROUTING_KEY, ReloadReport, ShadowRecord};
 pub use status::http_status;

@@ -25,6 +25,22 @@ pub(crate) struct ModelLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DriftLabels {
+    pub(crate) model: String,
+    pub(crate) version: String,
+    pub(crate) kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct QualityLabels {
+    pub(crate) model: String,
+    pub(crate) version: String,
+    pub(crate) metric: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct OutcomeLabels {
     pub(crate) model: String,
     pub(crate) outcome: String,
@@ -50,6 +66,11 @@ pub(crate) struct ServerMetrics {
     pub(crate) cache: Family<OutcomeLabels, Counter>,
     pub(crate) loads: Family<RequestLabels, Counter>,
     pub(crate) shadow: Family<OutcomeLabels, Counter>,
+    pub(crate) dropped: Family<OutcomeLabels, Counter>,
+    pub(crate) drift_detected: Family<DriftLabels, Gauge>,
+    pub(crate) drift_share: Family<DriftLabels, FloatGauge>,
+    pub(crate) drift_windows: Family<DriftLabels, Counter>,
+    pub(crate) live_quality: Family<QualityLabels, FloatGauge>,
 }
 
 impl ServerMetrics {
@@ -65,6 +86,11 @@ impl ServerMetrics {
         let cache = Family::<OutcomeLabels, Counter>::default();
         let loads = Family::<RequestLabels, Counter>::default();
         let shadow = Family::<OutcomeLabels, Counter>::default();
+        let dropped = Family::<OutcomeLabels, Counter>::default();
+        let drift_detected = Family::<DriftLabels, Gauge>::default();
+        let drift_share = Family::<DriftLabels, FloatGauge>::default();
+        let drift_windows = Family::<DriftLabels, Counter>::default();
+        let live_quality = Family::<QualityLabels, FloatGauge>::default();
         let mut registry = Registry::with_prefix("mlops");
         registry.register(
             "inference_requests",
@@ -101,8 +127,38 @@ impl ServerMetrics {
             "Requests mirrored to a shadow version, by outcome",
             shadow.clone(),
         );
+        registry.register(
+            "dropped_records",
+            "Monitoring and log records dropped because a queue was full, by outcome",
+            dropped.clone(),
+        );
+        registry.register(
+            "drift_detected",
+            "1 when the last compared window of served inputs or predictions drifted",
+            drift_detected.clone(),
+        );
+        registry.register(
+            "drift_share",
+            "Share of features that drifted in the last compared window",
+            drift_share.clone(),
+        );
+        registry.register(
+            "drift_windows",
+            "Windows of served data compared with the reference",
+            drift_windows.clone(),
+        );
+        registry.register(
+            "live_quality",
+            "Quality over recent feedback, by version and metric",
+            live_quality.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            dropped,
+            drift_detected,
+            drift_share,
+            drift_windows,
+            live_quality,
             requests,
             latency,
             batch_rows,
@@ -136,6 +192,44 @@ impl ServerMetrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    pub(crate) fn record_drift(
+        &self,
+        model: &str,
+        version: u64,
+        kind: &str,
+        summary: &mlops_core::monitoring::DriftSummary,
+    ) {
+        let labels = DriftLabels {
+            model: model.to_owned(),
+            version: version.to_string(),
+            kind: kind.to_owned(),
+        };
+        self.drift_detected
+            .get_or_create(&labels)
+            .set(i64::from(summary.drifted));
+        self.drift_share
+            .get_or_create(&labels)
+            .set(summary.share_drifted);
+        self.drift_windows.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn record_quality(
+        &self,
+        model: &str,
+        version: u64,
+        quality: &mlops_core::monitoring::LiveQuality,
+    ) {
+        for (metric, value) in &quality.metrics {
+            self.live_quality
+                .get_or_create(&QualityLabels {
+                    model: model.to_owned(),
+                    version: version.to_string(),
+                    metric: metric.clone(),
+                })
+                .set(*value);
+        }
     }
 
     /// The Prometheus text exposition format (version 0.0.4), which every

@@ -22,8 +22,12 @@ use mlops_core::{Error, ModelLoader, ModelRegistry, Predictor, Result, Server};
 use crate::batch::{Batcher, predict_blocking};
 use crate::cache::{self, CacheStats, PredictionCache};
 use crate::config::{DeploymentConfig, Enrichment, Routing, check_canary_weight};
+use crate::live::{DriftEvent, FeedbackBook, InferenceLogger, LogConfig, VersionMonitor};
 use crate::metrics::{ModelLabels, ServerMetrics};
 use crate::status::http_status;
+use mlops_core::monitoring::{
+    DriftSummary, InferenceLogSink, LiveQuality, ModelHealth, TrafficControl, VersionHealth,
+};
 
 /// The request parameter that makes routing sticky.
 pub const ROUTING_KEY: &str = "routing_key";
@@ -87,6 +91,7 @@ struct LoadedVersion {
     /// so the hot path takes no lock and allocates no label.
     ok_requests: prometheus_client::metrics::counter::Counter,
     latency: prometheus_client::metrics::histogram::Histogram,
+    monitor: Option<VersionMonitor>,
 }
 
 /// Routing and loaded versions, swapped as one.
@@ -116,6 +121,7 @@ struct Deployment {
     config: DeploymentConfig,
     state: RwLock<Arc<State>>,
     cache: Option<PredictionCache>,
+    feedback: Option<FeedbackBook>,
     shadow_log: Mutex<VecDeque<ShadowRecord>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -161,6 +167,8 @@ struct Inner {
     draining: AtomicBool,
     in_flight: AtomicUsize,
     rng: AtomicU64,
+    drift_events: tokio::sync::broadcast::Sender<DriftEvent>,
+    logger: Mutex<Option<InferenceLogger>>,
 }
 
 /// The in-process model server: named deployments of registry models, each with
@@ -212,6 +220,8 @@ impl ModelServer {
                 draining: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 rng: AtomicU64::new(seed),
+                drift_events: tokio::sync::broadcast::channel(1024).0,
+                logger: Mutex::new(None),
             }),
         }
     }
@@ -243,6 +253,7 @@ impl ModelServer {
         let (state, report) = self.resolve(&config, config.routing.clone(), None).await?;
         let deployment = Arc::new(Deployment {
             cache: config.cache.map(PredictionCache::new),
+            feedback: config.feedback.map(FeedbackBook::new),
             state: RwLock::new(Arc::new(state)),
             shadow_log: Mutex::new(VecDeque::new()),
             tasks: Mutex::new(Vec::new()),
@@ -441,12 +452,25 @@ impl ModelServer {
                 })
                 .clone();
             let latency = metrics.latency.get_or_create(&labels).clone();
+            let monitor = match config.monitoring {
+                Some(m) => VersionMonitor::start(
+                    &config.name,
+                    number,
+                    predictor.drift_reference(),
+                    predictor.prediction_reference(),
+                    m,
+                    metrics.clone(),
+                    self.inner.drift_events.clone(),
+                )?,
+                None => None,
+            };
             Ok(Arc::new(LoadedVersion {
                 version,
                 predictor,
                 batcher,
                 ok_requests,
                 latency,
+                monitor,
             }))
         }
         .await;
@@ -586,6 +610,74 @@ impl ModelServer {
             .map(PredictionCache::stats))
     }
 
+    /// Records the true outcomes (one per row) of the request `id` served by
+    /// deployment `name`; they feed the version's live quality. An id never
+    /// served, already labelled or forgotten is [`Error::NotFound`].
+    pub fn record_feedback(&self, name: &str, id: &str, outcomes: &[f64]) -> Result<u64> {
+        let d = self.deployment(name)?;
+        let book = d.feedback.as_ref().ok_or_else(|| {
+            Error::conflict(
+                format!("deployment {name}"),
+                "it was deployed without feedback",
+            )
+        })?;
+        let version = book.record_outcomes(name, id, outcomes)?;
+        if let Some(q) = book.quality().get(&version) {
+            self.inner.metrics.record_quality(name, version, q);
+        }
+        Ok(version)
+    }
+
+    /// Live quality per version of `name` (empty without feedback).
+    pub fn live_quality(&self, name: &str) -> Result<BTreeMap<u64, LiveQuality>> {
+        let d = self.deployment(name)?;
+        Ok(d.feedback
+            .as_ref()
+            .map(FeedbackBook::quality)
+            .unwrap_or_default())
+    }
+
+    /// The latest drift summaries (inputs, predictions) per version of `name`.
+    pub fn drift_status(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<u64, (Option<DriftSummary>, Option<DriftSummary>)>> {
+        let d = self.deployment(name)?;
+        Ok(d.state()
+            .versions
+            .iter()
+            .filter_map(|(n, l)| {
+                let m = l.monitor.as_ref()?;
+                let s = m.state.lock().ok()?;
+                Some((*n, (s.inputs.clone(), s.predictions.clone())))
+            })
+            .collect())
+    }
+
+    /// Drift verdicts as they happen, for every deployment.
+    pub fn subscribe_drift(&self) -> tokio::sync::broadcast::Receiver<DriftEvent> {
+        self.inner.drift_events.subscribe()
+    }
+
+    /// Writes an inference log of every served request (request id, time, model,
+    /// version, inputs, outputs, latency) to `sink` in the background.
+    pub fn set_inference_log(&self, sink: Arc<dyn InferenceLogSink>, config: LogConfig) {
+        let logger = InferenceLogger::start(sink, config, self.inner.metrics.clone());
+        if let Ok(mut slot) = self.inner.logger.lock() {
+            *slot = Some(logger);
+        }
+    }
+
+    /// Writes the queued inference log records now; returns how many records were
+    /// written since the log was set.
+    pub async fn flush_inference_log(&self) -> Result<u64> {
+        let logger = self.inner.logger.lock().ok().and_then(|l| l.clone());
+        match logger {
+            Some(l) => l.flush().await,
+            None => Ok(0),
+        }
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn metrics_text(&self) -> String {
         self.inner.metrics.render()
@@ -597,13 +689,16 @@ impl ModelServer {
     pub async fn drain(&self, timeout: Duration) -> usize {
         self.inner.draining.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + timeout;
-        loop {
+        let left = loop {
             let n = self.inner.in_flight.load(Ordering::SeqCst);
             if n == 0 || Instant::now() >= deadline {
-                return n;
+                break n;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        };
+        // The inference log keeps every served request: write what is queued.
+        let _ = self.flush_inference_log().await;
+        left
     }
 
     /// Whether the server was told to drain.
@@ -690,6 +785,7 @@ impl ModelServer {
         version_label: &mut String,
         served: &mut Option<Arc<LoadedVersion>>,
     ) -> Result<InferenceResponse> {
+        let started = Instant::now();
         if self.is_draining() {
             return Err(Error::Unavailable {
                 what: "model server".into(),
@@ -741,6 +837,8 @@ impl ModelServer {
             .filter(|&s| s != number)
             .map(|_| inputs.clone());
         let inline = d.config.inline_max_rows;
+        let logger = self.inner.logger.lock().ok().and_then(|l| l.clone());
+        let kept_inputs = (loaded.monitor.is_some() || logger.is_some()).then(|| inputs.clone());
         let outputs: Vec<Tensor> = match cached {
             Some(o) => o.as_ref().clone(),
             None => {
@@ -773,6 +871,24 @@ impl ModelServer {
                 .filter(|o| w.iter().any(|x| x.name == o.name))
                 .collect(),
         };
+        if let (Some(book), Some(id)) = (&d.feedback, &id) {
+            book.record_prediction(id, number, &outputs);
+        }
+        if let Some(inputs) = kept_inputs {
+            if let Some(l) = &logger {
+                l.log(
+                    id.clone(),
+                    name,
+                    number,
+                    &inputs,
+                    &outputs,
+                    started.elapsed(),
+                );
+            }
+            if let Some(m) = &loaded.monitor {
+                m.observe(inputs, outputs.clone());
+            }
+        }
         *served = Some(loaded);
         Ok(InferenceResponse {
             model_name: name.to_owned(),
@@ -827,7 +943,7 @@ impl ModelServer {
 }
 
 /// An Arrow column holding a tensor's elements (one-dimensional).
-fn tensor_column(t: &Tensor) -> Result<ArrayRef> {
+pub(crate) fn tensor_column(t: &Tensor) -> Result<ArrayRef> {
     Ok(match &t.data {
         TensorData::Bool(v) => Arc::new(BooleanArray::from(v.clone())),
         TensorData::Uint8(v) => Arc::new(UInt8Array::from(v.clone())),
@@ -1054,5 +1170,102 @@ impl Server for ModelServer {
             }
         }
         result
+    }
+}
+
+#[async_trait]
+impl TrafficControl for ModelServer {
+    async fn health(&self, deployment: &str) -> Result<ModelHealth> {
+        let d = self.deployment(deployment)?;
+        let state = d.state();
+        let quality = d
+            .feedback
+            .as_ref()
+            .map(FeedbackBook::quality)
+            .unwrap_or_default();
+        let drift = self.drift_status(deployment)?;
+        let share = |n: u64| -> f64 {
+            match &state.routing {
+                Routing::Fixed(s) => f64::from(u8::from(state.number_of(s) == Some(n))),
+                Routing::Split(arms) => {
+                    let total: f64 = arms.iter().map(|a| a.weight).sum();
+                    arms.iter()
+                        .filter(|a| state.number_of(&a.selector) == Some(n))
+                        .map(|a| a.weight / total)
+                        .sum()
+                }
+                Routing::Canary {
+                    stable,
+                    canary,
+                    weight,
+                } => {
+                    let mut s = 0.0;
+                    if state.number_of(canary) == Some(n) {
+                        s += weight;
+                    }
+                    if state.number_of(stable) == Some(n) {
+                        s += 1.0 - weight;
+                    }
+                    s
+                }
+            }
+        };
+        let (champion, canary) = match &state.routing {
+            Routing::Canary { stable, canary, .. } => {
+                (state.number_of(stable), state.number_of(canary))
+            }
+            other => (state.number_of(&other.primary()), None),
+        };
+        let versions = state
+            .versions
+            .keys()
+            .map(|&n| {
+                let (input_drift, prediction_drift) =
+                    drift.get(&n).cloned().unwrap_or((None, None));
+                (
+                    n,
+                    VersionHealth {
+                        traffic_share: share(n),
+                        input_drift,
+                        prediction_drift,
+                        live: quality.get(&n).cloned().unwrap_or_default(),
+                    },
+                )
+            })
+            .collect();
+        Ok(ModelHealth {
+            champion,
+            canary,
+            versions,
+        })
+    }
+
+    async fn start_canary(
+        &self,
+        deployment: &str,
+        stable: u64,
+        canary: u64,
+        weight: f64,
+    ) -> Result<()> {
+        self.set_routing(
+            deployment,
+            Routing::Canary {
+                stable: VersionSelector::Number(stable),
+                canary: VersionSelector::Number(canary),
+                weight,
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn set_canary_weight(&self, deployment: &str, weight: f64) -> Result<()> {
+        ModelServer::set_canary_weight(self, deployment, weight)
+    }
+
+    async fn route_all(&self, deployment: &str, version: u64) -> Result<()> {
+        self.set_routing(deployment, Routing::Fixed(VersionSelector::Number(version)))
+            .await
+            .map(|_| ())
     }
 }

@@ -38,6 +38,7 @@ mod cas;
 mod error;
 mod fault;
 mod feature_store;
+mod inference_log;
 mod offline;
 mod online;
 mod registry;
@@ -49,6 +50,7 @@ pub use audit::{MAX_AUDIT_DETAILS_BYTES, MAX_AUDIT_FIELD_BYTES, ObjectAuditLog};
 pub use error::storage_error;
 pub use fault::FaultyStore;
 pub use feature_store::ObjectFeatureStore;
+pub use inference_log::ObjectInferenceLog;
 pub use offline::OfflineStore;
 #[cfg(feature = "redis")]
 pub use online::RedisOnlineStore;

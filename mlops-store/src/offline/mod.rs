@@ -840,7 +840,7 @@ fn sort_by(batch: &RecordBatch, by: &str) -> Result<RecordBatch> {
     take_record_batch(batch, &indices).map_err(|e| Error::backend("arrow", e))
 }
 
-fn write_parquet(batch: &RecordBatch) -> Result<Vec<u8>> {
+pub(crate) fn write_parquet(batch: &RecordBatch) -> Result<Vec<u8>> {
     let props = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         .set_max_row_group_row_count(Some(128 * 1024))
