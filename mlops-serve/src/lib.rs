@@ -44,5 +44,7 @@ pub use config::{
     Arm, BatchConfig, CacheConfig, CanaryRamp, DeploymentConfig, Enrichment, Routing,
 };
 pub use live::{DriftEvent, FeedbackConfig, LogConfig, MonitorConfig};
-pub use server::{DeploymentStatus, ModelServer, ROUTING_KEY, ReloadReport, ShadowRecord};
+pub use server::{
+    DeploymentStatus, ModelServer, ROUTING_KEY, ReloadReport, ShadowRecord, VersionDrift,
+};
 pub use status::http_status;

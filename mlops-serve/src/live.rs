@@ -493,6 +493,8 @@ impl InferenceLogger {
             let mut buffer: Vec<LogRecord> = Vec::new();
             let mut tick = tokio::time::interval(config.flush_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is immediate: take it so the first record waits too.
+            tick.tick().await;
             loop {
                 let (flush, reply) = tokio::select! {
                     m = rx.recv() => match m {

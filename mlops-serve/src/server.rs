@@ -52,6 +52,15 @@ pub struct ShadowRecord {
     pub at: SystemTime,
 }
 
+/// The latest drift verdicts of one served version.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VersionDrift {
+    /// Of its served inputs against the training reference.
+    pub inputs: Option<DriftSummary>,
+    /// Of its predictions against the validation reference.
+    pub predictions: Option<DriftSummary>,
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReloadReport {
@@ -638,10 +647,7 @@ impl ModelServer {
     }
 
     /// The latest drift summaries (inputs, predictions) per version of `name`.
-    pub fn drift_status(
-        &self,
-        name: &str,
-    ) -> Result<BTreeMap<u64, (Option<DriftSummary>, Option<DriftSummary>)>> {
+    pub fn drift_status(&self, name: &str) -> Result<BTreeMap<u64, VersionDrift>> {
         let d = self.deployment(name)?;
         Ok(d.state()
             .versions
@@ -649,7 +655,13 @@ impl ModelServer {
             .filter_map(|(n, l)| {
                 let m = l.monitor.as_ref()?;
                 let s = m.state.lock().ok()?;
-                Some((*n, (s.inputs.clone(), s.predictions.clone())))
+                Some((
+                    *n,
+                    VersionDrift {
+                        inputs: s.inputs.clone(),
+                        predictions: s.predictions.clone(),
+                    },
+                ))
             })
             .collect())
     }
@@ -1220,8 +1232,10 @@ impl TrafficControl for ModelServer {
             .versions
             .keys()
             .map(|&n| {
-                let (input_drift, prediction_drift) =
-                    drift.get(&n).cloned().unwrap_or((None, None));
+                let VersionDrift {
+                    inputs: input_drift,
+                    predictions: prediction_drift,
+                } = drift.get(&n).cloned().unwrap_or_default();
                 (
                     n,
                     VersionHealth {

@@ -5,4 +5,5 @@ mod common;
 mod core;
 mod enrichment;
 mod http;
+mod live;
 mod real_clients;

@@ -1,0 +1,263 @@
+//! Live monitoring: drift of served data, feedback and live quality, the inference log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+use mlops_core::drift::Window;
+use mlops_core::inference::{InferenceRequest, Tensor, TensorData};
+use mlops_core::model::VersionSelector;
+use mlops_core::monitoring::TrafficControl;
+use mlops_core::{Error, ModelRegistry, Server, Task, Trainer};
+use mlops_serve::http::{HttpConfig, router, serve};
+use mlops_serve::{
+    DeploymentConfig, FeedbackConfig, LogConfig, ModelServer, MonitorConfig, RemoteServer, Routing,
+};
+use mlops_store::{ObjectInferenceLog, ObjectRegistry, RegistryOptions, StoreRoot};
+use mlops_train::{ModelSpec, Progress, TabularLoader, TabularTrainer, TrainConfig};
+
+/// x ~ U(-1, 1) scaled by `scale` and shifted by `shift`; label x > 0.
+fn rows(n: usize, shift: f64, seed: u64) -> (Vec<f64>, Vec<i64>) {
+    let mut s = seed;
+    let xs: Vec<f64> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0 + shift
+        })
+        .collect();
+    let ys = xs.iter().map(|&x| i64::from(x > shift * 0.0)).collect();
+    (xs, ys)
+}
+
+async fn trained_server(root: &StoreRoot) -> ModelServer {
+    let (x, y) = rows(2000, 0.0, 1);
+    let data = RecordBatch::try_from_iter([
+        ("x", Arc::new(Float64Array::from(x)) as ArrayRef),
+        ("y", Arc::new(Int64Array::from(y)) as ArrayRef),
+    ])
+    .unwrap();
+    let mut c = TrainConfig::new(Task::BinaryClassification, ModelSpec::Linear);
+    c.progress = Progress::Hidden;
+    c.learning_rate = 0.05;
+    let trained = TabularTrainer::new(c).fit(&data, "y").unwrap();
+    let registry = Arc::new(ObjectRegistry::new(root, RegistryOptions::default()));
+    registry
+        .register("m", trained.artifact, trained.metadata)
+        .await
+        .unwrap();
+    ModelServer::new(registry, vec![Arc::new(TabularLoader::default())])
+}
+
+fn request(x: &[f64], id: &str) -> InferenceRequest {
+    let mut r = InferenceRequest::new(vec![
+        Tensor::new("x", vec![x.len()], TensorData::Fp64(x.to_vec())).unwrap(),
+    ]);
+    r.id = Some(id.into());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_inputs_and_predictions_are_watched_for_drift() {
+    let root = StoreRoot::open("memory://").unwrap();
+    let s = trained_server(&root).await;
+    let mut d = DeploymentConfig::new("m", "m", Routing::Fixed(VersionSelector::Latest));
+    d.monitoring = Some(MonitorConfig {
+        window: Window::TumblingRows(300),
+        min_rows: 50,
+        queue: 1000,
+    });
+    s.deploy(d).await.unwrap();
+    let mut events = s.subscribe_drift();
+
+    // A window like the training data, then a shifted one.
+    let (x, _) = rows(300, 0.0, 2);
+    for (i, chunk) in x.chunks(30).enumerate() {
+        s.infer("m", None, request(chunk, &format!("a{i}")))
+            .await
+            .unwrap();
+    }
+    let first = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let (x, _) = rows(300, 3.0, 3);
+    for (i, chunk) in x.chunks(30).enumerate() {
+        s.infer("m", None, request(chunk, &format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    let mut seen = vec![first];
+    while seen.iter().filter(|e| e.window.rows == 300).count() < 4 {
+        seen.push(
+            tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let verdict = |kind: &str, n: usize| {
+        seen.iter()
+            .filter(|e| e.kind == kind)
+            .nth(n)
+            .unwrap()
+            .window
+            .report
+            .overall
+            .drifted
+    };
+    assert!(!verdict("inputs", 0), "the first window matches training");
+    assert!(verdict("inputs", 1), "the shifted window drifted");
+    assert!(verdict("predictions", 1), "so did the predictions");
+    let status = s.drift_status("m").unwrap();
+    let (inputs, predictions) = (&status[&1].inputs, &status[&1].predictions);
+    assert_eq!(inputs.as_ref().unwrap().windows, 2);
+    assert_eq!(inputs.as_ref().unwrap().drifted_windows, 1);
+    assert_eq!(inputs.as_ref().unwrap().drifted_features, vec!["x"]);
+    assert!(predictions.as_ref().unwrap().drifted);
+    let metrics = s.metrics_text();
+    assert!(
+        metrics.contains("mlops_drift_detected{model=\"m\",version=\"1\",kind=\"inputs\"} 1"),
+        "{metrics}"
+    );
+    let health = s.health("m").await.unwrap();
+    assert_eq!(health.champion, Some(1));
+    assert!(health.versions[&1].input_drift.as_ref().unwrap().drifted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_gives_live_quality_locally_and_over_http() {
+    let root = StoreRoot::open("memory://").unwrap();
+    let s = trained_server(&root).await;
+    let mut d = DeploymentConfig::new("m", "m", Routing::Fixed(VersionSelector::Latest));
+    d.feedback = Some(FeedbackConfig::new(Task::BinaryClassification));
+    s.deploy(d).await.unwrap();
+    let (x, y) = rows(200, 0.0, 4);
+    for (i, (xv, yv)) in x.iter().zip(&y).enumerate() {
+        s.infer("m", None, request(&[*xv], &format!("r{i}")))
+            .await
+            .unwrap();
+        if i < 150 {
+            assert_eq!(
+                s.record_feedback("m", &format!("r{i}"), &[*yv as f64])
+                    .unwrap(),
+                1
+            );
+        }
+    }
+    let q = &s.live_quality("m").unwrap()[&1];
+    assert_eq!(q.rows, 150);
+    assert!(
+        q.metrics["roc_auc"] > 0.95 && q.metrics["accuracy"] > 0.9,
+        "{q:?}"
+    );
+    assert!(
+        s.metrics_text()
+            .contains("mlops_live_quality{model=\"m\",version=\"1\",metric=\"roc_auc\"}")
+    );
+    // Bad feedback is refused clearly and changes nothing.
+    let err = s.record_feedback("m", "r0", &[1.0]).unwrap_err();
+    assert!(
+        matches!(err, Error::NotFound { .. }),
+        "already labelled: {err}"
+    );
+    assert!(
+        s.record_feedback("m", "r160", &[2.0])
+            .unwrap_err()
+            .to_string()
+            .contains("not 0 or 1")
+    );
+    assert!(
+        s.record_feedback("m", "r160", &[1.0, 0.0])
+            .unwrap_err()
+            .to_string()
+            .contains("2 outcomes")
+    );
+    assert!(s.record_feedback("m", "r160", &[f64::NAN]).is_err());
+    assert_eq!(s.live_quality("m").unwrap()[&1].rows, 150);
+
+    // Over HTTP, with the remote client's TrafficControl.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(
+        listener,
+        router(s.clone(), HttpConfig::default()),
+        std::future::pending(),
+    ));
+    let remote = RemoteServer::new(&base).unwrap();
+    assert_eq!(
+        remote
+            .record_feedback("m", "r160", &[y[160] as f64])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        remote
+            .record_feedback("m", "zzz", &[1.0])
+            .await
+            .unwrap_err(),
+        Error::NotFound { .. }
+    ));
+    let health = remote.health("m").await.unwrap();
+    assert_eq!(health.versions[&1].live.rows, 151);
+    assert_eq!(health.versions[&1].traffic_share, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inference_log_keeps_every_request_through_shutdown() {
+    let root = StoreRoot::open("memory://").unwrap();
+    let s = trained_server(&root).await;
+    s.deploy(DeploymentConfig::new(
+        "m",
+        "m",
+        Routing::Fixed(VersionSelector::Latest),
+    ))
+    .await
+    .unwrap();
+    let log = Arc::new(ObjectInferenceLog::new(&root));
+    s.set_inference_log(
+        log.clone(),
+        LogConfig {
+            flush_rows: 10,
+            flush_interval: Duration::from_secs(3600),
+            max_buffered: 1000,
+        },
+    );
+    for i in 0..25 {
+        s.infer("m", None, request(&[0.5], &format!("q{i}")))
+            .await
+            .unwrap();
+    }
+    // 20 written in two batches of 10; the last 5 are written by the drain.
+    assert_eq!(s.drain(Duration::from_secs(1)).await, 0);
+    let files = log.files().await.unwrap();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let mut rows = 0;
+    let mut ids = Vec::new();
+    for f in &files {
+        let bytes = root.get(f).await.unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            rows += batch.num_rows();
+            let col = batch.column_by_name("request_id").unwrap();
+            let col = col
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap();
+            ids.extend(col.iter().map(|v| v.unwrap().to_owned()));
+            assert!(
+                batch.column_by_name("inputs").is_some()
+                    && batch.column_by_name("latency_us").is_some()
+            );
+        }
+    }
+    assert_eq!(rows, 25);
+    assert_eq!(ids[0], "q0");
+    assert_eq!(ids[24], "q24");
+}
