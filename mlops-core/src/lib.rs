@@ -53,6 +53,7 @@ pub mod metrics;
 pub mod model;
 pub mod monitoring;
 pub mod predict;
+pub mod retrain;
 pub mod server;
 pub mod tracking;
 pub mod train;
