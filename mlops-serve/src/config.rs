@@ -208,8 +208,9 @@ pub struct DeploymentConfig {
     pub model: String,
     /// How requests choose a version.
     pub routing: Routing,
-    /// A version that receives a copy of every request off the request path.
-    pub shadow: Option<VersionSelector>,
+    /// Versions that receive a copy of every request off the request path (their
+    /// answers are recorded next to the served ones, never returned).
+    pub shadows: Vec<VersionSelector>,
     /// Dynamic batching; `None` runs each request on its own.
     pub batching: Option<BatchConfig>,
     /// The prediction cache; `None` for none.
@@ -243,7 +244,7 @@ impl DeploymentConfig {
             name: name.into(),
             model: model.into(),
             routing,
-            shadow: None,
+            shadows: Vec::new(),
             batching: None,
             cache: None,
             reload_interval: None,

@@ -571,7 +571,7 @@ async fn admin_status(
         "routing": routing_json(&st.routing),
         "resolved": st.resolved,
         "versions": st.versions,
-        "shadow": st.shadow,
+        "shadows": st.shadows,
         "cache": st.cache.map(|c| json!({"hits": c.hits, "misses": c.misses, "entries": c.entries})),
     }))
 }

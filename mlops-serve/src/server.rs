@@ -85,8 +85,8 @@ pub struct DeploymentStatus {
     pub resolved: BTreeMap<String, u64>,
     /// Loaded versions.
     pub versions: Vec<u64>,
-    /// The shadow version, when mirroring.
-    pub shadow: Option<u64>,
+    /// The shadow versions.
+    pub shadows: Vec<u64>,
     /// Prediction cache counters, when caching.
     pub cache: Option<CacheStats>,
 }
@@ -108,7 +108,7 @@ struct LoadedVersion {
 struct State {
     routing: Routing,
     resolved: Vec<(VersionSelector, u64)>,
-    shadow: Option<u64>,
+    shadows: Vec<u64>,
     versions: BTreeMap<u64, Arc<LoadedVersion>>,
 }
 
@@ -349,9 +349,7 @@ impl ModelServer {
         current: Option<&State>,
     ) -> Result<(State, ReloadReport)> {
         let mut selectors = routing.selectors();
-        if let Some(s) = &config.shadow {
-            selectors.push(s.clone());
-        }
+        selectors.extend(config.shadows.iter().cloned());
         let mut resolved = Vec::new();
         let mut report = ReloadReport::default();
         let mut versions = BTreeMap::new();
@@ -390,15 +388,17 @@ impl ModelServer {
                 .copied()
                 .collect();
         }
-        let shadow = config
-            .shadow
-            .as_ref()
-            .and_then(|s| resolved.iter().find(|(sel, _)| sel == s).map(|(_, n)| *n));
+        let mut shadows: Vec<u64> = config
+            .shadows
+            .iter()
+            .filter_map(|s| resolved.iter().find(|(sel, _)| sel == s).map(|(_, n)| *n))
+            .collect();
+        shadows.dedup();
         Ok((
             State {
                 routing,
                 resolved,
-                shadow,
+                shadows,
                 versions,
             },
             report,
@@ -541,7 +541,7 @@ impl ModelServer {
                 weight,
             },
             resolved: slot.resolved.clone(),
-            shadow: slot.shadow,
+            shadows: slot.shadows.clone(),
             versions: slot.versions.clone(),
         };
         *slot = Arc::new(next);
@@ -596,7 +596,7 @@ impl ModelServer {
                 .map(|(sel, n)| (sel.to_string(), *n))
                 .collect(),
             versions: s.versions.keys().copied().collect(),
-            shadow: s.shadow,
+            shadows: s.shadows.clone(),
             cache: d.cache.as_ref().map(PredictionCache::stats),
         })
     }
@@ -844,10 +844,13 @@ impl ModelServer {
             }
             _ => None,
         };
-        let shadow_inputs = state
-            .shadow
+        let mirrored: Vec<u64> = state
+            .shadows
+            .iter()
+            .copied()
             .filter(|&s| s != number)
-            .map(|_| inputs.clone());
+            .collect();
+        let shadow_inputs = (!mirrored.is_empty()).then(|| inputs.clone());
         let inline = d.config.inline_max_rows;
         let logger = self.inner.logger.lock().ok().and_then(|l| l.clone());
         let kept_inputs = (loaded.monitor.is_some() || logger.is_some()).then(|| inputs.clone());
@@ -861,20 +864,22 @@ impl ModelServer {
                 o
             }
         };
-        if let (Some(shadow_number), Some(inputs)) = (state.shadow, shadow_inputs)
-            && let Some(shadow) = state.versions.get(&shadow_number).cloned()
-        {
+        if let Some(inputs) = shadow_inputs {
             let primary = Arc::new(outputs.clone());
-            self.mirror(
-                &d,
-                name,
-                id.clone(),
-                number,
-                shadow,
-                inputs,
-                primary,
-                inline,
-            );
+            for shadow_number in mirrored {
+                if let Some(shadow) = state.versions.get(&shadow_number).cloned() {
+                    self.mirror(
+                        &d,
+                        name,
+                        id.clone(),
+                        number,
+                        shadow,
+                        inputs.clone(),
+                        primary.clone(),
+                        inline,
+                    );
+                }
+            }
         }
         let outputs = match &wanted {
             None => outputs,

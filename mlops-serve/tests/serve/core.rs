@@ -232,7 +232,7 @@ async fn shadow_traffic_is_recorded_off_the_request_path() {
     let registry = registry(&[version_model(1), slow_shadow]).await;
     let s = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
     let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
-    config.shadow = Some(v(2));
+    config.shadows = vec![v(2)];
     s.deploy(config).await.unwrap();
     let mut req = request(&[[2.0, 0.0]]);
     req.id = Some("req-1".into());

@@ -1,0 +1,157 @@
+//! A retail A/B test: a new recommendation-conversion model gets a small, sticky
+//! share of shoppers and more of them only while it converts better live.
+//!
+//! ```text
+//! cargo run --release --example ab_test
+//! ```
+//!
+//! Model A (linear) is the champion; model B (an MLP that sees the interaction
+//! between discount and category) starts at 10% of traffic, sticky per shopper
+//! (the `routing_key` parameter). After each round of traffic and feedback the
+//! live log loss of both decides: B gains 30 points while it wins by a margin,
+//! stays where it is on a tie, and is rolled back if it loses.
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use mlops::core::inference::{InferenceRequest, ParameterValue, Tensor, TensorData};
+use mlops::prelude::*;
+use mlops::serve::{FeedbackConfig, ROUTING_KEY};
+use mlops::store::RegistryOptions;
+use mlops::train::Progress;
+
+struct Rng(u64);
+impl Rng {
+    fn uniform(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+const CATEGORIES: [&str; 4] = ["grocery", "fashion", "electronics", "toys"];
+
+/// Price, discount and category of `n` offers, and whether each converted.
+fn offers(n: usize, rng: &mut Rng) -> (Vec<f64>, Vec<f64>, Vec<&'static str>, Vec<i64>) {
+    let (mut price, mut discount, mut category, mut bought) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..n {
+        let (p, d) = (5.0 + 95.0 * rng.uniform(), 0.5 * rng.uniform());
+        let c = CATEGORIES[(rng.uniform() * 4.0) as usize % 4];
+        // Discounts sell fashion and toys, barely electronics: an interaction.
+        let lift = if c == "fashion" || c == "toys" {
+            14.0
+        } else {
+            -6.0
+        };
+        let logit = -1.5 - 0.02 * p + lift * d;
+        price.push(p);
+        discount.push(d);
+        category.push(c);
+        bought.push(i64::from(rng.uniform() < 1.0 / (1.0 + (-logit).exp())));
+    }
+    (price, discount, category, bought)
+}
+
+fn fit(model: ModelSpec, rng: &mut Rng) -> Result<TrainedModel> {
+    let (p, d, c, y) = offers(20_000, rng);
+    let data = RecordBatch::try_from_iter([
+        ("price", Arc::new(Float64Array::from(p)) as ArrayRef),
+        ("discount", Arc::new(Float64Array::from(d)) as ArrayRef),
+        ("category", Arc::new(StringArray::from(c)) as ArrayRef),
+        ("bought", Arc::new(Int64Array::from(y)) as ArrayRef),
+    ])
+    .map_err(|e| Error::invalid_input("offers", e.to_string()))?;
+    let mut config = TrainConfig::new(Task::BinaryClassification, model);
+    config.progress = Progress::Hidden;
+    config.learning_rate = 0.01;
+    config.epochs = 30;
+    TabularTrainer::new(config).fit(&data, "bought")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut rng = Rng(7);
+    let registry = Arc::new(ObjectRegistry::new(
+        &StoreRoot::open("memory://")?,
+        RegistryOptions::default(),
+    ));
+    for (name, spec) in [("A", ModelSpec::Linear), ("B", ModelSpec::mlp([32, 16]))] {
+        let m = fit(spec, &mut rng)?;
+        let v = registry
+            .register("conversion", m.artifact, m.metadata)
+            .await?;
+        println!(
+            "model {name}: v{} (offline log loss {:.4})",
+            v.version, m.report.metrics["log_loss"]
+        );
+    }
+    let server = ModelServer::new(registry, vec![Arc::new(TabularLoader::default())]);
+    let (a, b) = ("1".parse()?, "2".parse()?);
+    let mut config = DeploymentConfig::new(
+        "conversion",
+        "conversion",
+        Routing::Canary {
+            stable: a,
+            canary: b,
+            weight: 0.1,
+        },
+    );
+    config.feedback = Some(FeedbackConfig {
+        window: 3000,
+        ..FeedbackConfig::new(Task::BinaryClassification)
+    });
+    server.deploy(config).await?;
+
+    let mut weight = 0.1;
+    for round in 1..=6 {
+        let (p, d, c, y) = offers(6000, &mut rng);
+        for i in 0..p.len() {
+            let mut request = InferenceRequest::new(vec![
+                Tensor::new("price", vec![1], TensorData::Fp64(vec![p[i]]))?,
+                Tensor::new("discount", vec![1], TensorData::Fp64(vec![d[i]]))?,
+                Tensor::new(
+                    "category",
+                    vec![1],
+                    TensorData::Bytes(vec![c[i].as_bytes().to_vec()]),
+                )?,
+            ]);
+            let id = format!("{round}-{i}");
+            request.id = Some(id.clone());
+            // The same shopper always sees the same model.
+            request.parameters.insert(
+                ROUTING_KEY.into(),
+                ParameterValue::String(format!("shopper-{}", i % 1500)),
+            );
+            server.infer("conversion", None, request).await?;
+            server.record_feedback("conversion", &id, &[y[i] as f64])?;
+        }
+        let live = server.live_quality("conversion")?;
+        let loss = |v: u64| {
+            live.get(&v)
+                .and_then(|q| q.metrics.get("log_loss"))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        let (la, lb) = (loss(1), loss(2));
+        let verdict = if lb < la - 0.005 {
+            weight = (weight + 0.3_f64).min(1.0);
+            "B wins: more traffic"
+        } else if lb > la + 0.005 {
+            weight = 0.0;
+            "B loses: rolled back"
+        } else {
+            "tie: hold"
+        };
+        server.set_canary_weight("conversion", weight)?;
+        println!(
+            "round {round}: live log loss A {la:.4}, B {lb:.4} -> {verdict}; B now gets {:.0}% of shoppers",
+            weight * 100.0
+        );
+        if weight >= 1.0 || weight == 0.0 {
+            break;
+        }
+    }
+    Ok(())
+}
