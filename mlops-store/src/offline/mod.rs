@@ -58,6 +58,10 @@ struct DataFile {
     /// Smallest and largest event time in the file, microseconds.
     min_event_us: i64,
     max_event_us: i64,
+    /// The file's size in bytes (absent in commits written before it was
+    /// recorded), so readers fetch its footer with a bounded range request.
+    #[serde(default)]
+    size: Option<u64>,
 }
 
 /// A commit: the files one ingestion made visible.
@@ -260,12 +264,14 @@ impl OfflineStore {
                 date.format("%Y-%m-%d")
             );
             let bytes = write_parquet(&part)?;
+            let size = bytes.len() as u64;
             self.root.put_if_absent(&path, bytes.into()).await?;
             files.push(DataFile {
                 path,
                 rows: part.num_rows() as u64,
                 min_event_us: times.first().copied().unwrap_or_default(),
                 max_event_us: times.last().copied().unwrap_or_default(),
+                size: Some(size),
             });
         }
         let commit = Commit {
@@ -436,13 +442,14 @@ impl OfflineStore {
         let jobs: Vec<(
             Arc<dyn object_store::ObjectStore>,
             object_store::path::Path,
+            Option<u64>,
             String,
         )> = files
             .iter()
             .map(|f| {
                 let path = self.root.path(&f.path);
                 let describe = self.root.describe(&path);
-                (self.root.store().clone(), path, describe)
+                (self.root.store().clone(), path, f.size, describe)
             })
             .collect();
         // At most 8 files in flight, results kept in commit order.
@@ -451,7 +458,7 @@ impl OfflineStore {
         let mut per_file: Vec<Vec<RecordBatch>> = Vec::new();
         loop {
             while running.len() < 8 {
-                let Some((store, path, describe)) = jobs.next() else {
+                let Some((store, path, size, describe)) = jobs.next() else {
                     break;
                 };
                 let columns = columns.to_vec();
@@ -462,7 +469,7 @@ impl OfflineStore {
                         min_us,
                         max_us,
                     };
-                    reader::read_columns(store, path, &columns, range, &describe).await
+                    reader::read_columns(store, path, size, &columns, range, &describe).await
                 }));
             }
             let Some(handle) = running.pop_front() else {

@@ -10,12 +10,10 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, TryFutureExt, TryStreamExt};
 use mlops_core::{Error, Result};
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
-use parquet::arrow::async_reader::{
-    AsyncFileReader, MetadataSuffixFetch, ParquetRecordBatchStreamBuilder,
-};
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::errors::{ParquetError, Result as ParquetResult};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
@@ -28,6 +26,8 @@ fn to_parquet_err(e: object_store::Error) -> ParquetError {
 struct ObjectReader {
     store: Arc<dyn ObjectStore>,
     path: Path,
+    /// The object's size when known (recorded at ingestion); else asked for.
+    size: Option<u64>,
 }
 
 impl AsyncFileReader for ObjectReader {
@@ -56,29 +56,22 @@ impl AsyncFileReader for ObjectReader {
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
         async move {
+            // Bounded ranges only: Azure Blob Storage refuses suffix ranges.
+            let size = match self.size {
+                Some(size) => size,
+                None => {
+                    self.store
+                        .head(&self.path)
+                        .await
+                        .map_err(to_parquet_err)?
+                        .size
+                }
+            };
             let metadata = ParquetMetaDataReader::new()
                 .with_arrow_reader_options(options)
-                .load_via_suffix_and_finish(self)
+                .load_and_finish(self, size)
                 .await?;
             Ok(Arc::new(metadata))
-        }
-        .boxed()
-    }
-}
-
-impl MetadataSuffixFetch for &mut ObjectReader {
-    fn fetch_suffix(&mut self, suffix: usize) -> BoxFuture<'_, ParquetResult<Bytes>> {
-        let options = GetOptions {
-            range: Some(GetRange::Suffix(suffix as u64)),
-            ..Default::default()
-        };
-        async move {
-            let resp = self
-                .store
-                .get_opts(&self.path, options)
-                .await
-                .map_err(to_parquet_err)?;
-            resp.bytes().await.map_err(to_parquet_err)
         }
         .boxed()
     }
@@ -134,12 +127,13 @@ fn row_groups_in_range(
 pub(crate) async fn read_columns(
     store: Arc<dyn ObjectStore>,
     path: Path,
+    size: Option<u64>,
     columns: &[String],
     range: TimeRange<'_>,
     describe: &str,
 ) -> Result<Vec<RecordBatch>> {
     let parquet_err = |e: ParquetError| Error::storage(describe.to_owned(), e);
-    let reader = ObjectReader { store, path };
+    let reader = ObjectReader { store, path, size };
     let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(parquet_err)?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mlops_core::model::{ModelArtifact, ModelMetadata, ModelRegistry, VersionSelector};
 use mlops_store::{ObjectRegistry, RegistryOptions, StoreRoot};
 
-use crate::{local_dir, local_root};
+use crate::{cloud_roots, local_root, open_root};
 
 const PER_WRITER: usize = 6;
 
@@ -53,7 +53,9 @@ async fn register_many(root: StoreRoot, writer: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_tasks_register_at_once() {
-    for root in [StoreRoot::open("memory://").unwrap(), local_root("tasks")] {
+    let mut roots = vec![StoreRoot::open("memory://").unwrap(), local_root("tasks")];
+    roots.extend(cloud_roots("tasks"));
+    for root in roots {
         let mut handles = Vec::new();
         let mut expected = BTreeSet::new();
         for t in 0..8 {
@@ -81,11 +83,19 @@ async fn eight_tasks_register_at_once() {
     }
 }
 
-/// Four separate OS processes (this test binary re-run as workers) on one `file://` root.
+/// Four separate OS processes (this test binary re-run as workers) on one root, for
+/// the local disk and each cloud test server.
 #[test]
 fn four_processes_register_at_once() {
-    let root = local_root("processes");
-    let dir = local_dir(&root).unwrap();
+    let mut roots = vec![local_root("processes")];
+    roots.extend(cloud_roots("processes"));
+    for root in roots {
+        four_processes_on(&root);
+    }
+}
+
+fn four_processes_on(root: &StoreRoot) {
+    let url = root.url().to_owned();
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..4)
         .map(|p| {
@@ -96,7 +106,7 @@ fn four_processes_register_at_once() {
                     "--nocapture",
                     "--test-threads=1",
                 ])
-                .env("MLOPS_TEST_WORKER_ROOT", &dir)
+                .env("MLOPS_TEST_WORKER_ROOT", &url)
                 .env("MLOPS_TEST_WORKER_NAME", format!("proc{p}"))
                 .spawn()
                 .unwrap()
@@ -112,20 +122,20 @@ fn four_processes_register_at_once() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(check(&root, &expected));
+    rt.block_on(check(root, &expected));
 }
 
 /// The worker of `four_processes_register_at_once`; when run without its
 /// environment (as in a normal test run) it has nothing to do.
 #[test]
 fn worker_process() {
-    let (Ok(dir), Ok(name)) = (
+    let (Ok(url), Ok(name)) = (
         std::env::var("MLOPS_TEST_WORKER_ROOT"),
         std::env::var("MLOPS_TEST_WORKER_NAME"),
     ) else {
         return;
     };
-    let root = StoreRoot::open(&format!("file://{dir}")).unwrap();
+    let root = open_root(&url);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -8,8 +8,6 @@ use mlops_core::audit::{AuditEvent, AuditLog, ChainVerdict};
 use mlops_core::model::{ModelArtifact, ModelMetadata, ModelRegistry, VersionSelector};
 use mlops_store::{FaultyStore, ObjectAuditLog, ObjectRegistry, RegistryOptions, StoreRoot};
 
-use crate::local_root;
-
 /// Every visible version is complete: its manifest reads and its artifact verifies.
 async fn assert_whole(r: &ObjectRegistry) -> u64 {
     let versions = r.list_versions("m").await.unwrap();
@@ -24,7 +22,7 @@ async fn assert_whole(r: &ObjectRegistry) -> u64 {
 
 #[tokio::test]
 async fn a_registration_interrupted_at_any_step_leaves_no_partial_version() {
-    for base in [StoreRoot::open("memory://").unwrap(), local_root("faults")] {
+    for base in crate::roots("faults") {
         for after_write in [false, true] {
             // Count the calls a registration makes, then fail each in turn.
             let faulty = Arc::new(FaultyStore::new(base.store().clone()));

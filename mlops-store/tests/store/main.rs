@@ -1,5 +1,8 @@
 //! Integration tests of mlops-store, in one binary. Suites are written once and run
-//! against every backend available here (`memory://`, `file://`).
+//! against every backend available: `memory://` and `file://` always, an
+//! S3-compatible server when `MLOPS_TEST_S3_ENDPOINT` is set (with
+//! `MLOPS_TEST_S3_BUCKET`, default `mlops-test`), and an Azure Blob-compatible
+//! server (Azurite) when `MLOPS_TEST_AZURE_CONTAINER` is set. `.ci/run` starts both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
@@ -13,9 +16,59 @@ mod tracking;
 
 use mlops_store::StoreRoot;
 
-/// A fresh, empty root of each kind.
+/// A fresh, empty root of each kind available.
 pub fn roots(name: &str) -> Vec<StoreRoot> {
-    vec![StoreRoot::open("memory://").unwrap(), local_root(name)]
+    let mut out = vec![StoreRoot::open("memory://").unwrap(), local_root(name)];
+    out.extend(cloud_roots(name));
+    out
+}
+
+/// A unique suffix for test prefixes.
+fn unique(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Fresh roots on the S3- and Azure-compatible test servers, when configured.
+pub fn cloud_roots(name: &str) -> Vec<StoreRoot> {
+    let mut out = Vec::new();
+    if std::env::var("MLOPS_TEST_S3_ENDPOINT").is_ok() {
+        let bucket = std::env::var("MLOPS_TEST_S3_BUCKET").unwrap_or_else(|_| "mlops-test".into());
+        out.push(open_root(&format!("s3://{bucket}/{}", unique(name))));
+    }
+    if let Ok(container) = std::env::var("MLOPS_TEST_AZURE_CONTAINER") {
+        out.push(open_root(&format!("az://{container}/{}", unique(name))));
+    }
+    out
+}
+
+/// Opens `url` with the test servers' options (endpoint, credentials, plain HTTP).
+pub fn open_root(url: &str) -> StoreRoot {
+    let options: Vec<(String, String)> = if url.starts_with("s3://") {
+        let endpoint = std::env::var("MLOPS_TEST_S3_ENDPOINT").unwrap();
+        [
+            ("aws_endpoint", endpoint.as_str()),
+            ("aws_region", "us-east-1"),
+            ("aws_allow_http", "true"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+            ("aws_virtual_hosted_style_request", "false"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    } else if url.starts_with("az://") {
+        vec![("azure_storage_use_emulator".into(), "true".into())]
+    } else {
+        Vec::new()
+    };
+    StoreRoot::open_with_options(url, options).unwrap()
 }
 
 /// A fresh directory under the target dir's temp area.

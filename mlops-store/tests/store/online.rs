@@ -286,11 +286,8 @@ mod materialization {
             .unwrap()
     }
 
-    async fn store() -> ObjectFeatureStore {
-        let s = ObjectFeatureStore::new(
-            &StoreRoot::open("memory://").unwrap(),
-            Arc::new(InMemoryOnlineStore::new()),
-        );
+    async fn store(root: &StoreRoot) -> ObjectFeatureStore {
+        let s = ObjectFeatureStore::new(root, Arc::new(InMemoryOnlineStore::new()));
         let view = FeatureView::builder("card")
             .join_key("card_id", DataType::Int64)
             .event_time("event_ts")
@@ -328,9 +325,16 @@ mod materialization {
         )
     }
 
-    #[tokio::test]
+    /// On every backend: the offline data written there, materialized online.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn materialize_then_serve_with_statuses() {
-        let concrete = store().await;
+        for root in crate::roots("online-materialize") {
+            materialize_then_serve_on(&root).await;
+        }
+    }
+
+    async fn materialize_then_serve_on(root: &StoreRoot) {
+        let concrete = store(root).await;
         let s: Arc<dyn FeatureStore> = Arc::new(concrete.clone());
         s.ingest(
             "card",
@@ -402,12 +406,15 @@ mod materialization {
         assert_eq!(spend, vec![Some(3.0)]);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn incremental_materialization_and_bad_requests() {
-        let s = ObjectFeatureStore::new(
-            &StoreRoot::open("memory://").unwrap(),
-            Arc::new(InMemoryOnlineStore::new()),
-        );
+        for root in crate::roots("online-incremental") {
+            incremental_on(&root).await;
+        }
+    }
+
+    async fn incremental_on(root: &StoreRoot) {
+        let s = ObjectFeatureStore::new(root, Arc::new(InMemoryOnlineStore::new()));
         let view = FeatureView::builder("card")
             .join_key("card_id", DataType::Int64)
             .event_time("event_ts")
