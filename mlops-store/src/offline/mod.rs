@@ -439,12 +439,13 @@ impl OfflineStore {
         // core of a multi-threaded runtime; results keep commit order.
         // Owned arguments, so the stream below borrows nothing (its future must be
         // Send for callers behind async traits).
-        let jobs: Vec<(
+        type Job = (
             Arc<dyn object_store::ObjectStore>,
             object_store::path::Path,
             Option<u64>,
             String,
-        )> = files
+        );
+        let jobs: Vec<Job> = files
             .iter()
             .map(|f| {
                 let path = self.root.path(&f.path);
