@@ -263,6 +263,9 @@ mod rollout {
             traffic: traffic.clone(),
             tracker: Arc::new(ObjectTracker::new(&root, None, "test")),
             audit: audit.clone(),
+            snapshots: Some(Arc::new(mlops::store::SnapshotStore::new(
+                &root, None, "test",
+            ))),
         };
         let mut retrain = RetrainLoop::new(config.clone(), services.clone()).unwrap();
         let at = |d: i64| Utc.timestamp_micros(start + d * DAY).single().unwrap();
@@ -283,6 +286,23 @@ mod rollout {
             .unwrap();
         assert_eq!(version.metadata.lineage.parent_version, Some(1));
         assert!(version.metadata.lineage.run_id.is_some());
+        // The training set is a snapshot that resolves to the same bytes.
+        let snapshot = version
+            .metadata
+            .lineage
+            .dataset_snapshot_id
+            .clone()
+            .unwrap();
+        let snapshots = mlops::store::SnapshotStore::new(&root, None, "test");
+        let rows: usize = snapshots
+            .read_batches(&snapshot)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, 1600, "the 80% of labelled rows not held out");
+        assert!(version.metadata.tags.contains_key("mlops.holdout_snapshot"));
 
         // Live, the canary falls behind: rolled back, all traffic to v1.
         *traffic.health.lock().unwrap() = health(1, Some((2, 0.1, 0.6)), 0.9, true);

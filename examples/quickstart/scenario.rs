@@ -451,6 +451,11 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
         traffic: Arc::new(client.clone()),
         tracker: tracker.clone(),
         audit: audit.clone(),
+        snapshots: Some(Arc::new(mlops::store::SnapshotStore::new(
+            &root,
+            Some(audit.clone()),
+            "retrain-loop",
+        ))),
     };
     // Training is CPU work: each step of the loop runs on the blocking pool.
     let retrain = Arc::new(tokio::sync::Mutex::new(RetrainLoop::new(config, services)?));

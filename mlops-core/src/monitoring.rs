@@ -119,3 +119,11 @@ pub trait LabelSource: Send + Sync + std::fmt::Debug {
         until: DateTime<Utc>,
     ) -> Result<RecordBatch>;
 }
+
+/// Immutable snapshots of datasets, so a model's lineage names the exact data it
+/// was trained on (`mlops-store`'s `SnapshotStore` implements it).
+#[async_trait]
+pub trait DatasetSnapshots: Send + Sync + std::fmt::Debug {
+    /// Stores `batches` immutably; returns the snapshot's id.
+    async fn snapshot(&self, batches: &[RecordBatch], description: &str) -> Result<String>;
+}

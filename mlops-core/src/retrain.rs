@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::feature::{FeatureRef, FeatureStore, HistoricalOptions};
 use crate::metrics;
 use crate::model::{Lineage, ModelRegistry, VersionSelector};
-use crate::monitoring::{LabelSource, ModelHealth, TrafficControl};
+use crate::monitoring::{DatasetSnapshots, LabelSource, ModelHealth, TrafficControl};
 use crate::predict::ModelLoader;
 use crate::tracking::{ExperimentTracker, MetricPoint, RunStatus};
 use crate::train::Trainer;
@@ -318,6 +318,9 @@ pub struct RetrainServices {
     pub tracker: Arc<dyn ExperimentTracker>,
     /// The audit trail.
     pub audit: Arc<dyn AuditLog>,
+    /// Snapshots of each training set and hold-out, named in the challenger's
+    /// lineage; `None` records no snapshot.
+    pub snapshots: Option<Arc<dyn DatasetSnapshots>>,
 }
 
 /// Drift- and quality-triggered retraining with a canary rollout: see the module
@@ -733,6 +736,25 @@ impl RetrainLoop {
                 ]),
             )
             .await?;
+        let (train_snapshot, holdout_snapshot) = match &s.snapshots {
+            Some(snap) => (
+                Some(
+                    snap.snapshot(
+                        std::slice::from_ref(&train_set),
+                        &format!("{} training set", cfg.model),
+                    )
+                    .await?,
+                ),
+                Some(
+                    snap.snapshot(
+                        std::slice::from_ref(&holdout),
+                        &format!("{} hold-out", cfg.model),
+                    )
+                    .await?,
+                ),
+            ),
+            None => (None, None),
+        };
         let trained = s.trainer.fit(&train_set, &cfg.label)?;
         let challenger_report =
             s.trainer
@@ -792,8 +814,14 @@ impl RetrainLoop {
         metadata
             .tags
             .insert("mlops.trained_at".into(), now.to_rfc3339());
+        if let Some(h) = &holdout_snapshot {
+            metadata
+                .tags
+                .insert("mlops.holdout_snapshot".into(), h.clone());
+        }
         metadata.lineage = Lineage {
             run_id: Some(run_id.to_owned()),
+            dataset_snapshot_id: train_snapshot,
             feature_refs: cfg.features.clone(),
             parent_version: Some(champion),
             ..metadata.lineage

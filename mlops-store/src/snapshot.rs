@@ -290,3 +290,10 @@ impl SnapshotStore {
         Ok(out)
     }
 }
+
+#[async_trait::async_trait]
+impl mlops_core::monitoring::DatasetSnapshots for SnapshotStore {
+    async fn snapshot(&self, batches: &[RecordBatch], description: &str) -> Result<String> {
+        Ok(self.snapshot_batches(batches, description).await?.id)
+    }
+}
