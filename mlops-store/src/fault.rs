@@ -43,6 +43,12 @@ struct Plan {
     /// Every n-th call fails (0: never).
     every: u64,
     latency: Duration,
+    /// Bytes returned by reads.
+    bytes_read: u64,
+    /// Multipart uploads started.
+    multipart_uploads: u64,
+    /// The next multipart upload loses its connection after this many parts.
+    drop_upload_after_parts: Option<usize>,
 }
 
 /// What to do with one call.
@@ -94,6 +100,22 @@ impl FaultyStore {
         self.plan().calls
     }
 
+    /// Bytes returned by reads so far (whole gets and ranges).
+    pub fn bytes_read(&self) -> u64 {
+        self.plan().bytes_read
+    }
+
+    /// Multipart uploads started so far.
+    pub fn multipart_uploads(&self) -> u64 {
+        self.plan().multipart_uploads
+    }
+
+    /// The next multipart upload uploads `parts` parts, then its connection drops:
+    /// every later part and the completion fail (the upload is never visible).
+    pub fn drop_upload_after_parts(&self, parts: usize) {
+        self.plan().drop_upload_after_parts = Some(parts);
+    }
+
     /// The `n`-th call from now (1 = the next) fails before reaching the store.
     pub fn fail_call(&self, n: u64) {
         let mut p = self.plan();
@@ -126,6 +148,7 @@ impl FaultyStore {
         p.fail_after.clear();
         p.every = 0;
         p.latency = Duration::ZERO;
+        p.drop_upload_after_parts = None;
     }
 
     fn next_call(&self) -> (Verdict, Duration) {
@@ -184,21 +207,41 @@ impl ObjectStore for FaultyStore {
     ) -> Result<Box<dyn MultipartUpload>> {
         match self.enter("put_multipart", location).await? {
             Verdict::FailAfter(n) => Err(injected(n, "put_multipart", location, "at the start")),
-            _ => self.inner.put_multipart_opts(location, opts).await,
+            _ => {
+                let upload = self.inner.put_multipart_opts(location, opts).await?;
+                let drop_after = {
+                    let mut p = self.plan();
+                    p.multipart_uploads += 1;
+                    p.drop_upload_after_parts.take()
+                };
+                Ok(Box::new(FaultyUpload {
+                    inner: upload,
+                    location: location.clone(),
+                    parts_left: drop_after,
+                }))
+            }
         }
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         match self.enter("get", location).await? {
             Verdict::FailAfter(n) => Err(injected(n, "get", location, "mid-read")),
-            _ => self.inner.get_opts(location, options).await,
+            _ => {
+                let result = self.inner.get_opts(location, options).await?;
+                self.plan().bytes_read += result.range.end - result.range.start;
+                Ok(result)
+            }
         }
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         match self.enter("get_ranges", location).await? {
             Verdict::FailAfter(n) => Err(injected(n, "get_ranges", location, "mid-read")),
-            _ => self.inner.get_ranges(location, ranges).await,
+            _ => {
+                let out = self.inner.get_ranges(location, ranges).await?;
+                self.plan().bytes_read += out.iter().map(|b| b.len() as u64).sum::<u64>();
+                Ok(out)
+            }
         }
     }
 
@@ -276,5 +319,54 @@ impl ObjectStore for FaultyStore {
             Verdict::FailAfter(n) => Err(injected(n, "rename", to, "after the write")),
             _ => Ok(()),
         }
+    }
+}
+
+/// A multipart upload whose connection drops after a number of parts.
+#[derive(Debug)]
+struct FaultyUpload {
+    inner: Box<dyn MultipartUpload>,
+    location: Path,
+    parts_left: Option<usize>,
+}
+
+impl FaultyUpload {
+    fn dropped(&self, what: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "FaultyStore",
+            source: format!(
+                "injected fault: the connection dropped mid-upload of {} ({what})",
+                self.location
+            )
+            .into(),
+        }
+    }
+}
+
+#[async_trait]
+impl MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        match &mut self.parts_left {
+            Some(0) => {
+                let e = self.dropped("a part");
+                Box::pin(async move { Err(e) })
+            }
+            Some(n) => {
+                *n -= 1;
+                self.inner.put_part(data)
+            }
+            None => self.inner.put_part(data),
+        }
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        if self.parts_left == Some(0) {
+            return Err(self.dropped("completion"));
+        }
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        self.inner.abort().await
     }
 }

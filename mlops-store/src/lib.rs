@@ -56,6 +56,6 @@ pub use offline::OfflineStore;
 pub use online::RedisOnlineStore;
 pub use online::{InMemoryOnlineStore, OnlineRead, OnlineRow, OnlineStore};
 pub use registry::{DEFAULT_MAX_METADATA_BYTES, ObjectRegistry, RegistryOptions};
-pub use root::StoreRoot;
+pub use root::{DEFAULT_MULTIPART_THRESHOLD, StoreRoot};
 pub use snapshot::{DatasetSnapshot, SnapshotFile, SnapshotStore};
 pub use tracking::{MAX_POINTS_PER_CALL, MAX_VALUE_BYTES, ObjectTracker};

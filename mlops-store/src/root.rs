@@ -26,7 +26,13 @@ pub struct StoreRoot {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     conditional_update: bool,
+    multipart_threshold: usize,
 }
+
+/// Objects of at least this many bytes are written as multipart uploads.
+pub const DEFAULT_MULTIPART_THRESHOLD: usize = 16 << 20;
+/// The part size of multipart uploads (S3 needs at least 5 MiB).
+const MULTIPART_PART: usize = 8 << 20;
 
 impl fmt::Debug for StoreRoot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,6 +92,7 @@ impl StoreRoot {
                     store: Arc::new(InMemory::new()),
                     prefix,
                     conditional_update: true,
+                    multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
                 })
             }
             ObjectStoreScheme::AmazonS3 if !cfg!(feature = "aws") => Err(bad(
@@ -108,6 +115,7 @@ impl StoreRoot {
                     store: Arc::from(store),
                     prefix,
                     conditional_update: true,
+                    multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
                 })
             }
         }
@@ -122,6 +130,7 @@ impl StoreRoot {
             prefix: Path::default(),
             // LocalFileSystem answers update-if-unchanged with NotImplemented.
             conditional_update: false,
+            multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
         })
     }
 
@@ -135,6 +144,7 @@ impl StoreRoot {
             store,
             prefix,
             conditional_update: true,
+            multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
         }
     }
 
@@ -186,9 +196,37 @@ impl StoreRoot {
             .fold(self.prefix.clone(), |p, segment| p.join(segment))
     }
 
-    /// Writes `bytes` at `relative`, replacing what was there.
+    /// Writes objects of at least `bytes` bytes as multipart uploads (8 MiB
+    /// parts, uploaded concurrently) instead of one request. Default 16 MiB.
+    pub fn with_multipart_threshold(mut self, bytes: usize) -> Self {
+        self.multipart_threshold = bytes.max(1);
+        self
+    }
+
+    /// Uploads `bytes` in parts; a failed part or completion aborts the upload, so
+    /// nothing becomes visible.
+    async fn put_multipart(&self, path: &Path, bytes: Bytes) -> Result<()> {
+        let upload = self
+            .store
+            .put_multipart(path)
+            .await
+            .map_err(|e| storage_error(&self.describe(path), e))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+        writer.put(bytes);
+        writer
+            .finish()
+            .await
+            .map_err(|e| storage_error(&self.describe(path), e))?;
+        Ok(())
+    }
+
+    /// Writes `bytes` at `relative`, replacing what was there (multipart above the
+    /// threshold).
     pub async fn put(&self, relative: &str, bytes: Bytes) -> Result<()> {
         let path = self.path(relative);
+        if bytes.len() >= self.multipart_threshold {
+            return self.put_multipart(&path, bytes).await;
+        }
         self.store
             .put(&path, PutPayload::from(bytes))
             .await
@@ -223,8 +261,22 @@ impl StoreRoot {
     /// Writes `bytes` at `relative` only if nothing is there (`PutMode::Create`,
     /// atomic on every backend): `true` when written, `false` when an object
     /// already existed (it is left untouched).
+    ///
+    /// Objects above the multipart threshold are checked for existence and then
+    /// uploaded in parts (multipart uploads cannot be conditional): use it for them
+    /// only under names no two writers choose for different bytes (content
+    /// addresses, unique file names), as every caller in this crate does.
     pub async fn put_if_absent(&self, relative: &str, bytes: Bytes) -> Result<bool> {
         let path = self.path(relative);
+        if bytes.len() >= self.multipart_threshold {
+            match self.store.head(&path).await {
+                Ok(_) => return Ok(false),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage_error(&self.describe(&path), e)),
+            }
+            self.put_multipart(&path, bytes).await?;
+            return Ok(true);
+        }
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()

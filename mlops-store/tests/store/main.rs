@@ -8,6 +8,7 @@
 mod audit;
 mod concurrency;
 mod faults;
+mod large;
 mod offline;
 mod online;
 mod registry;
