@@ -196,6 +196,17 @@ impl StoreRoot {
             .fold(self.prefix.clone(), |p, segment| p.join(segment))
     }
 
+    /// Retries transient failures of idempotent requests (reads, heads,
+    /// delimiter listings, unconditional writes) under `policy`; see
+    /// [`RetryPolicy`](crate::RetryPolicy). Conditional writes are left to their
+    /// callers, which already handle ambiguous outcomes.
+    pub fn with_retry(&self, policy: crate::RetryPolicy) -> Self {
+        self.with_store(Arc::new(crate::retry::RetryingStore::new(
+            self.store.clone(),
+            policy,
+        )))
+    }
+
     /// Writes objects of at least `bytes` bytes as multipart uploads (8 MiB
     /// parts, uploaded concurrently) instead of one request. Default 16 MiB.
     pub fn with_multipart_threshold(mut self, bytes: usize) -> Self {

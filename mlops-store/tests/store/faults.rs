@@ -110,3 +110,61 @@ async fn audit_appends_survive_failures() {
     };
     assert!(entries >= ok, "{entries} stored, {ok} acknowledged");
 }
+
+#[tokio::test]
+async fn idempotent_requests_are_retried_within_the_policy() {
+    use std::time::Duration;
+
+    use mlops_store::RetryPolicy;
+
+    let base = StoreRoot::open("memory://").unwrap();
+    let faulty = Arc::new(FaultyStore::new(base.store().clone()));
+    let policy = RetryPolicy {
+        max_retries: 3,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+    };
+    let root = base.with_store(faulty.clone()).with_retry(policy);
+    root.put("a", "x".into()).await.unwrap();
+    // Two failures in a row are absorbed by the retries.
+    faulty.fail_call(1);
+    faulty.fail_call(2);
+    assert_eq!(root.get("a").await.unwrap(), "x");
+    faulty.fail_call(1);
+    root.put("b", "y".into()).await.unwrap();
+    // Bounded: a store that always fails gives up after 4 attempts, saying so.
+    faulty.fail_every(1);
+    let before = faulty.calls();
+    let err = root.get("a").await.unwrap_err();
+    assert_eq!(faulty.calls() - before, 4);
+    assert!(err.to_string().contains("after 4 attempts"), "{err}");
+    faulty.clear();
+    // Conditional writes are not retried: their callers judge ambiguous outcomes.
+    faulty.fail_call(1);
+    assert!(root.put_if_absent("c", "z".into()).await.is_err());
+    assert_eq!(faulty.calls() - before, 5);
+    assert!(root.put_if_absent("c", "z".into()).await.unwrap());
+    // Not-found is final.
+    let before = faulty.calls();
+    assert!(root.get_opt("missing").await.unwrap().is_none());
+    assert_eq!(faulty.calls() - before, 1);
+    // A registry over a flaky store still registers whole versions.
+    faulty.fail_every(5);
+    let r = ObjectRegistry::new(&root, RegistryOptions::default());
+    let mut ok = 0;
+    for i in 0..10 {
+        if r.register(
+            "m",
+            ModelArtifact::new("x", vec![i]),
+            ModelMetadata::default(),
+        )
+        .await
+        .is_ok()
+        {
+            ok += 1;
+        }
+    }
+    faulty.clear();
+    assert!(ok >= 5, "{ok} of 10 registrations succeeded");
+    assert_eq!(assert_whole(&r).await, ok);
+}
