@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
+mod cloud;
 mod concurrency;
 mod faults;
 mod large;
