@@ -54,7 +54,7 @@ mod rollout {
         DriftSummary, LabelSource, LiveQuality, ModelHealth, TrafficControl, VersionHealth,
     };
     use mlops::core::retrain::{
-        CanaryPolicy, Decision, Guardrails, RetrainConfig, RetrainLoop, RetrainServices,
+        CanaryPolicy, Decision, Guardrails, RetrainConfig, RetrainLoop, RetrainServices, Triggers,
     };
     use mlops::prelude::*;
     use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore};
@@ -356,7 +356,7 @@ mod rollout {
         // Too little data is a guard rail too; no drift, no trigger.
         let mut strict = config.clone();
         strict.guardrails.min_rows = 1_000_000;
-        let mut starved = RetrainLoop::new(strict, services).unwrap();
+        let mut starved = RetrainLoop::new(strict, services.clone()).unwrap();
         *traffic.health.lock().unwrap() = health(3, None, 0.9, true);
         let d = starved.tick(at(6)).await.unwrap();
         assert!(
@@ -386,5 +386,49 @@ mod rollout {
                 "{a} missing from {actions:?}"
             );
         }
+
+        // New labelled rows trigger a retrain; a challenger that does not win by
+        // the margin is rejected; the retrain budget then holds.
+        *traffic.health.lock().unwrap() = health(3, None, 0.9, false);
+        let mut budget = config.clone();
+        budget.triggers = Triggers {
+            min_new_rows: Some(1000),
+            ..Triggers::default()
+        };
+        budget.guardrails = Guardrails {
+            min_rows: 100,
+            cooldown: Duration::ZERO,
+            max_retrains: 1,
+            per: Duration::from_secs(30 * 86_400),
+        };
+        budget.margin = 1.0;
+        let mut l = RetrainLoop::new(budget, services.clone()).unwrap();
+        let d = l.tick(at(6)).await.unwrap();
+        assert!(
+            matches!(&d[0], Decision::Triggered { reasons } if reasons[0].contains("new labelled rows")),
+            "{d:?}"
+        );
+        assert!(matches!(d.last(), Some(Decision::Rejected { .. })), "{d:?}");
+        let d = l.tick(at(7)).await.unwrap();
+        assert!(
+            matches!(&d[1], Decision::Skipped { reason } if reason.contains("retrains already")),
+            "{d:?}"
+        );
+
+        // A schedule triggers once its period has passed.
+        let mut scheduled = config.clone();
+        scheduled.triggers = Triggers {
+            every: Some(Duration::from_secs(2 * 86_400)),
+            ..Triggers::default()
+        };
+        scheduled.margin = 1.0;
+        let mut l = RetrainLoop::new(scheduled, services).unwrap();
+        assert!(l.tick(at(6)).await.unwrap().is_empty(), "the clock starts");
+        assert!(l.tick(at(7)).await.unwrap().is_empty());
+        let d = l.tick(at(9)).await.unwrap();
+        assert!(
+            matches!(&d[0], Decision::Triggered { reasons } if reasons[0].contains("scheduled")),
+            "{d:?}"
+        );
     }
 }
