@@ -582,6 +582,20 @@ pub(crate) fn score_net(
     Ok(out)
 }
 
+/// The drift reference profile of `columns` (all when `None`) of `batch`.
+fn reference_of(
+    batch: &RecordBatch,
+    columns: Option<Vec<String>>,
+    seed: u64,
+) -> Result<mlops_core::drift::TableReference> {
+    let config = TableDriftConfig {
+        columns,
+        seed,
+        ..TableDriftConfig::default()
+    };
+    Ok(TableDriftDetector::fit(batch, &config)?.reference().clone())
+}
+
 /// Metrics of scores against labels.
 fn report(
     task: Task,
@@ -960,16 +974,11 @@ impl TabularTrainer {
         )?;
         let evaluation = report(cfg.task, &labels, &valid_rows, &scores, target_scale)?;
         let drift_reference = if cfg.drift_reference {
-            let config = TableDriftConfig {
-                columns: Some(features.clone()),
-                seed: cfg.seed,
-                ..TableDriftConfig::default()
-            };
-            Some(
-                TableDriftDetector::fit(&train_batch, &config)?
-                    .reference()
-                    .clone(),
-            )
+            Some(reference_of(
+                &train_batch,
+                Some(features.clone()),
+                cfg.seed,
+            )?)
         } else {
             None
         };
@@ -985,15 +994,7 @@ impl TabularTrainer {
                         as arrow_array::ArrayRef,
                 )])
                 .map_err(|e| Error::backend("arrow", e))?;
-                let config = TableDriftConfig {
-                    seed: cfg.seed,
-                    ..TableDriftConfig::default()
-                };
-                Some(
-                    TableDriftDetector::fit(&batch, &config)?
-                        .reference()
-                        .clone(),
-                )
+                Some(reference_of(&batch, None, cfg.seed)?)
             }
             _ => None,
         };

@@ -362,16 +362,9 @@ impl InferenceRequest {
             inputs,
             outputs: raw.outputs,
         };
-        // Reuse the JSON path's checks (duplicate names).
-        let mut seen = std::collections::HashSet::new();
-        for t in &request.inputs {
-            if !seen.insert(t.name.as_str()) {
-                return Err(Error::invalid_input(
-                    "inference request",
-                    format!("input '{}' appears more than once", t.name),
-                ));
-            }
-        }
+        request
+            .check_unique_names()
+            .map_err(|reason| Error::invalid_input("inference request", reason))?;
         Ok(request)
     }
 

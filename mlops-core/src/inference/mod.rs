@@ -750,13 +750,27 @@ struct RawRequest {
 impl TryFrom<RawRequest> for InferenceRequest {
     type Error = String;
     fn try_from(r: RawRequest) -> std::result::Result<Self, String> {
+        let request = Self {
+            id: r.id,
+            parameters: r.parameters,
+            inputs: r.inputs,
+            outputs: r.outputs,
+        };
+        request.check_unique_names()?;
+        Ok(request)
+    }
+}
+
+impl InferenceRequest {
+    /// Input names and requested output names must each be unique.
+    pub(crate) fn check_unique_names(&self) -> std::result::Result<(), String> {
         let mut seen = HashSet::new();
-        for input in &r.inputs {
+        for input in &self.inputs {
             if !seen.insert(input.name.as_str()) {
                 return Err(format!("input '{}' appears more than once", input.name));
             }
         }
-        if let Some(outputs) = &r.outputs {
+        if let Some(outputs) = &self.outputs {
             let mut seen = HashSet::new();
             for o in outputs {
                 if !seen.insert(o.name.as_str()) {
@@ -764,16 +778,9 @@ impl TryFrom<RawRequest> for InferenceRequest {
                 }
             }
         }
-        Ok(Self {
-            id: r.id,
-            parameters: r.parameters,
-            inputs: r.inputs,
-            outputs: r.outputs,
-        })
+        Ok(())
     }
-}
 
-impl InferenceRequest {
     /// A request with these inputs and no id, parameters or output selection.
     pub fn new(inputs: Vec<Tensor>) -> Self {
         Self {
