@@ -20,7 +20,7 @@ use mlops_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::device::TrainDevice;
-use crate::net::{ModelSpec, Net, read_f32};
+use crate::net::{ModelSpec, Net, SmallKernel, read_f32};
 use crate::prep::{FeatureEncoding, Preprocessor};
 
 /// The artifact flavor of models trained by [`TabularTrainer`](crate::TabularTrainer).
@@ -109,16 +109,25 @@ pub struct TabularModel {
     // counted) weights out under the lock and runs without it.
     net: Mutex<Net>,
     device: Device,
+    /// Plain-loop forward pass for requests of a few rows.
+    small: Option<SmallKernel>,
 }
+
+/// Requests of at most this many rows use the plain-loop kernel.
+const SMALL_ROWS: usize = 16;
 
 impl TabularModel {
     pub(crate) fn new(card: ModelCard, net: Net, device: Device) -> Self {
         let prep = Preprocessor::from_encodings(card.features.clone());
+        // Reading the weights back cannot fail for a model just built or loaded;
+        // if it did, every request would simply take the burn path.
+        let small = SmallKernel::from_net(&net).ok().flatten();
         Self {
             card,
             prep,
             net: Mutex::new(net),
             device,
+            small,
         }
     }
 
@@ -146,6 +155,11 @@ impl TabularModel {
             return Ok(Vec::new());
         }
         let width = self.prep.width();
+        if rows <= SMALL_ROWS
+            && let Some(kernel) = &self.small
+        {
+            return Ok(self.finish_small(kernel.forward(&matrix, rows), rows));
+        }
         let x = Tensor::<2>::from_data(TensorData::new(matrix, [rows, width]), &self.device);
         let out = self.net()?.forward(x, None);
         let out = match self.card.task {
@@ -157,6 +171,39 @@ impl TabularModel {
             },
         };
         read_f32(out)
+    }
+
+    /// The task's output function over raw outputs of the small kernel.
+    fn finish_small(&self, mut raw: Vec<f32>, rows: usize) -> Vec<f32> {
+        match self.card.task {
+            Task::BinaryClassification => {
+                for z in &mut raw {
+                    *z = 1.0 / (1.0 + (-*z).exp());
+                }
+            }
+            Task::MulticlassClassification => {
+                let k = raw.len() / rows.max(1);
+                for row in raw.chunks_mut(k.max(1)) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for z in row.iter_mut() {
+                        *z = (*z - max).exp();
+                        sum += *z;
+                    }
+                    for z in row.iter_mut() {
+                        *z /= sum;
+                    }
+                }
+            }
+            Task::Regression => {
+                if let Some((mean, std)) = self.card.target_scale {
+                    for z in &mut raw {
+                        *z = (f64::from(*z) * std + mean) as f32;
+                    }
+                }
+            }
+        }
+        raw
     }
 
     /// Scores of Arrow data holding the raw feature columns (nulls allowed).

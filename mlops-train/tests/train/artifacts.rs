@@ -194,3 +194,64 @@ fn bad_requests_are_named() {
     let empty = tensors_from_batch(&p.signature().inputs, &requests().slice(0, 0)).unwrap();
     assert_eq!(p.predict(&empty).unwrap()[0].shape, vec![0]);
 }
+
+#[test]
+fn one_row_and_batched_predictions_agree() {
+    // Requests of a few rows use a plain-loop kernel, larger ones burn: the same row
+    // scores the same (to float rounding) either way, for every task.
+    let cases = [
+        (
+            data::binary(800, 16),
+            "is_fraud",
+            Task::BinaryClassification,
+            ModelSpec::mlp([16, 8]),
+        ),
+        (
+            data::multiclass(600, 17),
+            "species",
+            Task::MulticlassClassification,
+            ModelSpec::Mlp {
+                hidden: vec![8],
+                activation: mlops_train::Activation::Tanh,
+                dropout: 0.0,
+            },
+        ),
+        (
+            data::regression(600, 18),
+            "y",
+            Task::Regression,
+            ModelSpec::Mlp {
+                hidden: vec![8],
+                activation: mlops_train::Activation::Silu,
+                dropout: 0.0,
+            },
+        ),
+    ];
+    for (data, label, task, spec) in cases {
+        let trained = TabularTrainer::new(config(task, spec))
+            .fit(&data, label)
+            .unwrap();
+        let model = TabularLoader::default()
+            .load_model(&trained.artifact)
+            .unwrap();
+        let rows = 40;
+        let clean: Vec<u32> = (0..data.num_rows() as u32)
+            .filter(|&i| (0..data.num_columns()).all(|c| data.column(c).is_valid(i as usize)))
+            .take(rows)
+            .collect();
+        let subset =
+            arrow::compute::take_record_batch(&data, &arrow_array::UInt32Array::from(clean))
+                .unwrap();
+        let batched = model.predict_batch(&subset).unwrap();
+        let per_row = batched.len() / rows;
+        for r in 0..rows {
+            let one = model.predict_batch(&subset.slice(r, 1)).unwrap();
+            for (a, b) in one.iter().zip(&batched[r * per_row..(r + 1) * per_row]) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{task:?} row {r}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
