@@ -8,8 +8,8 @@
 //! ```text
 //! python3 benches/serve_vs_python.py          # everything, side by side, with wrk
 //! cargo bench --bench serve_compare -- DIR    # this side alone (Ctrl-D stops it)
-//! MLOPS_SERVE_PROFILE=1 cargo bench --bench serve_compare   # model call: direct vs
-//!                                             # on the blocking pool, then exit
+//! MLOPS_SERVE_PROFILE=1 cargo bench --bench serve_compare   # where a request's time
+//!                          # goes: JSON decode, encode, model call direct or pooled
 //! ```
 
 use std::io::Read;
@@ -175,6 +175,28 @@ async fn main() {
                 .unwrap_or_else(|e| panic!("{e}"));
             noop.push(t.elapsed().as_secs_f64() * 1e6);
         }
+        let body = serde_json::to_vec(&request(1)).unwrap_or_else(|e| panic!("{e}"));
+        let t = Instant::now();
+        for _ in 0..10_000 {
+            let r = InferenceRequest::from_body(&body, None).unwrap_or_else(|e| panic!("{e}"));
+            std::hint::black_box(r);
+        }
+        eprintln!("decode {:.2} us", t.elapsed().as_secs_f64() * 1e6 / 10_000.0);
+        let answer = server
+            .infer("fraud", None, request(1))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = Instant::now();
+        for _ in 0..10_000 {
+            std::hint::black_box(answer.to_body(|_| false).unwrap_or_else(|e| panic!("{e}")));
+        }
+        eprintln!("encode {:.2} us", t.elapsed().as_secs_f64() * 1e6 / 10_000.0);
+        let t = Instant::now();
+        for _ in 0..10_000 {
+            let r = InferenceRequest::from_body(&body, None).unwrap_or_else(|e| panic!("{e}"));
+            std::hint::black_box(server.infer("fraud", None, r).await.unwrap_or_else(|e| panic!("{e}")).to_body(|_| false).unwrap_or_else(|e| panic!("{e}")));
+        }
+        eprintln!("decode+infer+encode {:.2} us", t.elapsed().as_secs_f64() * 1e6 / 10_000.0);
         eprintln!(
             "direct {:?} spawn_blocking {:?} noop {:?}",
             percentiles(direct),
