@@ -181,7 +181,10 @@ async fn main() {
             let r = InferenceRequest::from_body(&body, None).unwrap_or_else(|e| panic!("{e}"));
             std::hint::black_box(r);
         }
-        eprintln!("decode {:.2} us", t.elapsed().as_secs_f64() * 1e6 / 10_000.0);
+        eprintln!(
+            "decode {:.2} us",
+            t.elapsed().as_secs_f64() * 1e6 / 10_000.0
+        );
         let answer = server
             .infer("fraud", None, request(1))
             .await
@@ -190,13 +193,26 @@ async fn main() {
         for _ in 0..10_000 {
             std::hint::black_box(answer.to_body(|_| false).unwrap_or_else(|e| panic!("{e}")));
         }
-        eprintln!("encode {:.2} us", t.elapsed().as_secs_f64() * 1e6 / 10_000.0);
+        eprintln!(
+            "encode {:.2} us",
+            t.elapsed().as_secs_f64() * 1e6 / 10_000.0
+        );
         let t = Instant::now();
         for _ in 0..10_000 {
             let r = InferenceRequest::from_body(&body, None).unwrap_or_else(|e| panic!("{e}"));
-            std::hint::black_box(server.infer("fraud", None, r).await.unwrap_or_else(|e| panic!("{e}")).to_body(|_| false).unwrap_or_else(|e| panic!("{e}")));
+            std::hint::black_box(
+                server
+                    .infer("fraud", None, r)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .to_body(|_| false)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
         }
-        eprintln!("decode+infer+encode {:.2} us", t.elapsed().as_secs_f64() * 1e6 / 10_000.0);
+        eprintln!(
+            "decode+infer+encode {:.2} us",
+            t.elapsed().as_secs_f64() * 1e6 / 10_000.0
+        );
         eprintln!(
             "direct {:?} spawn_blocking {:?} noop {:?}",
             percentiles(direct),
@@ -215,6 +231,16 @@ async fn main() {
     std::fs::write(
         format!("{export}/request.json"),
         serde_json::to_vec(&request(1)).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The same request in the binary tensor extension, for the binary run.
+    let (binary, json_len) = request(1)
+        .to_body(|_| true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(format!("{export}/request.bin"), binary).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        format!("{export}/request.bin.header"),
+        json_len.unwrap_or_default().to_string(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
 

@@ -11,7 +11,7 @@ The Rust side (benches/serve_compare.rs) trains the 20->64->64->1 MLP on
 generated data, serves it and the floor, and exports the weights (safetensors) and
 input standardization; the KServe model loads those and computes the same forward
 pass with numpy. Every server gets the same single-row FP32 request (20 inputs of
-shape [1], the v2 JSON form) at 8 and 64 connections for --seconds each, two wrk
+shape [1], the v2 JSON form; mlops-serve also in the binary tensor extension) at 8 and 64 connections for --seconds each, two wrk
 threads. Reports requests per second and p50/p99 latency, and the in-process
 `Server::infer` latency for 1- and 64-row requests. The KServe answer is checked
 against ours before timing.
@@ -83,6 +83,13 @@ WRK_LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = io.open("{body}"):read("*a")
+"""
+
+WRK_BINARY_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.headers["Inference-Header-Content-Length"] = "{header}"
+wrk.body = io.open("{body}", "rb"):read("*a")
 """
 
 
@@ -161,6 +168,12 @@ def main():
         for name, base in targets.items():
             for c in (8, 64):
                 results[(name, c)] = run_wrk(f"{base}/v2/models/fraud/infer", c, seconds, str(script))
+        binary_script = EXPORT / "wrk-binary.lua"
+        binary_script.write_text(WRK_BINARY_LUA.format(body=EXPORT / "request.bin",
+                                                       header=(EXPORT / "request.bin.header").read_text()))
+        for c in (8, 64):
+            results[("mlops-serve, binary tensors", c)] = run_wrk(f"{info['ours']}/v2/models/fraud/infer", c, seconds,
+                                                                 str(binary_script))
     finally:
         kserve.terminate()
         rust.stdin.close()
@@ -172,7 +185,8 @@ def main():
         print(f"{name:<30}{c:>6}{r['rps']:>12,.0f}{r['p50_us'] / 1000:>8.2f}ms{r['p99_us'] / 1000:>8.2f}ms{r['non_2xx']:>9}")
     for c in (8, 64):
         o, f, k = (results[(n, c)]["rps"] for n in targets)
-        print(f"{c} connections: mlops = {o / f:.0%} of the floor, {o / k:.1f}x KServe")
+        b = results[("mlops-serve, binary tensors", c)]["rps"]
+        print(f"{c} connections: mlops = {o / f:.0%} of the floor ({b / f:.0%} with binary tensors), {o / k:.1f}x KServe")
     lat = info["in_process"]
     print(f"in-process Server::infer: 1 row p50 {lat['1_row_p50_us']:.1f} us p99 {lat['1_row_p99_us']:.1f} us;"
           f" 64 rows p50 {lat['64_row_p50_us']:.1f} us p99 {lat['64_row_p99_us']:.1f} us")
