@@ -10,7 +10,9 @@ Needs `wrk` (Debian package) and cargo. Creates (once)
 The Rust side (benches/serve_compare.rs) trains the 20->64->64->1 MLP on
 generated data, serves it and the floor, and exports the weights (safetensors) and
 input standardization; the KServe model loads those and computes the same forward
-pass with numpy. Every server gets the same single-row FP32 request (20 inputs of
+pass with numpy, and furnace-server (crates.io, benches/furnace) serves them with burn
+when it builds here (it takes the 20 values as one [1, 20] input). Every server gets the
+same single-row FP32 request (20 inputs of
 shape [1], the v2 JSON form; mlops-serve also in the binary tensor extension) at 8 and 64 connections for --seconds each, two wrk
 threads. Reports requests per second and p50/p99 latency, and the in-process
 `Server::infer` latency for 1- and 64-row requests. The KServe answer is checked
@@ -121,6 +123,19 @@ def wait_ready(url, timeout=60):
     raise SystemExit(f"{url} never became ready")
 
 
+def start_furnace(port):
+    """Builds and starts furnace-server on the same weights; (process, None) or (None, why not)."""
+    target = os.environ.get("MLOPS_FURNACE_TARGET", "/tmp/mlops-furnace-target")
+    build = subprocess.run(["cargo", "build", "--release", "-q", "--manifest-path",
+                            str(ROOT / "benches" / "furnace" / "Cargo.toml")],
+                           env={**os.environ, "CARGO_TARGET_DIR": target}, capture_output=True, text=True)
+    if build.returncode != 0:
+        return None, "did not build here: " + build.stderr.strip().splitlines()[-1][:200]
+    proc = subprocess.Popen([f"{target}/release/mlops-bench-furnace", str(EXPORT), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, None
+
+
 def to_us(v):
     m = re.match(r"([\d.]+)(us|ms|s)", v)
     n, unit = float(m.group(1)), m.group(2)
@@ -164,10 +179,26 @@ def main():
         assert abs(ours - theirs) < 1e-5, (ours, theirs)
         script = EXPORT / "wrk.lua"
         script.write_text(WRK_LUA.format(body=EXPORT / "request.json"))
+        # furnace-server takes the same values as one [1, 20] FP32 input.
+        request = json.loads(body)
+        values = [t["data"][0] for t in sorted(request["inputs"], key=lambda t: int(t["name"][1:]))]
+        packed = json.dumps({"id": "1", "inputs": [{"name": "input", "shape": [1, 20], "datatype": "FP32",
+                                                     "data": values}]}).encode()
+        (EXPORT / "request-furnace.json").write_bytes(packed)
+        furnace_port = free_port()
+        furnace, furnace_error = start_furnace(furnace_port)
+        if furnace is not None:
+            wait_ready(f"http://127.0.0.1:{furnace_port}/v2/health/ready")
+            answer = post(f"http://127.0.0.1:{furnace_port}/v2/models/fraud/infer", packed)["outputs"][0]["data"][0]
+            assert abs(answer - ours) < 1e-5, (answer, ours)
+            targets["furnace-server 0.11 (burn)"] = f"http://127.0.0.1:{furnace_port}"
+        furnace_script = EXPORT / "wrk-furnace.lua"
+        furnace_script.write_text(WRK_LUA.format(body=EXPORT / "request-furnace.json"))
         results = {}
         for name, base in targets.items():
             for c in (8, 64):
-                results[(name, c)] = run_wrk(f"{base}/v2/models/fraud/infer", c, seconds, str(script))
+                s = furnace_script if name.startswith("furnace") else script
+                results[(name, c)] = run_wrk(f"{base}/v2/models/fraud/infer", c, seconds, str(s))
         binary_script = EXPORT / "wrk-binary.lua"
         binary_script.write_text(WRK_BINARY_LUA.format(body=EXPORT / "request.bin",
                                                        header=(EXPORT / "request.bin.header").read_text()))
@@ -176,6 +207,8 @@ def main():
                                                                  str(binary_script))
     finally:
         kserve.terminate()
+        if "furnace" in locals() and furnace is not None:
+            furnace.terminate()
         rust.stdin.close()
         rust.wait(timeout=30)
     print(f"single-row FP32 inference, 20->64->64->1 MLP, wrk -t2 -d{seconds}s on loopback"
@@ -183,8 +216,10 @@ def main():
     print(f"{'server':<30}{'conns':>6}{'req/s':>12}{'p50':>10}{'p99':>10}{'non-2xx':>9}")
     for (name, c), r in results.items():
         print(f"{name:<30}{c:>6}{r['rps']:>12,.0f}{r['p50_us'] / 1000:>8.2f}ms{r['p99_us'] / 1000:>8.2f}ms{r['non_2xx']:>9}")
+    if furnace_error:
+        print(f"furnace-server: {furnace_error}")
     for c in (8, 64):
-        o, f, k = (results[(n, c)]["rps"] for n in targets)
+        o, f, k = (results[(n, c)]["rps"] for n in list(targets)[:3])
         b = results[("mlops-serve, binary tensors", c)]["rps"]
         print(f"{c} connections: mlops = {o / f:.0%} of the floor ({b / f:.0%} with binary tensors), {o / k:.1f}x KServe")
     lat = info["in_process"]
