@@ -21,6 +21,7 @@
 //! | `aws` | `s3://` storage roots |
 //! | `gcp` | `gs://` storage roots |
 //! | `azure` | `az://` storage roots |
+//! | `redis` | the Redis online store |
 //!
 //! ```
 //! use mlops::prelude::*;
