@@ -203,6 +203,45 @@ async fn feedback_gives_live_quality_locally_and_over_http() {
     let health = remote.health("m").await.unwrap();
     assert_eq!(health.versions[&1].live.rows, 151);
     assert_eq!(health.versions[&1].traffic_share, 1.0);
+    // Bad feedback over HTTP: 4xx with a message, never a 500.
+    let client = reqwest::Client::new();
+    for (path, body, status, needle) in [
+        ("/v2/models/m/feedback", "{not json", 400, "feedback"),
+        (
+            "/v2/models/m/feedback",
+            r#"{"id":"r170","outcomes":[1],"extra":1}"#,
+            400,
+            "extra",
+        ),
+        (
+            "/v2/models/m/feedback",
+            r#"{"id":"r170","outcomes":[0.5]}"#,
+            400,
+            "not 0 or 1",
+        ),
+        (
+            "/v2/models/nope/feedback",
+            r#"{"id":"r170","outcomes":[1]}"#,
+            404,
+            "nope",
+        ),
+    ] {
+        let resp = client
+            .post(format!("{base}{path}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{path} {body}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(needle), "{needle:?} not in {text}");
+    }
+    let resp = client
+        .get(format!("{base}/v2/models/nope/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
