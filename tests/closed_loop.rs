@@ -387,6 +387,28 @@ mod rollout {
             );
         }
 
+        // Bad loop settings are refused, naming the setting.
+        for (mutate, needle) in [
+            (
+                Box::new(|c: &mut RetrainConfig| c.metric = "auc".into())
+                    as Box<dyn Fn(&mut RetrainConfig)>,
+                "auc",
+            ),
+            (
+                Box::new(|c: &mut RetrainConfig| c.holdout_fraction = 1.0),
+                "holdout_fraction",
+            ),
+            (
+                Box::new(|c: &mut RetrainConfig| c.canary.initial_weight = 0.0),
+                "initial_weight",
+            ),
+        ] {
+            let mut bad = config.clone();
+            mutate(&mut bad);
+            let err = RetrainLoop::new(bad, services.clone()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle:?} not in {err}");
+        }
+
         // New labelled rows trigger a retrain; a challenger that does not win by
         // the margin is rejected; the retrain budget then holds.
         *traffic.health.lock().unwrap() = health(3, None, 0.9, false);

@@ -491,3 +491,70 @@ async fn bad_requests_and_lifecycle() {
         Error::Unavailable { .. }
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deployment_configs_are_named() {
+    let (s, _, _) = server(2).await;
+    let base = || DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
+    let mut cases: Vec<(DeploymentConfig, &str)> = Vec::new();
+    cases.push((
+        DeploymentConfig::new("bad name!", "m", Routing::Fixed(v(1))),
+        "bad name!",
+    ));
+    let mut c = base();
+    c.batching = Some(BatchConfig {
+        max_batch_size: 0,
+        ..BatchConfig::default()
+    });
+    cases.push((c, "max_batch_size"));
+    let mut c = base();
+    c.cache = Some(CacheConfig {
+        max_entries: 0,
+        ttl: Duration::from_secs(1),
+    });
+    cases.push((c, "cache"));
+    let mut c = base();
+    c.canary_ramp = Some(CanaryRamp {
+        step: 0.1,
+        every: Duration::from_secs(1),
+        max: 1.0,
+    });
+    cases.push((c, "needs canary routing"));
+    let mut c = base();
+    c.reload_interval = Some(Duration::ZERO);
+    cases.push((c, "reload interval"));
+    cases.push((
+        DeploymentConfig::new(
+            "fraud",
+            "m",
+            Routing::Split(vec![Arm {
+                selector: v(1),
+                weight: -1.0,
+            }]),
+        ),
+        "weight",
+    ));
+    for (config, needle) in cases {
+        let err = s.deploy(config).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert!(err.to_string().contains(needle), "{needle:?} not in {err}");
+    }
+    assert!(
+        s.list_models().await.unwrap().is_empty(),
+        "nothing was deployed"
+    );
+    // A routing change to a version that does not exist leaves the old routing.
+    s.deploy(base()).await.unwrap();
+    let err = s
+        .set_routing("fraud", Routing::Fixed(v(9)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert_eq!(s.status("fraud").unwrap().routing, Routing::Fixed(v(1)));
+    assert!(matches!(
+        s.set_routing("nope", Routing::Fixed(v(1)))
+            .await
+            .unwrap_err(),
+        Error::NotFound { .. }
+    ));
+}
