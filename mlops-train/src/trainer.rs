@@ -624,6 +624,148 @@ fn report(
     })
 }
 
+/// The regression target's training mean and standard deviation (the network
+/// learns the standardized target); `None` for classification.
+fn target_scale(labels: &Labels, train_rows: &[u32]) -> Option<(f64, f64)> {
+    let Labels::Values(v) = labels else {
+        return None;
+    };
+    let n = train_rows.len() as f64;
+    let mean = train_rows.iter().map(|&r| v[r as usize]).sum::<f64>() / n;
+    let var = train_rows
+        .iter()
+        .map(|&r| (v[r as usize] - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let std = var.sqrt();
+    Some((mean, if std > 1e-12 { std } else { 1.0 }))
+}
+
+/// The loss weight of each class (empty for regression).
+fn class_weights(labels: &Labels, weights: &ClassWeights, train_rows: &[u32]) -> Result<Vec<f64>> {
+    Ok(match (labels, weights) {
+        (Labels::Classes { ids, names }, ClassWeights::Balanced) => {
+            let mut counts = vec![0usize; names.len()];
+            for &r in train_rows {
+                counts[ids[r as usize]] += 1;
+            }
+            counts
+                .iter()
+                .map(|&c| {
+                    if c == 0 {
+                        0.0
+                    } else {
+                        train_rows.len() as f64 / (names.len() * c) as f64
+                    }
+                })
+                .collect()
+        }
+        (Labels::Classes { names, .. }, ClassWeights::Custom(w)) => {
+            if let Some(unknown) = w.keys().find(|k| !names.contains(k)) {
+                return Err(Error::invalid_input(
+                    "class_weights",
+                    format!("{unknown:?} is not a class; the classes are {names:?}"),
+                ));
+            }
+            names
+                .iter()
+                .map(|n| w.get(n).copied().unwrap_or(1.0))
+                .collect()
+        }
+        (Labels::Classes { names, .. }, ClassWeights::None) => vec![1.0; names.len()],
+        (Labels::Values(_), _) => Vec::new(),
+    })
+}
+
+/// Adam or AdamW with the configured weight decay (epsilon 1e-8, as PyTorch).
+fn optimizer(cfg: &TrainConfig) -> burn::optim::ModuleOptimizer {
+    match cfg.optimizer {
+        OptimizerKind::AdamW => AdamWConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(cfg.weight_decay as f32)
+            .init(),
+        OptimizerKind::Adam => AdamConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(
+                (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32)),
+            )
+            .init(),
+    }
+}
+
+/// A progress bar on a terminal, a hidden one otherwise.
+fn progress_bar(mode: Progress, total_steps: usize) -> indicatif::ProgressBar {
+    if mode == Progress::Auto && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(total_steps as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps {msg} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+/// The task's loss over one mini-batch of outputs `z`: class-weighted binary or
+/// multi-class cross-entropy (divided by the weights' sum, as PyTorch), or the
+/// mean squared error of the standardized target.
+fn batch_loss(
+    task: Task,
+    labels: &Labels,
+    chunk: &[u32],
+    class_weight: &[f64],
+    target_scale: Option<(f64, f64)>,
+    z: Tensor<2>,
+    device: &Device,
+) -> Tensor<1> {
+    let b = chunk.len();
+    match labels {
+        Labels::Classes { ids, .. } if task == Task::BinaryClassification => {
+            let (mut y, mut w) = (Vec::with_capacity(b), Vec::with_capacity(b));
+            for &r in chunk {
+                let c = ids[r as usize];
+                y.push(c as f32);
+                w.push(class_weight[c] as f32);
+            }
+            let w_sum: f32 = w.iter().sum();
+            let y = Tensor::<2>::from_data(TensorData::new(y, [b, 1]), device);
+            let w = Tensor::<2>::from_data(TensorData::new(w, [b, 1]), device);
+            let pos = activation::log_sigmoid(z.clone());
+            let neg = activation::log_sigmoid(z.neg());
+            let nll = (y.clone() * pos + (y.neg().add_scalar(1.0)) * neg).neg();
+            (nll * w).sum().div_scalar(w_sum.max(f32::MIN_POSITIVE))
+        }
+        Labels::Classes { ids, names } => {
+            let k = names.len();
+            let mut yw = vec![0.0f32; b * k];
+            let mut w_sum = 0.0f32;
+            for (i, &r) in chunk.iter().enumerate() {
+                let c = ids[r as usize];
+                yw[i * k + c] = class_weight[c] as f32;
+                w_sum += class_weight[c] as f32;
+            }
+            let yw = Tensor::<2>::from_data(TensorData::new(yw, [b, k]), device);
+            (activation::log_softmax(z, 1) * yw)
+                .sum()
+                .neg()
+                .div_scalar(w_sum.max(f32::MIN_POSITIVE))
+        }
+        Labels::Values(v) => {
+            let (mean, std) = target_scale.unwrap_or((0.0, 1.0));
+            let y: Vec<f32> = chunk
+                .iter()
+                .map(|&r| ((v[r as usize] - mean) / std) as f32)
+                .collect();
+            let y = Tensor::<2>::from_data(TensorData::new(y, [b, 1]), device);
+            let d = z - y;
+            (d.clone() * d).mean()
+        }
+    }
+}
+
 /// Gathers rows of a row-major matrix.
 fn gather(matrix: &[f32], width: usize, rows: &[u32], out: &mut Vec<f32>) {
     out.clear();
@@ -735,85 +877,18 @@ impl TabularTrainer {
             Labels::Classes { names, .. } => (names.clone(), 1),
             Labels::Values(_) => (Vec::new(), 1),
         };
-        let target_scale = match &labels {
-            Labels::Values(v) => {
-                let n = train_rows.len() as f64;
-                let mean = train_rows.iter().map(|&r| v[r as usize]).sum::<f64>() / n;
-                let var = train_rows
-                    .iter()
-                    .map(|&r| (v[r as usize] - mean).powi(2))
-                    .sum::<f64>()
-                    / n;
-                let std = var.sqrt();
-                Some((mean, if std > 1e-12 { std } else { 1.0 }))
-            }
-            Labels::Classes { .. } => None,
-        };
-        let class_weight: Vec<f64> = match (&labels, &cfg.class_weights) {
-            (Labels::Classes { ids, names }, ClassWeights::Balanced) => {
-                let mut counts = vec![0usize; names.len()];
-                for &r in &train_rows {
-                    counts[ids[r as usize]] += 1;
-                }
-                counts
-                    .iter()
-                    .map(|&c| {
-                        if c == 0 {
-                            0.0
-                        } else {
-                            train_rows.len() as f64 / (names.len() * c) as f64
-                        }
-                    })
-                    .collect()
-            }
-            (Labels::Classes { names, .. }, ClassWeights::Custom(w)) => {
-                if let Some(unknown) = w.keys().find(|k| !names.contains(k)) {
-                    return Err(Error::invalid_input(
-                        "class_weights",
-                        format!("{unknown:?} is not a class; the classes are {names:?}"),
-                    ));
-                }
-                names
-                    .iter()
-                    .map(|n| w.get(n).copied().unwrap_or(1.0))
-                    .collect()
-            }
-            (Labels::Classes { names, .. }, ClassWeights::None) => vec![1.0; names.len()],
-            (Labels::Values(_), _) => Vec::new(),
-        };
+        let target_scale = target_scale(&labels, &train_rows);
+        let class_weight = class_weights(&labels, &cfg.class_weights, &train_rows)?;
 
         let device = cfg.device.open()?;
         let eval_device = device.clone().without_autodiff();
         let mut init_rng = Rng::fork(cfg.seed, 2);
         let mut net = Net::init(&cfg.model, width, outputs, &mut init_rng, &device);
-        let mut optim = match cfg.optimizer {
-            OptimizerKind::AdamW => AdamWConfig::new()
-                .with_epsilon(1e-8)
-                .with_weight_decay(cfg.weight_decay as f32)
-                .init(),
-            OptimizerKind::Adam => AdamConfig::new()
-                .with_epsilon(1e-8)
-                .with_weight_decay(
-                    (cfg.weight_decay > 0.0)
-                        .then(|| WeightDecayConfig::new(cfg.weight_decay as f32)),
-                )
-                .init(),
-        };
+        let mut optim = optimizer(cfg);
 
         let steps_per_epoch = train_rows.len().div_ceil(cfg.batch_size);
         let total_steps = steps_per_epoch * cfg.epochs;
-        let progress = if cfg.progress == Progress::Auto && std::io::stderr().is_terminal() {
-            let bar = indicatif::ProgressBar::new(total_steps as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps {msg} ({eta})",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let progress = progress_bar(cfg.progress, total_steps);
 
         let monitor = cfg.early_stopping.as_ref().map(|es| {
             let higher = metrics::higher_is_better(&es.metric).unwrap_or(false);
@@ -847,48 +922,15 @@ impl TabularTrainer {
                 gather(&all, width, chunk, &mut xb);
                 let x = Tensor::<2>::from_data(TensorData::new(xb.clone(), [b, width]), &device);
                 let z = net.forward(x, Some(&mut dropout_rng));
-                let loss = match &labels {
-                    Labels::Classes { ids, .. } if cfg.task == Task::BinaryClassification => {
-                        let (mut y, mut w) = (Vec::with_capacity(b), Vec::with_capacity(b));
-                        for &r in chunk {
-                            let c = ids[r as usize];
-                            y.push(c as f32);
-                            w.push(class_weight[c] as f32);
-                        }
-                        let w_sum: f32 = w.iter().sum();
-                        let y = Tensor::<2>::from_data(TensorData::new(y, [b, 1]), &device);
-                        let w = Tensor::<2>::from_data(TensorData::new(w, [b, 1]), &device);
-                        let pos = activation::log_sigmoid(z.clone());
-                        let neg = activation::log_sigmoid(z.neg());
-                        let nll = (y.clone() * pos + (y.neg().add_scalar(1.0)) * neg).neg();
-                        (nll * w).sum().div_scalar(w_sum.max(f32::MIN_POSITIVE))
-                    }
-                    Labels::Classes { ids, names } => {
-                        let k = names.len();
-                        let mut yw = vec![0.0f32; b * k];
-                        let mut w_sum = 0.0f32;
-                        for (i, &r) in chunk.iter().enumerate() {
-                            let c = ids[r as usize];
-                            yw[i * k + c] = class_weight[c] as f32;
-                            w_sum += class_weight[c] as f32;
-                        }
-                        let yw = Tensor::<2>::from_data(TensorData::new(yw, [b, k]), &device);
-                        (activation::log_softmax(z, 1) * yw)
-                            .sum()
-                            .neg()
-                            .div_scalar(w_sum.max(f32::MIN_POSITIVE))
-                    }
-                    Labels::Values(v) => {
-                        let (mean, std) = target_scale.unwrap_or((0.0, 1.0));
-                        let y: Vec<f32> = chunk
-                            .iter()
-                            .map(|&r| ((v[r as usize] - mean) / std) as f32)
-                            .collect();
-                        let y = Tensor::<2>::from_data(TensorData::new(y, [b, 1]), &device);
-                        let d = z - y;
-                        (d.clone() * d).mean()
-                    }
-                };
+                let loss = batch_loss(
+                    cfg.task,
+                    &labels,
+                    chunk,
+                    &class_weight,
+                    target_scale,
+                    z,
+                    &device,
+                );
                 let loss_value = read_f32(loss.clone())?.first().copied().unwrap_or(f32::NAN);
                 if !loss_value.is_finite() {
                     return Err(Error::invalid_input(
