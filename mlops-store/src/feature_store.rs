@@ -41,7 +41,7 @@ pub struct ObjectFeatureStore {
 }
 
 /// View definitions and when they were read.
-type CachedViews = (std::time::Instant, HashMap<String, FeatureView>);
+type CachedViews = (std::time::Instant, HashMap<String, Arc<FeatureView>>);
 
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -67,7 +67,7 @@ impl ObjectFeatureStore {
     }
 
     /// The view named `name` for an online read: from the cache when fresh.
-    async fn cached_view(&self, name: &str) -> Result<FeatureView> {
+    async fn cached_view(&self, name: &str) -> Result<Arc<FeatureView>> {
         {
             let cache = self.views.read().unwrap_or_else(|p| p.into_inner());
             if let Some((at, views)) = cache.as_ref()
@@ -79,12 +79,12 @@ impl ObjectFeatureStore {
                     .ok_or_else(|| Error::not_found(ResourceKind::FeatureView, name));
             }
         }
-        let views: HashMap<String, FeatureView> = self
+        let views: HashMap<String, Arc<FeatureView>> = self
             .offline
             .list_views()
             .await?
             .into_iter()
-            .map(|v| (v.name.clone(), v))
+            .map(|v| (v.name.clone(), Arc::new(v)))
             .collect();
         let found = views.get(name).cloned();
         *self.views.write().unwrap_or_else(|p| p.into_inner()) =
@@ -147,7 +147,8 @@ impl ObjectFeatureStore {
         // Resolve and check every view first, then read them all at once.
         let mut plans = Vec::with_capacity(by_view.len());
         for (view_name, refs) in by_view {
-            let view: FeatureView = self.cached_view(view_name).await?;
+            // Shared, not copied: the cache hands out the same definition.
+            let view = self.cached_view(view_name).await?;
             for r in &refs {
                 if view.feature(r.feature()).is_none() {
                     return Err(Error::not_found(ResourceKind::Feature, r.to_string()));
