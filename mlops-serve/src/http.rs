@@ -172,6 +172,16 @@ async fn read_body(state: &AppState, body: Body) -> std::result::Result<bytes::B
     })
 }
 
+/// A JSON body of an admin or feedback call, within the size limit.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    body: Body,
+    what: &str,
+) -> std::result::Result<T, ApiError> {
+    let bytes = read_body(state, body).await?;
+    Ok(serde_json::from_slice(&bytes).map_err(|e| Error::invalid_input(what, e.to_string()))?)
+}
+
 /// The router for `server` with `config`; serve it with [`serve`] or any axum
 /// setup.
 pub fn router(server: ModelServer, config: HttpConfig) -> Router {
@@ -492,9 +502,7 @@ async fn feedback(
     body: Body,
 ) -> ApiResult {
     authorize(&s, &headers, Scope::Infer)?;
-    let bytes = read_body(&s, body).await?;
-    let parsed: FeedbackBody = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::invalid_input("feedback", e.to_string()))?;
+    let parsed: FeedbackBody = read_json(&s, body, "feedback").await?;
     let version = s
         .server
         .record_feedback(&model, &parsed.id, &parsed.outcomes)?;
@@ -606,9 +614,7 @@ async fn admin_routing(
     body: Body,
 ) -> ApiResult {
     authorize(&s, &headers, Scope::Admin)?;
-    let bytes = read_body(&s, body).await?;
-    let parsed: RoutingBody = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::invalid_input("routing", e.to_string()))?;
+    let parsed: RoutingBody = read_json(&s, body, "routing").await?;
     let routing = match parsed {
         RoutingBody::Fixed(v) => Routing::Fixed(selector(&v)?),
         RoutingBody::Split(arms) => Routing::Split(
@@ -647,9 +653,7 @@ async fn admin_canary(
     body: Body,
 ) -> ApiResult {
     authorize(&s, &headers, Scope::Admin)?;
-    let bytes = read_body(&s, body).await?;
-    let parsed: CanaryBody = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::invalid_input("canary weight", e.to_string()))?;
+    let parsed: CanaryBody = read_json(&s, body, "canary weight").await?;
     s.server.set_canary_weight(&model, parsed.weight)?;
     json_response(&json!({"weight": parsed.weight}))
 }
