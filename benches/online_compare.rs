@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! python3 benches/online_vs_redis.py            # with redis-benchmark as the floor
-//! cargo bench --bench online_compare            # in-memory only
+//! cargo bench --features redis --bench online_compare   # in-memory only
+//! MLOPS_ONLINE_PROFILE=1 cargo bench --features redis --bench online_compare
 //! ```
+//!
+//! `MLOPS_ONLINE_PROFILE=1` adds the latency of the in-memory store's own read of
+//! one view (100 keys, 3 features), without the feature store around it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -83,9 +87,11 @@ async fn measure(name: &str, store: &ObjectFeatureStore, refs: &[FeatureRef]) {
         }
         lat.sort_by(f64::total_cmp);
         println!(
-            "{{\"store\": \"{name}\", \"entities\": {batch}, \"p50_us\": {:.1}, \"p99_us\": {:.1}}}",
+            "{{\"store\": \"{name}\", \"entities\": {batch}, \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}}}",
             percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
+            percentile(&lat, 0.9),
+            percentile(&lat, 0.99),
+            percentile(&lat, 0.999)
         );
     }
 }
@@ -136,8 +142,40 @@ fn main() {
         .iter()
         .map(|r| r.parse().unwrap_or_else(|e| panic!("{e}")))
         .collect();
-        let memory = setup(Arc::new(InMemoryOnlineStore::new())).await;
+        let online = Arc::new(InMemoryOnlineStore::new());
+        let memory = setup(online.clone()).await;
         measure("memory", &memory, &refs).await;
+        if std::env::var("MLOPS_ONLINE_PROFILE").is_ok() {
+            let card = memory
+                .get_view("card")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let wanted = vec!["f0".to_owned(), "f1".into(), "f2".into()];
+            let mut lat = Vec::new();
+            for i in 0..ITERATIONS {
+                let keys: Vec<i64> = (0..100i64)
+                    .map(|k| (i as i64 * 7919 + k * 104_729) % ENTITIES)
+                    .collect();
+                let req = RecordBatch::try_from_iter([(
+                    "card_id",
+                    Arc::new(Int64Array::from(keys)) as ArrayRef,
+                )])
+                .unwrap_or_else(|e| panic!("{e}"));
+                let start = Instant::now();
+                let out = online
+                    .read(&card, &req, &wanted)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                lat.push(start.elapsed().as_secs_f64() * 1e6);
+                assert_eq!(out.rows.len(), 100);
+            }
+            lat.sort_by(f64::total_cmp);
+            println!(
+                "read one view, 100 keys: p50 {:.1} p99 {:.1}",
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.99)
+            );
+        }
         if let Ok(url) = std::env::var("MLOPS_BENCH_REDIS_URL") {
             let redis = mlops::store::RedisOnlineStore::connect(&url, "bench")
                 .await

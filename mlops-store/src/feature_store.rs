@@ -1,7 +1,7 @@
 //! The whole feature store: the offline store and an online store together,
 //! implementing [`FeatureStore`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array, new_null_array};
@@ -130,32 +130,43 @@ impl ObjectFeatureStore {
                 "it names no features",
             ));
         }
-        let mut by_view: BTreeMap<&str, Vec<&FeatureRef>> = BTreeMap::new();
-        let mut names = HashSet::new();
-        for f in features {
-            if !names.insert(f.feature()) {
+        // Per view, the positions in `features` of the features asked from it.
+        let mut by_view: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, f) in features.iter().enumerate() {
+            if features[..i].iter().any(|g| g.feature() == f.feature()) {
                 return Err(Error::invalid_input(
                     format!("feature '{}'", f.feature()),
                     "requested from two views; output columns would clash",
                 ));
             }
-            by_view.entry(f.view()).or_default().push(f);
+            if entity_rows.schema().column_with_name(f.feature()).is_some() {
+                return Err(Error::invalid_input(
+                    format!("feature '{}'", f.feature()),
+                    "the request already has a column of that name",
+                ));
+            }
+            by_view.entry(f.view()).or_default().push(i);
         }
         let now_us = micros(now);
         let n = entity_rows.num_rows();
-        let mut results: BTreeMap<String, (ArrayRef, OnlineFeatureColumn)> = BTreeMap::new();
         // Resolve and check every view first, then read them all at once.
         let mut plans = Vec::with_capacity(by_view.len());
-        for (view_name, refs) in by_view {
+        for (view_name, positions) in by_view {
             // Shared, not copied: the cache hands out the same definition.
             let view = self.cached_view(view_name).await?;
-            for r in &refs {
-                if view.feature(r.feature()).is_none() {
-                    return Err(Error::not_found(ResourceKind::Feature, r.to_string()));
+            for &i in &positions {
+                if view.feature(features[i].feature()).is_none() {
+                    return Err(Error::not_found(
+                        ResourceKind::Feature,
+                        features[i].to_string(),
+                    ));
                 }
             }
-            let wanted: Vec<String> = refs.iter().map(|r| r.feature().to_owned()).collect();
-            plans.push((view, refs, wanted));
+            let wanted: Vec<String> = positions
+                .iter()
+                .map(|&i| features[i].feature().to_owned())
+                .collect();
+            plans.push((view, positions, wanted));
         }
         let reads = futures_util::future::try_join_all(
             plans
@@ -163,56 +174,76 @@ impl ObjectFeatureStore {
                 .map(|(view, _, wanted)| self.online.read(view, &entity_rows, wanted)),
         )
         .await?;
-        for ((view, refs, _), read) in plans.iter().zip(reads) {
+        let mut results: Vec<Option<(ArrayRef, OnlineFeatureColumn)>> =
+            (0..features.len()).map(|_| None).collect();
+        for ((view, positions, _), read) in plans.iter().zip(reads) {
             let ttl_us = view
                 .ttl
                 .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-            for (c, r) in refs.iter().enumerate() {
+            // What holds for every feature of the view: found or not, fresh or
+            // not, and the event time.
+            let event_times: Vec<Option<DateTime<Utc>>> = read
+                .rows
+                .iter()
+                .map(|r| {
+                    r.as_ref()
+                        .and_then(|f| DateTime::from_timestamp_micros(f.event_us))
+                })
+                .collect();
+            let base: Vec<Result<u32, FeatureStatus>> = read
+                .rows
+                .iter()
+                .map(|r| match r {
+                    None => Err(FeatureStatus::NotFound),
+                    Some(f)
+                        if ttl_us.is_some_and(|ttl| now_us.saturating_sub(f.event_us) > ttl) =>
+                    {
+                        Err(FeatureStatus::OutsideMaxAge)
+                    }
+                    Some(f) => Ok(f.row as u32),
+                })
+                .collect();
+            for (c, &i) in positions.iter().enumerate() {
                 let values = read.values.column(c);
                 let mut statuses = Vec::with_capacity(n);
-                let mut event_times = Vec::with_capacity(n);
                 let mut picks: Vec<Option<u32>> = Vec::with_capacity(n);
-                for row in &read.rows {
-                    match row {
-                        None => {
-                            statuses.push(FeatureStatus::NotFound);
-                            event_times.push(None);
+                for b in &base {
+                    match *b {
+                        Err(status) => {
+                            statuses.push(status);
                             picks.push(None);
                         }
-                        Some(found) => {
-                            event_times.push(DateTime::from_timestamp_micros(found.event_us));
-                            if ttl_us.is_some_and(|ttl| now_us.saturating_sub(found.event_us) > ttl)
-                            {
-                                statuses.push(FeatureStatus::OutsideMaxAge);
-                                picks.push(None);
-                            } else if values.is_null(found.row) {
-                                statuses.push(FeatureStatus::NullValue);
-                                picks.push(None);
-                            } else {
-                                statuses.push(FeatureStatus::Present);
-                                picks.push(Some(found.row as u32));
-                            }
+                        Ok(row) if values.is_null(row as usize) => {
+                            statuses.push(FeatureStatus::NullValue);
+                            picks.push(None);
+                        }
+                        Ok(row) => {
+                            statuses.push(FeatureStatus::Present);
+                            picks.push(Some(row));
                         }
                     }
                 }
-                let column = if values.is_empty() {
+                let in_order = values.len() == n
+                    && picks.iter().enumerate().all(|(k, p)| *p == Some(k as u32));
+                let column = if in_order {
+                    // Every row found and fresh, in request order: the values as read.
+                    values.clone()
+                } else if values.is_empty() {
                     new_null_array(values.data_type(), n)
                 } else {
                     take(values.as_ref(), &UInt32Array::from(picks), None)
                         .map_err(|e| Error::backend("arrow", e))?
                 };
-                results.insert(
-                    r.to_string(),
-                    (
-                        column,
-                        OnlineFeatureColumn {
-                            feature: (*r).clone(),
-                            column: r.feature().to_owned(),
-                            statuses,
-                            event_times,
-                        },
-                    ),
-                );
+                let f = &features[i];
+                results[i] = Some((
+                    column,
+                    OnlineFeatureColumn {
+                        feature: f.clone(),
+                        column: f.feature().to_owned(),
+                        statuses,
+                        event_times: event_times.clone(),
+                    },
+                ));
             }
         }
         let mut fields: Vec<Field> = entity_rows
@@ -223,16 +254,9 @@ impl ObjectFeatureStore {
             .collect();
         let mut arrays: Vec<ArrayRef> = entity_rows.columns().to_vec();
         let mut columns = Vec::with_capacity(features.len());
-        for f in features {
-            let (array, meta) = results
-                .remove(&f.to_string())
-                .ok_or_else(|| Error::not_found(ResourceKind::Feature, f.to_string()))?;
-            if fields.iter().any(|x| x.name() == f.feature()) {
-                return Err(Error::invalid_input(
-                    format!("feature '{}'", f.feature()),
-                    "the request already has a column of that name",
-                ));
-            }
+        for (f, result) in features.iter().zip(results) {
+            let (array, meta) =
+                result.ok_or_else(|| Error::not_found(ResourceKind::Feature, f.to_string()))?;
             fields.push(Field::new(f.feature(), array.data_type().clone(), true));
             arrays.push(array);
             columns.push(meta);

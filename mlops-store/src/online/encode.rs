@@ -15,21 +15,22 @@ pub(super) fn converter(
     RowConverter::new(fields.map(SortField::new).collect()).map_err(|e| Error::backend("arrow", e))
 }
 
-/// The join key columns of `batch`, checked against the view.
+/// The join key columns of `batch`, checked against the view; `context` names the
+/// operation in errors (only formatted when there is one).
 pub(super) fn key_columns(
     view: &FeatureView,
     batch: &RecordBatch,
-    context: &str,
+    context: impl Fn() -> String,
 ) -> Result<Vec<arrow::array::ArrayRef>> {
     view.join_keys
         .iter()
         .map(|k| {
             let col = batch.column_by_name(&k.name).ok_or_else(|| {
-                Error::schema_mismatch(context, &k.name, k.data_type.to_string(), "missing")
+                Error::schema_mismatch(context(), &k.name, k.data_type.to_string(), "missing")
             })?;
             if col.data_type() != &k.data_type {
                 return Err(Error::schema_mismatch(
-                    context,
+                    context(),
                     &k.name,
                     k.data_type.to_string(),
                     col.data_type().to_string(),
@@ -37,7 +38,7 @@ pub(super) fn key_columns(
             }
             if col.null_count() > 0 {
                 return Err(Error::invalid_input(
-                    format!("{context} column '{}'", k.name),
+                    format!("{} column '{}'", context(), k.name),
                     format!("{} keys are null", col.null_count()),
                 ));
             }
@@ -77,99 +78,126 @@ pub(super) struct EncodedRows {
     pub(super) created: Option<Vec<i64>>,
 }
 
-/// Checks `rows` against the view (keys, times, every feature with its type) and
-/// encodes them.
-pub(super) fn encode_rows(view: &FeatureView, rows: &RecordBatch) -> Result<EncodedRows> {
-    let context = format!("online write to view {}", view.name);
-    let keys = key_columns(view, rows, &context)?;
-    let event = times(rows, &view.event_time_column, &context)?;
-    let created = view
-        .created_time_column
-        .as_deref()
-        .map(|c| times(rows, c, &context))
-        .transpose()?;
-    let mut values = Vec::with_capacity(view.features.len());
-    for f in &view.features {
-        let col = rows.column_by_name(&f.name).ok_or_else(|| {
-            Error::schema_mismatch(&context, &f.name, f.data_type.to_string(), "missing")
-        })?;
-        if col.data_type() != &f.data_type {
-            return Err(Error::schema_mismatch(
-                &context,
-                &f.name,
-                f.data_type.to_string(),
-                col.data_type().to_string(),
-            ));
-        }
-        values.push(col.clone());
+/// The row-format converters of one view (its join keys and its features), built
+/// once per view and shared by every read and write.
+#[derive(Debug)]
+pub(super) struct Codec {
+    keys: RowConverter,
+    values: RowConverter,
+}
+
+impl Codec {
+    pub(super) fn new(view: &FeatureView) -> Result<Self> {
+        Ok(Self {
+            keys: converter(view.join_keys.iter().map(|k| k.data_type.clone()))?,
+            values: converter(view.features.iter().map(|f| f.data_type.clone()))?,
+        })
     }
-    let keys = converter(keys.iter().map(|k| k.data_type().clone()))?
-        .convert_columns(&keys)
-        .map_err(|e| Error::backend("arrow", e))?;
-    let values = converter(values.iter().map(|v| v.data_type().clone()))?
-        .convert_columns(&values)
-        .map_err(|e| Error::backend("arrow", e))?;
-    Ok(EncodedRows {
-        keys,
-        values,
-        event,
-        created,
-    })
-}
 
-/// For a read: the positions of the requested features in the view, and the
-/// requested keys in row format.
-pub(super) fn plan_read(
-    view: &FeatureView,
-    keys: &RecordBatch,
-    features: &[String],
-) -> Result<(Vec<usize>, Rows)> {
-    let context = format!("online read from view {}", view.name);
-    let wanted: Vec<usize> = features
-        .iter()
-        .map(|f| {
-            view.features
-                .iter()
-                .position(|v| &v.name == f)
-                .ok_or_else(|| {
-                    Error::not_found(ResourceKind::Feature, format!("{}:{f}", view.name))
-                })
+    /// Checks `rows` against the view (keys, times, every feature with its type)
+    /// and encodes them.
+    pub(super) fn encode_rows(
+        &self,
+        view: &FeatureView,
+        rows: &RecordBatch,
+    ) -> Result<EncodedRows> {
+        let context = format!("online write to view {}", view.name);
+        let keys = key_columns(view, rows, || context.clone())?;
+        let event = times(rows, &view.event_time_column, &context)?;
+        let created = view
+            .created_time_column
+            .as_deref()
+            .map(|c| times(rows, c, &context))
+            .transpose()?;
+        let mut values = Vec::with_capacity(view.features.len());
+        for f in &view.features {
+            let col = rows.column_by_name(&f.name).ok_or_else(|| {
+                Error::schema_mismatch(&context, &f.name, f.data_type.to_string(), "missing")
+            })?;
+            if col.data_type() != &f.data_type {
+                return Err(Error::schema_mismatch(
+                    &context,
+                    &f.name,
+                    f.data_type.to_string(),
+                    col.data_type().to_string(),
+                ));
+            }
+            values.push(col.clone());
+        }
+        let keys = self
+            .keys
+            .convert_columns(&keys)
+            .map_err(|e| Error::backend("arrow", e))?;
+        let values = self
+            .values
+            .convert_columns(&values)
+            .map_err(|e| Error::backend("arrow", e))?;
+        Ok(EncodedRows {
+            keys,
+            values,
+            event,
+            created,
         })
-        .collect::<Result<_>>()?;
-    let key_cols = key_columns(view, keys, &context)?;
-    let key_rows = converter(key_cols.iter().map(|k| k.data_type().clone()))?
-        .convert_columns(&key_cols)
-        .map_err(|e| Error::backend("arrow", e))?;
-    Ok((wanted, key_rows))
-}
+    }
 
-/// The `wanted` features of encoded value rows, as one batch (one row per encoded
-/// row, in order).
-pub(super) fn decode_values<'a>(
-    view: &FeatureView,
-    wanted: &[usize],
-    encoded: impl ExactSizeIterator<Item = &'a [u8]>,
-) -> Result<RecordBatch> {
-    let value_converter = converter(view.features.iter().map(|f| f.data_type.clone()))?;
-    let parser = value_converter.parser();
-    let count = encoded.len();
-    let all = value_converter
-        .convert_rows(encoded.map(|b| parser.parse(b)))
-        .map_err(|e| Error::backend("arrow", e))?;
-    let fields: Vec<Field> = wanted
-        .iter()
-        .map(|&i| {
-            Field::new(
-                &view.features[i].name,
-                view.features[i].data_type.clone(),
-                true,
-            )
-        })
-        .collect();
-    RecordBatch::try_new_with_options(
-        Arc::new(Schema::new(fields)),
-        wanted.iter().map(|&i| all[i].clone()).collect(),
-        &arrow::array::RecordBatchOptions::new().with_row_count(Some(count)),
-    )
-    .map_err(|e| Error::backend("arrow", e))
+    /// For a read: the positions of the requested features in the view, and the
+    /// requested keys in row format.
+    pub(super) fn plan_read(
+        &self,
+        view: &FeatureView,
+        keys: &RecordBatch,
+        features: &[String],
+    ) -> Result<(Vec<usize>, Rows)> {
+        let wanted: Vec<usize> = features
+            .iter()
+            .map(|f| {
+                view.features
+                    .iter()
+                    .position(|v| &v.name == f)
+                    .ok_or_else(|| {
+                        Error::not_found(ResourceKind::Feature, format!("{}:{f}", view.name))
+                    })
+            })
+            .collect::<Result<_>>()?;
+        let key_cols = key_columns(view, keys, || {
+            format!("online read from view {}", view.name)
+        })?;
+        let key_rows = self
+            .keys
+            .convert_columns(&key_cols)
+            .map_err(|e| Error::backend("arrow", e))?;
+        Ok((wanted, key_rows))
+    }
+
+    /// The `wanted` features of encoded value rows, as one batch (one row per
+    /// encoded row, in order).
+    pub(super) fn decode_values<'a>(
+        &self,
+        view: &FeatureView,
+        wanted: &[usize],
+        encoded: impl ExactSizeIterator<Item = &'a [u8]>,
+    ) -> Result<RecordBatch> {
+        let parser = self.values.parser();
+        let count = encoded.len();
+        let all = self
+            .values
+            .convert_rows(encoded.map(|b| parser.parse(b)))
+            .map_err(|e| Error::backend("arrow", e))?;
+        let fields: Vec<Field> = wanted
+            .iter()
+            .map(|&i| {
+                Field::new(
+                    &view.features[i].name,
+                    view.features[i].data_type.clone(),
+                    true,
+                )
+            })
+            .collect();
+        RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            wanted.iter().map(|&i| all[i].clone()).collect(),
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(count)),
+        )
+        .map_err(|e| Error::backend("arrow", e))
+    }
 }

@@ -1,46 +1,107 @@
-//! The in-memory online store: sharded maps of compactly encoded rows.
+//! The in-memory online store: sharded hash tables of compactly encoded rows.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, RwLock};
+use std::hash::BuildHasher;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::DataType;
 use async_trait::async_trait;
+use hashbrown::HashTable;
+use mlops_core::Result;
 use mlops_core::feature::FeatureView;
-use mlops_core::{Error, Result};
+use smallvec::SmallVec;
 
-use super::encode::{decode_values, encode_rows, plan_read};
-use super::{OnlineRead, OnlineRow, OnlineStore, table_key};
+use super::encode::Codec;
+use super::{OnlineRead, OnlineRow, OnlineStore};
 
 const SHARDS: usize = 64;
 
-/// One entity's latest row: its times and its feature values in Arrow's row format.
+/// Bytes of key and values kept inside the table's slot; longer rows spill to
+/// the heap. 64 holds an `Int64` key with eight `Float64` features.
+const INLINE: usize = 64;
+
+/// One entity's latest row: its times, and its key followed by its feature values,
+/// both in Arrow's row format, in one buffer (inline for typical rows, so a lookup
+/// touches the table's slot and nothing else).
 #[derive(Debug)]
 struct Entry {
     event_us: i64,
     created_us: Option<i64>,
-    values: Box<[u8]>,
+    key_len: u32,
+    data: SmallVec<[u8; INLINE]>,
 }
 
-type Shard = RwLock<HashMap<Box<[u8]>, Entry>>;
+impl Entry {
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
 
-/// The rows of one view (for one version of its feature list).
+    fn values(&self) -> &[u8] {
+        &self.data[self.key_len as usize..]
+    }
+}
+
+type Shard = RwLock<HashTable<Entry>>;
+
+/// The rows of one view (for one version of its key and feature lists), with the
+/// converters that encode them.
 #[derive(Debug)]
 struct ViewTable {
+    keys: Vec<(String, DataType)>,
+    features: Vec<(String, DataType)>,
+    codec: Codec,
     shards: Vec<Shard>,
+}
+
+impl ViewTable {
+    fn new(view: &FeatureView) -> Result<Self> {
+        Ok(Self {
+            keys: view
+                .join_keys
+                .iter()
+                .map(|k| (k.name.clone(), k.data_type.clone()))
+                .collect(),
+            features: view
+                .features
+                .iter()
+                .map(|f| (f.name.clone(), f.data_type.clone()))
+                .collect(),
+            codec: Codec::new(view)?,
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+        })
+    }
+
+    /// Whether rows of this table are encoded the way `view` describes.
+    fn serves(&self, view: &FeatureView) -> bool {
+        self.keys.len() == view.join_keys.len()
+            && self.features.len() == view.features.len()
+            && self
+                .keys
+                .iter()
+                .zip(&view.join_keys)
+                .all(|((n, t), k)| n == &k.name && t == &k.data_type)
+            && self
+                .features
+                .iter()
+                .zip(&view.features)
+                .all(|((n, t), f)| n == &f.name && t == &f.data_type)
+    }
 }
 
 /// An [`OnlineStore`] in process memory: the embedded default.
 ///
 /// Entities are spread over 64 independently locked shards, so a read waits at
-/// most for a write to the same shard, and never for I/O. Each entity's features
-/// are kept in Arrow's compact row format (a few bytes per value). A view whose
-/// feature list changes starts a new table: rows written under the old list are
-/// not served for the new one (materialize again).
+/// most for a write to the same shard, and never for I/O. Each entity's key and
+/// features are kept in Arrow's compact row format (a few bytes per value), inside
+/// the hash table's slot when they fit in 64 bytes. A view whose key or feature
+/// list changes starts a new table: rows written under the old list are not served
+/// for the new one (materialize again).
 #[derive(Debug, Default)]
 pub struct InMemoryOnlineStore {
-    views: RwLock<HashMap<String, Arc<ViewTable>>>,
-    hasher: RandomState,
+    /// Per view name, its tables (one per key and feature list seen).
+    views: RwLock<HashMap<String, Vec<Arc<ViewTable>>>>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl InMemoryOnlineStore {
@@ -49,65 +110,80 @@ impl InMemoryOnlineStore {
         Self::default()
     }
 
-    fn table(&self, view: &FeatureView, create: bool) -> Option<Arc<ViewTable>> {
-        let key = table_key(view);
-        if let Some(t) = self
-            .views
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Some(t.clone());
+    fn table(&self, view: &FeatureView, create: bool) -> Result<Option<Arc<ViewTable>>> {
+        let find = |views: &HashMap<String, Vec<Arc<ViewTable>>>| {
+            views
+                .get(&view.name)
+                .and_then(|tables| tables.iter().find(|t| t.serves(view)).cloned())
+        };
+        if let Some(t) = find(&self.views.read().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(Some(t));
         }
         if !create {
-            return None;
+            return Ok(None);
         }
         let mut views = self.views.write().unwrap_or_else(|p| p.into_inner());
-        Some(
-            views
-                .entry(key)
-                .or_insert_with(|| {
-                    Arc::new(ViewTable {
-                        shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-                    })
-                })
-                .clone(),
-        )
+        if let Some(t) = find(&views) {
+            return Ok(Some(t));
+        }
+        let table = Arc::new(ViewTable::new(view)?);
+        views
+            .entry(view.name.clone())
+            .or_default()
+            .push(table.clone());
+        Ok(Some(table))
     }
 
-    fn shard_of(&self, key: &[u8]) -> usize {
-        (self.hasher.hash_one(key) as usize) % SHARDS
+    /// The key's hash, and its shard (from bits the table's own probing does not
+    /// lean on: hashbrown uses the low bits for the slot and the top seven as tag).
+    fn locate(&self, key: &[u8]) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        (hash, ((hash >> 40) as usize) % SHARDS)
     }
 }
 
 #[async_trait]
 impl OnlineStore for InMemoryOnlineStore {
     async fn write(&self, view: &FeatureView, rows: &RecordBatch) -> Result<usize> {
-        let encoded = encode_rows(view, rows)?;
+        let Some(table) = self.table(view, true)? else {
+            return Ok(0);
+        };
+        let encoded = table.codec.encode_rows(view, rows)?;
         let (key_rows, value_rows, event, created) =
             (encoded.keys, encoded.values, encoded.event, encoded.created);
-        let table = self
-            .table(view, true)
-            .ok_or_else(|| Error::backend("online store", "no table"))?;
         let mut changed = 0;
         for i in 0..rows.num_rows() {
             let key = key_rows.row(i).data();
             let newer = (event[i], created.as_ref().map(|c| c[i]));
-            let mut shard = table.shards[self.shard_of(key)]
+            let (hash, shard) = self.locate(key);
+            let mut shard = table.shards[shard]
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
-            let stored = shard.get(key).map(|e| (e.event_us, e.created_us));
-            // Only a strictly newer row replaces the stored one.
-            if stored.is_none_or(|s| newer > s) {
-                shard.insert(
-                    key.into(),
-                    Entry {
-                        event_us: newer.0,
-                        created_us: newer.1,
-                        values: value_rows.row(i).data().into(),
-                    },
-                );
-                changed += 1;
+            let fresh = || {
+                let values = value_rows.row(i).data();
+                let mut data = SmallVec::with_capacity(key.len() + values.len());
+                data.extend_from_slice(key);
+                data.extend_from_slice(values);
+                Entry {
+                    event_us: newer.0,
+                    created_us: newer.1,
+                    key_len: key.len() as u32,
+                    data,
+                }
+            };
+            match shard.entry(hash, |e| e.key() == key, |e| self.hasher.hash_one(e.key())) {
+                hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                    // Only a strictly newer row replaces the stored one.
+                    let stored = slot.get();
+                    if newer > (stored.event_us, stored.created_us) {
+                        *slot.get_mut() = fresh();
+                        changed += 1;
+                    }
+                }
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert(fresh());
+                    changed += 1;
+                }
             }
         }
         Ok(changed)
@@ -119,32 +195,69 @@ impl OnlineStore for InMemoryOnlineStore {
         keys: &RecordBatch,
         features: &[String],
     ) -> Result<OnlineRead> {
-        let (wanted, key_rows) = plan_read(view, keys, features)?;
-        let table = self.table(view, false);
-        // The found rows' encoded values, back to back in one buffer.
-        let mut buffer: Vec<u8> = Vec::new();
-        let mut spans: Vec<(usize, usize)> = Vec::new();
-        let mut rows = Vec::with_capacity(keys.num_rows());
-        for i in 0..keys.num_rows() {
-            let key = key_rows.row(i).data();
-            let hit = table.as_ref().and_then(|t| {
-                let shard = t.shards[self.shard_of(key)]
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner());
-                shard.get(key).map(|e| {
-                    let start = buffer.len();
-                    buffer.extend_from_slice(&e.values);
-                    spans.push((start, buffer.len()));
-                    (e.event_us, e.created_us)
-                })
+        let Some(table) = self.table(view, false)? else {
+            // Nothing written under this definition yet: check the request the
+            // same way, then answer "not found" for every key.
+            let codec = Codec::new(view)?;
+            let (wanted, _) = codec.plan_read(view, keys, features)?;
+            return Ok(OnlineRead {
+                values: codec.decode_values(view, &wanted, std::iter::empty())?,
+                rows: vec![None; keys.num_rows()],
             });
-            rows.push(hit.map(|(event_us, created_us)| OnlineRow {
-                event_us,
-                created_us,
-                row: spans.len() - 1,
-            }));
+        };
+        let (wanted, key_rows) = table.codec.plan_read(view, keys, features)?;
+        // Hash every key, then hold the read locks of the shards involved while
+        // looking them all up: with no atomic operation between the lookups, the
+        // processor overlaps their memory accesses.
+        let located: Vec<(u64, usize)> = (0..keys.num_rows())
+            .map(|i| self.locate(key_rows.row(i).data()))
+            .collect();
+        let mut guards: Vec<Option<RwLockReadGuard<'_, HashTable<Entry>>>> =
+            (0..SHARDS).map(|_| None).collect();
+        for &(_, shard) in &located {
+            if guards[shard].is_none() {
+                guards[shard] = Some(
+                    table.shards[shard]
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner()),
+                );
+            }
         }
-        let values = decode_values(view, &wanted, spans.iter().map(|&(a, b)| &buffer[a..b]))?;
+        // First every probe, in a tight loop whose iterations the processor can
+        // overlap; then the copies.
+        let found: Vec<Option<&Entry>> = located
+            .iter()
+            .enumerate()
+            .map(|(i, &(hash, shard))| {
+                let key = key_rows.row(i).data();
+                guards[shard]
+                    .as_ref()
+                    .and_then(|g| g.find(hash, |e| e.key() == key))
+            })
+            .collect();
+        // The found rows' encoded values, back to back in one buffer.
+        let mut buffer: Vec<u8> = Vec::with_capacity(keys.num_rows() * INLINE);
+        let mut ends: Vec<usize> = Vec::with_capacity(keys.num_rows());
+        let rows: Vec<Option<OnlineRow>> = found
+            .into_iter()
+            .map(|hit| {
+                hit.map(|e| {
+                    buffer.extend_from_slice(e.values());
+                    ends.push(buffer.len());
+                    OnlineRow {
+                        event_us: e.event_us,
+                        created_us: e.created_us,
+                        row: ends.len() - 1,
+                    }
+                })
+            })
+            .collect();
+        drop(guards);
+        let values = table.codec.decode_values(
+            view,
+            &wanted,
+            (0..ends.len()).map(|j| &buffer[j.checked_sub(1).map_or(0, |p| ends[p])..ends[j]]),
+        )?;
         Ok(OnlineRead { values, rows })
     }
 }

@@ -17,22 +17,6 @@ pub use memory::InMemoryOnlineStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisOnlineStore;
 
-/// Identifies the table of a view: its name and everything its rows' encoding
-/// depends on (key and feature names and types).
-pub(crate) fn table_key(view: &FeatureView) -> String {
-    let features: Vec<String> = view
-        .features
-        .iter()
-        .map(|f| format!("{}:{}", f.name, f.data_type))
-        .collect();
-    let keys: Vec<String> = view
-        .join_keys
-        .iter()
-        .map(|k| format!("{}:{}", k.name, k.data_type))
-        .collect();
-    format!("{}|{}|{}", view.name, keys.join(","), features.join(","))
-}
-
 /// One entity's stored row for a view, as read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnlineRow {

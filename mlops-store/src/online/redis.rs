@@ -20,8 +20,24 @@ use mlops_core::model::ContentDigest;
 use mlops_core::{Error, Result};
 use redis::aio::ConnectionManager;
 
-use super::encode::{decode_values, encode_rows, plan_read};
-use super::{OnlineRead, OnlineRow, OnlineStore, table_key};
+use super::encode::Codec;
+use super::{OnlineRead, OnlineRow, OnlineStore};
+
+/// Identifies the table of a view: its name and everything its rows' encoding
+/// depends on (key and feature names and types).
+fn table_key(view: &FeatureView) -> String {
+    let features: Vec<String> = view
+        .features
+        .iter()
+        .map(|f| format!("{}:{}", f.name, f.data_type))
+        .collect();
+    let keys: Vec<String> = view
+        .join_keys
+        .iter()
+        .map(|k| format!("{}:{}", k.name, k.data_type))
+        .collect();
+    format!("{}|{}|{}", view.name, keys.join(","), features.join(","))
+}
 
 const WRITE_SCRIPT: &str = r#"
 local cur = redis.call('HMGET', KEYS[1], 'e', 'c')
@@ -85,7 +101,7 @@ impl RedisOnlineStore {
 #[async_trait]
 impl OnlineStore for RedisOnlineStore {
     async fn write(&self, view: &FeatureView, rows: &RecordBatch) -> Result<usize> {
-        let encoded = encode_rows(view, rows)?;
+        let encoded = Codec::new(view)?.encode_rows(view, rows)?;
         let (key_rows, value_rows, event, created) =
             (encoded.keys, encoded.values, encoded.event, encoded.created);
         let ttl_ms = view
@@ -130,7 +146,8 @@ impl OnlineStore for RedisOnlineStore {
         keys: &RecordBatch,
         features: &[String],
     ) -> Result<OnlineRead> {
-        let (wanted, key_rows) = plan_read(view, keys, features)?;
+        let codec = Codec::new(view)?;
+        let (wanted, key_rows) = codec.plan_read(view, keys, features)?;
         let prefix = self.key_prefix(view);
         let mut pipe = redis::pipe();
         for i in 0..keys.num_rows() {
@@ -158,7 +175,7 @@ impl OnlineStore for RedisOnlineStore {
                 _ => None,
             });
         }
-        let values = decode_values(view, &wanted, found.iter().map(Vec::as_slice))?;
+        let values = codec.decode_values(view, &wanted, found.iter().map(Vec::as_slice))?;
         Ok(OnlineRead { values, rows })
     }
 }

@@ -202,6 +202,44 @@ async fn contract(store: Arc<dyn OnlineStore>) {
         .await
         .unwrap();
     assert!(read.rows[0].is_none());
+    // ... while the original definition still reads its rows.
+    let read = store
+        .read(&v, &keys(vec!["a"], vec![1]), &["risk".into()])
+        .await
+        .unwrap();
+    assert!(read.rows[0].is_some());
+
+    // Long keys and values (past any inline size) and enough entities to make the
+    // store grow, each read back exactly.
+    let long: Vec<String> = (0..3000)
+        .map(|i| format!("{i}-{}", "m".repeat(i % 200)))
+        .collect();
+    let ids: Vec<&str> = long.iter().map(String::as_str).collect();
+    let n = ids.len();
+    let many = rows(
+        ids.clone(),
+        vec![7; n],
+        vec![20; n],
+        vec![20; n],
+        (0..n).map(|i| Some(i as f64)).collect(),
+    );
+    assert_eq!(store.write(&v, &many).await.unwrap(), n);
+    let read = store
+        .read(
+            &v,
+            &keys(ids.clone(), vec![7; n]),
+            &["label".into(), "risk".into()],
+        )
+        .await
+        .unwrap();
+    let labels = read.values.column(0).as_string::<i32>();
+    let risk = read.values.column(1).as_primitive::<Float64Type>();
+    for (i, r) in read.rows.iter().enumerate() {
+        let r = r.as_ref().unwrap_or_else(|| panic!("entity {i} not found"));
+        assert_eq!(risk.value(r.row), i as f64);
+        assert_eq!(labels.value(r.row), format!("l{i}"));
+        assert_eq!(r.event_us, 20);
+    }
 }
 
 #[tokio::test]
