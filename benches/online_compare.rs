@@ -8,8 +8,9 @@
 //! MLOPS_ONLINE_PROFILE=1 cargo bench --features redis --bench online_compare
 //! ```
 //!
-//! `MLOPS_ONLINE_PROFILE=1` adds the latency of the in-memory store's own read of
-//! one view (100 keys, 3 features), without the feature store around it.
+//! `MLOPS_ONLINE_PROFILE=N` adds the latency of the in-memory store's own read of
+//! one view (N keys, 100 when N is not a number; 3 features), without the
+//! feature store around it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -145,7 +146,9 @@ fn main() {
         let online = Arc::new(InMemoryOnlineStore::new());
         let memory = setup(online.clone()).await;
         measure("memory", &memory, &refs).await;
-        if std::env::var("MLOPS_ONLINE_PROFILE").is_ok() {
+        if let Ok(profile) = std::env::var("MLOPS_ONLINE_PROFILE") {
+            // The number of keys per read (100 when not a number).
+            let profile_keys: i64 = profile.parse().unwrap_or(100);
             let card = memory
                 .get_view("card")
                 .await
@@ -153,7 +156,7 @@ fn main() {
             let wanted = vec!["f0".to_owned(), "f1".into(), "f2".into()];
             let mut lat = Vec::new();
             for i in 0..ITERATIONS {
-                let keys: Vec<i64> = (0..100i64)
+                let keys: Vec<i64> = (0..profile_keys)
                     .map(|k| (i as i64 * 7919 + k * 104_729) % ENTITIES)
                     .collect();
                 let req = RecordBatch::try_from_iter([(
@@ -167,11 +170,11 @@ fn main() {
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
                 lat.push(start.elapsed().as_secs_f64() * 1e6);
-                assert_eq!(out.rows.len(), 100);
+                assert_eq!(out.rows.len(), req.num_rows());
             }
             lat.sort_by(f64::total_cmp);
             println!(
-                "read one view, 100 keys: p50 {:.1} p99 {:.1}",
+                "read one view, {profile_keys} keys: p50 {:.1} p99 {:.1}",
                 percentile(&lat, 0.5),
                 percentile(&lat, 0.99)
             );

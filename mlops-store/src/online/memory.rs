@@ -212,8 +212,10 @@ impl OnlineStore for InMemoryOnlineStore {
         let located: Vec<(u64, usize)> = (0..keys.num_rows())
             .map(|i| self.locate(key_rows.row(i).data()))
             .collect();
-        let mut guards: Vec<Option<RwLockReadGuard<'_, HashTable<Entry>>>> =
-            (0..SHARDS).map(|_| None).collect();
+        // On the stack: a heap buffer of this size would cost more than the lookups
+        // of a one-entity request.
+        let mut guards: [Option<RwLockReadGuard<'_, HashTable<Entry>>>; SHARDS] =
+            std::array::from_fn(|_| None);
         for &(_, shard) in &located {
             if guards[shard].is_none() {
                 guards[shard] = Some(
