@@ -2,7 +2,7 @@
 """Point-in-time join, side by side: mlops vs DuckDB's ASOF LEFT JOIN vs polars
 join_asof, on the same Parquet files, in one run.
 
-    python3 benches/pit_vs_duckdb.py [--rows 10000000] [--entities-rows 1000000]
+    python3 benches/pit_vs_duckdb.py [--rows 10000000] [--entities-rows 1000000] [--feast]
 
 Creates (once) ~/.cache/mlops-bench/pit-venv with numpy, pyarrow, duckdb and polars.
 Generates, with a fixed seed: feature rows for 100,000 entities (5 float features,
@@ -14,6 +14,13 @@ the latest feature row with event time <= the entity row's time and >= time - 1 
 Each engine runs in its own process; the script prints wall time (best of 3), the
 peak resident memory of that process after its first join and after all three,
 and a checksum (non-null count and sum of all joined values) that must agree.
+
+--feast adds Feast's get_historical_features with its local file offline store
+over the same files (benches/feast_engine.py, in its own virtual environment
+~/.cache/mlops-bench/feast-venv, created once). Feast's file offline store
+returns only the entity rows that found a feature row within the TTL (the others
+are dropped instead of getting nulls), so its row count is printed too; the
+non-null count and sum must still agree.
 """
 import json
 import os
@@ -151,12 +158,16 @@ def main():
         out = subprocess.run([sys.executable, __file__, "--engine", engine], check=True,
                              capture_output=True, text=True).stdout
         results += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    if "--feast" in sys.argv:
+        out = subprocess.run([sys.executable, str(ROOT / "benches" / "feast_engine.py"), "offline", str(DATA)],
+                             check=True, capture_output=True, text=True).stdout
+        results += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     print(f"{rows:,} feature rows (100,000 entities, 5 features), {entity_rows:,} entity rows, TTL 1 day")
     print("peak: resident memory of the engine's process after its first join; all runs: after three")
-    print(f"{'engine':<18}{'time (s)':>10}{'peak MiB':>10}{'all runs':>10}{'non-null':>12}{'sum':>16}")
+    print(f"{'engine':<18}{'time (s)':>10}{'peak MiB':>10}{'all runs':>10}{'non-null':>12}{'sum':>16}{'rows':>12}")
     for r in results:
         print(f"{r['engine']:<18}{r['seconds']:>10.3f}{r['peak_mib']:>10.0f}{r['peak_all_runs_mib']:>10.0f}"
-              f"{r['non_null']:>12}{r['sum']:>16.4f}")
+              f"{r['non_null']:>12}{r['sum']:>16.4f}{r.get('rows', entity_rows):>12,}")
     base = results[0]["seconds"]
     for r in results[1:]:
         print(f"mlops vs {r['engine']}: {r['seconds'] / base:.2f}x faster")
