@@ -700,15 +700,35 @@ impl OfflineStore {
                     None => (batches.len(), 0),
                 })
                 .collect();
-            for r in refs {
-                let mut parts = column_of(r.feature())?;
+            // Each feature gathered on its own thread: the reads are random over
+            // the whole view, so the cores overlap their cache misses.
+            let mut inputs = Vec::with_capacity(refs.len());
+            for r in &refs {
                 let field = schema
                     .field_with_name(r.feature())
                     .map_err(|e| Error::backend("arrow", e))?;
                 let null = new_null_array(field.data_type(), 1);
-                parts.push(null.as_ref());
-                let values = interleave(&parts, &picks).map_err(|e| Error::backend("arrow", e))?;
-                columns.insert(r.to_string(), values);
+                inputs.push((r, column_of(r.feature())?, null));
+            }
+            let gathered: Vec<Result<ArrayRef>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = inputs
+                    .iter()
+                    .map(|(_, parts, null)| {
+                        let picks = &picks;
+                        scope.spawn(move || {
+                            let mut parts = parts.clone();
+                            parts.push(null.as_ref());
+                            interleave(&parts, picks).map_err(|e| Error::backend("arrow", e))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                    .collect()
+            });
+            for ((r, _, _), values) in inputs.iter().zip(gathered) {
+                columns.insert(r.to_string(), values?);
             }
         }
         let mut fields: Vec<Field> = entity_df

@@ -171,15 +171,85 @@ pub(crate) fn as_of_int(
     require_created: bool,
 ) -> UInt32Array {
     let total: usize = stored.iter().map(|c| c.len()).sum();
-    let mut ids: HashMap<i64, u32, BuildHasherDefault<IntHasher>> = HashMap::default();
-    let group_of: Vec<u32> = stored
-        .iter()
-        .flat_map(|c| c.iter())
-        .map(|&k| {
+    let threads = if total > 100_000 {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+    } else {
+        1
+    };
+    // Group ids on all cores: each thread numbers the keys of a run of chunks,
+    // then the numberings are merged (one pass over the distinct keys) and the
+    // later threads' ids renumbered.
+    type Ids = HashMap<i64, u32, BuildHasherDefault<IntHasher>>;
+    let mut chunk_bounds = vec![0usize];
+    let mut seen = 0usize;
+    for (c, chunk) in stored.iter().enumerate() {
+        seen += chunk.len();
+        if chunk_bounds.len() < threads && seen >= total * chunk_bounds.len() / threads {
+            chunk_bounds.push(c + 1);
+        }
+    }
+    if chunk_bounds.last() != Some(&stored.len()) {
+        chunk_bounds.push(stored.len());
+    }
+    let part_rows: Vec<usize> = chunk_bounds
+        .windows(2)
+        .map(|w| stored[w[0]..w[1]].iter().map(|c| c.len()).sum())
+        .collect();
+    let mut group_of = vec![0u32; total];
+    let number = |mine: &mut [u32], chunks: &[&[i64]]| -> Ids {
+        let mut ids = Ids::default();
+        for (slot, &k) in mine.iter_mut().zip(chunks.iter().flat_map(|c| c.iter())) {
             let next = ids.len() as u32;
-            *ids.entry(k).or_insert(next)
+            *slot = *ids.entry(k).or_insert(next);
+        }
+        ids
+    };
+    let mut locals: Vec<Ids> = std::thread::scope(|scope| {
+        let mut rest: &mut [u32] = &mut group_of;
+        let mut handles = Vec::new();
+        for (w, &rows) in chunk_bounds.windows(2).zip(&part_rows) {
+            let (mine, tail) = rest.split_at_mut(rows);
+            rest = tail;
+            let chunks = &stored[w[0]..w[1]];
+            let number = &number;
+            handles.push(scope.spawn(move || number(mine, chunks)));
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut ids = if locals.is_empty() {
+        Ids::default()
+    } else {
+        locals.remove(0)
+    };
+    let remaps: Vec<Vec<u32>> = locals
+        .iter()
+        .map(|local| {
+            let mut remap = vec![0u32; local.len()];
+            for (&k, &lid) in local {
+                let next = ids.len() as u32;
+                remap[lid as usize] = *ids.entry(k).or_insert(next);
+            }
+            remap
         })
         .collect();
+    drop(locals);
+    std::thread::scope(|scope| {
+        let (_, mut rest) = group_of.split_at_mut(part_rows.first().copied().unwrap_or(0));
+        for (remap, &rows) in remaps.iter().zip(part_rows.iter().skip(1)) {
+            let (mine, tail) = rest.split_at_mut(rows);
+            rest = tail;
+            scope.spawn(move || {
+                for g in mine.iter_mut() {
+                    *g = remap[*g as usize];
+                }
+            });
+        }
+    });
     let groups = ids.len();
     let mut start = vec![0usize; groups + 1];
     for &g in &group_of {
@@ -192,13 +262,6 @@ pub(crate) fn as_of_int(
     // Each group's (event time, row) pairs, contiguous, so sorting and searching a
     // group touches one small region of memory; built and sorted on all cores,
     // each thread owning a range of groups of about equal rows.
-    let threads = if total > 100_000 {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8)
-    } else {
-        1
-    };
     let mut bounds = vec![0usize];
     for t in 1..threads {
         let target = total * t / threads;
@@ -335,6 +398,34 @@ mod tests {
     use arrow::array::{Int64Array, StringArray};
 
     use super::*;
+
+    /// Feature rows split into many chunks (numbered on several threads, then
+    /// merged) give the same answer as one chunk.
+    #[test]
+    fn chunked_rows_number_groups_like_one_chunk() {
+        let mut state = 7u64;
+        let mut next = |m: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % m
+        };
+        let n = 240_000;
+        // Keys of the later chunks partly new, partly seen before.
+        let keys: Vec<i64> = (0..n)
+            .map(|i| next(2000 + i as u64 / 40) as i64 - 500)
+            .collect();
+        let event: Vec<i64> = (0..n).map(|_| next(1000) as i64).collect();
+        let qk: Vec<i64> = (0..20_000).map(|_| next(8000) as i64 - 600).collect();
+        let qt: Vec<i64> = (0..20_000).map(|_| next(1100) as i64).collect();
+        let whole = as_of_int(&qk, &qt, &[&keys], &[&event], None, Some(300), false);
+        let cuts = [0, 1, 70_000, 70_001, 150_000, 239_999, n];
+        let key_chunks: Vec<&[i64]> = cuts.windows(2).map(|w| &keys[w[0]..w[1]]).collect();
+        let event_chunks: Vec<&[i64]> = cuts.windows(2).map(|w| &event[w[0]..w[1]]).collect();
+        let chunked = as_of_int(&qk, &qt, &key_chunks, &event_chunks, None, Some(300), false);
+        assert_eq!(whole, chunked);
+        assert!(whole.null_count() < whole.len() && whole.null_count() > 0);
+    }
 
     /// The integer fast path (parallel above 100,000 rows) agrees with the generic
     /// row-encoded path on the same data.
