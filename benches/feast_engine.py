@@ -30,20 +30,12 @@ import sys
 import tempfile
 import time
 
-VENV = pathlib.Path.home() / ".cache" / "mlops-bench" / "feast-venv"
 
 
-def ensure_venv():
-    python = VENV / "bin" / "python"
-    if pathlib.Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "feast"], check=True)
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_env import ensure_venv  # noqa: E402
 
-
-ensure_venv()
+ensure_venv("feast-venv", ["feast"], __file__)
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -30,22 +30,14 @@ import subprocess
 import sys
 import time
 
-VENV = pathlib.Path.home() / ".cache" / "mlops-bench" / "pit-venv"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA = pathlib.Path(os.environ.get("MLOPS_PIT_DATA", "/tmp/mlops-pit-bench"))
 
 
-def ensure_venv():
-    python = VENV / "bin" / "python"
-    if pathlib.Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy", "pyarrow", "duckdb", "polars"], check=True)
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_env import ensure_venv  # noqa: E402
 
-
-ensure_venv()
+ensure_venv("pit-venv", ["numpy", "pyarrow", "duckdb", "polars"], __file__)
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402

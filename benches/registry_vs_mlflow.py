@@ -22,21 +22,13 @@ import sys
 import tempfile
 import time
 
-VENV = pathlib.Path.home() / ".cache" / "mlops-bench" / "mlflow-venv"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def ensure_venv():
-    python = VENV / "bin" / "python"
-    if pathlib.Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "mlflow"], check=True)
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_env import ensure_venv  # noqa: E402
 
-
-ensure_venv()
+ensure_venv("mlflow-venv", ["mlflow"], __file__)
 
 import logging  # noqa: E402
 

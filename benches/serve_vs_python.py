@@ -29,22 +29,14 @@ import tempfile
 import time
 import urllib.request
 
-VENV = pathlib.Path.home() / ".cache" / "mlops-bench" / "serve-venv"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPORT = pathlib.Path(os.environ.get("MLOPS_SERVE_EXPORT", "/tmp/mlops-serve-bench"))
 
 
-def ensure_venv():
-    python = VENV / "bin" / "python"
-    if pathlib.Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "kserve", "numpy", "safetensors"], check=True)
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_env import ensure_venv  # noqa: E402
 
-
-ensure_venv()
+ensure_venv("serve-venv", ["kserve", "numpy", "safetensors"], __file__)
 
 KSERVE_MODEL = r'''
 import json, sys

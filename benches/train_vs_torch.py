@@ -30,23 +30,14 @@ import subprocess
 import sys
 import time
 
-VENV = pathlib.Path.home() / ".cache" / "mlops-bench" / "train-venv"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA = pathlib.Path(os.environ.get("MLOPS_TRAIN_DATA", "/tmp/mlops-train-bench"))
 
 
-def ensure_venv():
-    python = VENV / "bin" / "python"
-    if pathlib.Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy", "pyarrow", "scikit-learn", "torch"],
-                       check=True)
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_env import ensure_venv  # noqa: E402
 
-
-ensure_venv()
+ensure_venv("train-venv", ["numpy", "pyarrow", "scikit-learn", "torch"], __file__)
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
