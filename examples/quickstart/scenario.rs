@@ -18,14 +18,14 @@ use chrono::{DateTime, TimeZone, Utc};
 use mlops::core::audit::ChainVerdict;
 use mlops::core::drift::Window;
 use mlops::core::feature::{ApplyOptions, FeatureView};
-use mlops::core::inference::{InferenceRequest, Tensor, TensorData};
+use mlops::core::inference::{InferenceRequest, ParameterValue, Tensor, TensorData};
 use mlops::core::monitoring::{LabelSource, TrafficControl};
 use mlops::core::retrain::{
     CanaryPolicy, Decision, Guardrails, RetrainConfig, RetrainLoop, RetrainServices, Triggers,
 };
 use mlops::prelude::*;
 use mlops::serve::http::{HttpConfig, router, serve};
-use mlops::serve::{Enrichment, FeedbackConfig, LogConfig, MonitorConfig};
+use mlops::serve::{Enrichment, FeedbackConfig, LogConfig, MonitorConfig, ROUTING_KEY};
 use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore, ObjectInferenceLog};
 use mlops::train::{ClassWeights, Progress};
 
@@ -505,6 +505,11 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
             ]);
             let id = format!("tx-{seq}");
             request.id = Some(id.clone());
+            // Sticky routing by transaction id: the A/B and canary splits are the
+            // same on every run.
+            request
+                .parameters
+                .insert(ROUTING_KEY.into(), ParameterValue::String(id.clone()));
             let answer = client.infer("fraud", None, request).await?;
             let version: u64 = answer
                 .model_version
