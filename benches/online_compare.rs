@@ -59,6 +59,15 @@ fn rows(features: &[&str], now_us: i64) -> RecordBatch {
     RecordBatch::try_from_iter(cols).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Lookup `i` of `n` card ids, spread over the entities.
+fn request(i: usize, n: i64) -> RecordBatch {
+    let keys: Vec<i64> = (0..n)
+        .map(|k| (i as i64 * 7919 + k * 104_729) % ENTITIES)
+        .collect();
+    RecordBatch::try_from_iter([("card_id", Arc::new(Int64Array::from(keys)) as ArrayRef)])
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -67,14 +76,7 @@ async fn measure(name: &str, store: &ObjectFeatureStore, refs: &[FeatureRef]) {
     for batch in [1usize, 100] {
         let mut lat = Vec::with_capacity(ITERATIONS);
         for i in 0..ITERATIONS + 1000 {
-            let keys: Vec<i64> = (0..batch as i64)
-                .map(|k| (i as i64 * 7919 + k * 104_729) % ENTITIES)
-                .collect();
-            let req = RecordBatch::try_from_iter([(
-                "card_id",
-                Arc::new(Int64Array::from(keys)) as ArrayRef,
-            )])
-            .unwrap_or_else(|e| panic!("{e}"));
+            let req = request(i, batch as i64);
             let start = Instant::now();
             let out = store
                 .get_online_features(req, refs)
@@ -156,14 +158,7 @@ fn main() {
             let wanted = vec!["f0".to_owned(), "f1".into(), "f2".into()];
             let mut lat = Vec::new();
             for i in 0..ITERATIONS {
-                let keys: Vec<i64> = (0..profile_keys)
-                    .map(|k| (i as i64 * 7919 + k * 104_729) % ENTITIES)
-                    .collect();
-                let req = RecordBatch::try_from_iter([(
-                    "card_id",
-                    Arc::new(Int64Array::from(keys)) as ArrayRef,
-                )])
-                .unwrap_or_else(|e| panic!("{e}"));
+                let req = request(i, profile_keys);
                 let start = Instant::now();
                 let out = online
                     .read(&card, &req, &wanted)
