@@ -132,6 +132,7 @@ impl ObjectFeatureStore {
         }
         // Per view, the positions in `features` of the features asked from it.
         let mut by_view: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let request_schema = entity_rows.schema();
         for (i, f) in features.iter().enumerate() {
             if features[..i].iter().any(|g| g.feature() == f.feature()) {
                 return Err(Error::invalid_input(
@@ -139,7 +140,7 @@ impl ObjectFeatureStore {
                     "requested from two views; output columns would clash",
                 ));
             }
-            if entity_rows.schema().column_with_name(f.feature()).is_some() {
+            if request_schema.column_with_name(f.feature()).is_some() {
                 return Err(Error::invalid_input(
                     format!("feature '{}'", f.feature()),
                     "the request already has a column of that name",

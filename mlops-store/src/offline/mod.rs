@@ -700,8 +700,9 @@ impl OfflineStore {
                     None => (batches.len(), 0),
                 })
                 .collect();
-            // Each feature gathered on its own thread: the reads are random over
-            // the whole view, so the cores overlap their cache misses.
+            // In large joins each feature is gathered on its own thread: the reads
+            // are random over the whole view, so the cores overlap their cache
+            // misses.
             let mut inputs = Vec::with_capacity(refs.len());
             for r in &refs {
                 let field = schema
@@ -710,25 +711,15 @@ impl OfflineStore {
                 let null = new_null_array(field.data_type(), 1);
                 inputs.push((r, column_of(r.feature())?, null));
             }
-            let gathered: Vec<Result<ArrayRef>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = inputs
-                    .iter()
-                    .map(|(_, parts, null)| {
-                        let picks = &picks;
-                        scope.spawn(move || {
-                            let mut parts = parts.clone();
-                            parts.push(null.as_ref());
-                            interleave(&parts, picks).map_err(|e| Error::backend("arrow", e))
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                    .collect()
+            let gathered = pit::map_scoped(inputs, picks.len() > 10_000, |(r, mut parts, null)| {
+                parts.push(null.as_ref());
+                (r, interleave(&parts, &picks))
             });
-            for ((r, _, _), values) in inputs.iter().zip(gathered) {
-                columns.insert(r.to_string(), values?);
+            for (r, values) in gathered {
+                columns.insert(
+                    r.to_string(),
+                    values.map_err(|e| Error::backend("arrow", e))?,
+                );
             }
         }
         let mut fields: Vec<Field> = entity_df

@@ -178,78 +178,7 @@ pub(crate) fn as_of_int(
     } else {
         1
     };
-    // Group ids on all cores: each thread numbers the keys of a run of chunks,
-    // then the numberings are merged (one pass over the distinct keys) and the
-    // later threads' ids renumbered.
-    type Ids = HashMap<i64, u32, BuildHasherDefault<IntHasher>>;
-    let mut chunk_bounds = vec![0usize];
-    let mut seen = 0usize;
-    for (c, chunk) in stored.iter().enumerate() {
-        seen += chunk.len();
-        if chunk_bounds.len() < threads && seen >= total * chunk_bounds.len() / threads {
-            chunk_bounds.push(c + 1);
-        }
-    }
-    if chunk_bounds.last() != Some(&stored.len()) {
-        chunk_bounds.push(stored.len());
-    }
-    let part_rows: Vec<usize> = chunk_bounds
-        .windows(2)
-        .map(|w| stored[w[0]..w[1]].iter().map(|c| c.len()).sum())
-        .collect();
-    let mut group_of = vec![0u32; total];
-    let number = |mine: &mut [u32], chunks: &[&[i64]]| -> Ids {
-        let mut ids = Ids::default();
-        for (slot, &k) in mine.iter_mut().zip(chunks.iter().flat_map(|c| c.iter())) {
-            let next = ids.len() as u32;
-            *slot = *ids.entry(k).or_insert(next);
-        }
-        ids
-    };
-    let mut locals: Vec<Ids> = std::thread::scope(|scope| {
-        let mut rest: &mut [u32] = &mut group_of;
-        let mut handles = Vec::new();
-        for (w, &rows) in chunk_bounds.windows(2).zip(&part_rows) {
-            let (mine, tail) = rest.split_at_mut(rows);
-            rest = tail;
-            let chunks = &stored[w[0]..w[1]];
-            let number = &number;
-            handles.push(scope.spawn(move || number(mine, chunks)));
-        }
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
-    let mut ids = if locals.is_empty() {
-        Ids::default()
-    } else {
-        locals.remove(0)
-    };
-    let remaps: Vec<Vec<u32>> = locals
-        .iter()
-        .map(|local| {
-            let mut remap = vec![0u32; local.len()];
-            for (&k, &lid) in local {
-                let next = ids.len() as u32;
-                remap[lid as usize] = *ids.entry(k).or_insert(next);
-            }
-            remap
-        })
-        .collect();
-    drop(locals);
-    std::thread::scope(|scope| {
-        let (_, mut rest) = group_of.split_at_mut(part_rows.first().copied().unwrap_or(0));
-        for (remap, &rows) in remaps.iter().zip(part_rows.iter().skip(1)) {
-            let (mine, tail) = rest.split_at_mut(rows);
-            rest = tail;
-            scope.spawn(move || {
-                for g in mine.iter_mut() {
-                    *g = remap[*g as usize];
-                }
-            });
-        }
-    });
+    let (ids, group_of) = number_groups(stored, total, threads);
     let groups = ids.len();
     let mut start = vec![0usize; groups + 1];
     for &g in &group_of {
@@ -299,19 +228,16 @@ pub(crate) fn as_of_int(
             }
         }
     };
-    std::thread::scope(|scope| {
-        let mut rest: &mut [(i64, u32)] = &mut slots;
-        for w in bounds.windows(2) {
-            let (from, to) = (w[0], w[1]);
-            let (mine, tail) = rest.split_at_mut(start[to] - start[from]);
-            rest = tail;
-            let build = &build;
-            if threads == 1 {
-                build(mine, from, to);
-            } else {
-                scope.spawn(move || build(mine, from, to));
-            }
-        }
+    let pieces: Vec<_> = split_lengths(
+        &mut slots,
+        bounds.windows(2).map(|w| start[w[1]] - start[w[0]]),
+    )
+    .into_iter()
+    .zip(bounds.windows(2))
+    .map(|(mine, w)| (mine, w[0], w[1]))
+    .collect();
+    map_scoped(pieces, threads > 1, |(mine, from, to)| {
+        build(mine, from, to)
     });
     drop(group_of);
     // Queries visited group by group (a counting sort on their group), so each
@@ -367,28 +293,124 @@ pub(crate) fn as_of_int(
         out
     };
     let mut result: Vec<Option<u32>> = vec![None; wanted.len()];
-    let parts: Vec<Vec<(u32, u32)>> = if threads > 1 && wanted.len() > 10_000 {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = bounds
-                .windows(2)
-                .map(|w| {
-                    let (from, to) = (w[0], w[1]);
-                    let solve = &solve;
-                    scope.spawn(move || solve(from, to))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        })
+    let parallel = threads > 1 && wanted.len() > 10_000;
+    let ranges: Vec<(usize, usize)> = if parallel {
+        bounds.windows(2).map(|w| (w[0], w[1])).collect()
     } else {
-        vec![solve(0, groups)]
+        vec![(0, groups)]
     };
+    let parts = map_scoped(ranges, parallel, |(from, to)| solve(from, to));
     for (q, i) in parts.into_iter().flatten() {
         result[q as usize] = Some(i);
     }
     result.into_iter().collect()
+}
+
+type Ids = HashMap<i64, u32, BuildHasherDefault<IntHasher>>;
+
+/// Numbers the distinct keys of `stored` (its chunks in order, `total` rows): the
+/// id of every key, and per row the id of its key. Runs of chunks of about equal
+/// rows are numbered on `threads` threads; the numberings are then merged (one
+/// pass over the distinct keys) and the later runs' ids renumbered.
+fn number_groups(stored: &[&[i64]], total: usize, threads: usize) -> (Ids, Vec<u32>) {
+    let mut chunk_bounds = vec![0usize];
+    let mut seen = 0usize;
+    for (c, chunk) in stored.iter().enumerate() {
+        seen += chunk.len();
+        if chunk_bounds.len() < threads && seen >= total * chunk_bounds.len() / threads {
+            chunk_bounds.push(c + 1);
+        }
+    }
+    if chunk_bounds.last() != Some(&stored.len()) {
+        chunk_bounds.push(stored.len());
+    }
+    let runs: Vec<&[&[i64]]> = chunk_bounds
+        .windows(2)
+        .map(|w| &stored[w[0]..w[1]])
+        .collect();
+    let run_rows: Vec<usize> = runs
+        .iter()
+        .map(|run| run.iter().map(|c| c.len()).sum())
+        .collect();
+    let mut group_of = vec![0u32; total];
+    let jobs: Vec<(&mut [u32], &[&[i64]])> = split_lengths(&mut group_of, run_rows.iter().copied())
+        .into_iter()
+        .zip(runs)
+        .collect();
+    let mut locals = map_scoped(jobs, threads > 1, |(mine, run)| {
+        let mut ids = Ids::default();
+        for (slot, &k) in mine.iter_mut().zip(run.iter().flat_map(|c| c.iter())) {
+            let next = ids.len() as u32;
+            *slot = *ids.entry(k).or_insert(next);
+        }
+        ids
+    });
+    let mut ids = if locals.is_empty() {
+        Ids::default()
+    } else {
+        locals.remove(0)
+    };
+    let remaps: Vec<Vec<u32>> = locals
+        .iter()
+        .map(|local| {
+            let mut remap = vec![0u32; local.len()];
+            for (&k, &lid) in local {
+                let next = ids.len() as u32;
+                remap[lid as usize] = *ids.entry(k).or_insert(next);
+            }
+            remap
+        })
+        .collect();
+    drop(locals);
+    let later: Vec<(&mut [u32], &Vec<u32>)> =
+        split_lengths(&mut group_of, run_rows.iter().copied())
+            .into_iter()
+            .skip(1)
+            .zip(&remaps)
+            .collect();
+    map_scoped(later, threads > 1, |(mine, remap)| {
+        for g in mine.iter_mut() {
+            *g = remap[*g as usize];
+        }
+    });
+    (ids, group_of)
+}
+
+/// `slice` cut into consecutive parts of the given lengths.
+fn split_lengths<T>(
+    mut slice: &mut [T],
+    lengths: impl IntoIterator<Item = usize>,
+) -> Vec<&mut [T]> {
+    let mut parts = Vec::new();
+    for n in lengths {
+        let (part, rest) = std::mem::take(&mut slice).split_at_mut(n);
+        parts.push(part);
+        slice = rest;
+    }
+    parts
+}
+
+/// `f` applied to every input, in order: on one scoped thread per input when
+/// `parallel`, else on this thread. A panic on a thread is raised again here.
+pub(crate) fn map_scoped<I: Send, R: Send>(
+    inputs: Vec<I>,
+    parallel: bool,
+    f: impl Fn(I) -> R + Sync,
+) -> Vec<R> {
+    if !parallel || inputs.len() < 2 {
+        return inputs.into_iter().map(f).collect();
+    }
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = inputs
+            .into_iter()
+            .map(|input| scope.spawn(move || f(input)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 #[cfg(test)]

@@ -89,6 +89,16 @@ impl ViewTable {
     }
 }
 
+/// The table of `views` that serves `view`.
+fn find_in(
+    views: &HashMap<String, Vec<Arc<ViewTable>>>,
+    view: &FeatureView,
+) -> Option<Arc<ViewTable>> {
+    views
+        .get(&view.name)
+        .and_then(|tables| tables.iter().find(|t| t.serves(view)).cloned())
+}
+
 /// An [`OnlineStore`] in process memory: the embedded default.
 ///
 /// Entities are spread over 64 independently locked shards, so a read waits at
@@ -110,28 +120,27 @@ impl InMemoryOnlineStore {
         Self::default()
     }
 
-    fn table(&self, view: &FeatureView, create: bool) -> Result<Option<Arc<ViewTable>>> {
-        let find = |views: &HashMap<String, Vec<Arc<ViewTable>>>| {
-            views
-                .get(&view.name)
-                .and_then(|tables| tables.iter().find(|t| t.serves(view)).cloned())
-        };
-        if let Some(t) = find(&self.views.read().unwrap_or_else(|p| p.into_inner())) {
-            return Ok(Some(t));
-        }
-        if !create {
-            return Ok(None);
+    /// The table holding `view`'s rows, if any were written under its current
+    /// key and feature lists.
+    fn find_table(&self, view: &FeatureView) -> Option<Arc<ViewTable>> {
+        find_in(&self.views.read().unwrap_or_else(|p| p.into_inner()), view)
+    }
+
+    /// The table for writing `view`'s rows, created on first use.
+    fn table_for_write(&self, view: &FeatureView) -> Result<Arc<ViewTable>> {
+        if let Some(t) = self.find_table(view) {
+            return Ok(t);
         }
         let mut views = self.views.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = find(&views) {
-            return Ok(Some(t));
+        if let Some(t) = find_in(&views, view) {
+            return Ok(t);
         }
         let table = Arc::new(ViewTable::new(view)?);
         views
             .entry(view.name.clone())
             .or_default()
             .push(table.clone());
-        Ok(Some(table))
+        Ok(table)
     }
 
     /// The key's hash, and its shard (from bits the table's own probing does not
@@ -145,9 +154,7 @@ impl InMemoryOnlineStore {
 #[async_trait]
 impl OnlineStore for InMemoryOnlineStore {
     async fn write(&self, view: &FeatureView, rows: &RecordBatch) -> Result<usize> {
-        let Some(table) = self.table(view, true)? else {
-            return Ok(0);
-        };
+        let table = self.table_for_write(view)?;
         let encoded = table.codec.encode_rows(view, rows)?;
         let (key_rows, value_rows, event, created) =
             (encoded.keys, encoded.values, encoded.event, encoded.created);
@@ -195,7 +202,7 @@ impl OnlineStore for InMemoryOnlineStore {
         keys: &RecordBatch,
         features: &[String],
     ) -> Result<OnlineRead> {
-        let Some(table) = self.table(view, false)? else {
+        let Some(table) = self.find_table(view) else {
             // Nothing written under this definition yet: check the request the
             // same way, then answer "not found" for every key.
             let codec = Codec::new(view)?;
