@@ -524,6 +524,29 @@ mod materialization {
             err.to_string().contains("expected Int64, found Float64"),
             "{err}"
         );
+        // Output columns that would clash are refused, naming the feature.
+        let twice: Vec<FeatureRef> = vec!["card:spend".parse().unwrap(); 2];
+        let err = s
+            .get_online_features(request(vec![1]), &twice)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidInput { .. })
+                && err.to_string().contains("'spend'")
+                && err.to_string().contains("clash"),
+            "{err}"
+        );
+        let clashing = RecordBatch::try_from_iter([
+            ("card_id", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+            ("spend", Arc::new(Float64Array::from(vec![0.0])) as ArrayRef),
+        ])
+        .unwrap();
+        let err = s.get_online_features(clashing, &refs).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the request already has a column of that name"),
+            "{err}"
+        );
         assert!(s.materialize("card", at(5), at(5)).await.is_err());
         assert!(s.materialize("ghost", at(0), at(5)).await.is_err());
     }
