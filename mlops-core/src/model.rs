@@ -14,7 +14,7 @@
 //! # Ok::<(), mlops_core::Error>(())
 //! ```
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -161,30 +161,32 @@ impl Signature {
     /// undeclared, datatypes and shapes as declared, and the same number of rows in
     /// every input. The error names the input and the difference.
     pub fn check_inputs(&self, inputs: &[Tensor]) -> Result<()> {
-        let mut seen = HashSet::new();
-        for t in inputs {
-            if !seen.insert(t.name.as_str()) {
+        // Which declared input each tensor is: clients usually send them in the
+        // declared order, so the same position is tried first.
+        let mut seen = vec![false; self.inputs.len()];
+        for (position, t) in inputs.iter().enumerate() {
+            let index = match self.inputs.get(position) {
+                Some(s) if s.name == t.name => Some(position),
+                _ => self.inputs.iter().position(|s| s.name == t.name),
+            };
+            let Some(index) = index else {
+                let names: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
+                return Err(Error::invalid_input(
+                    format!("input '{}'", t.name),
+                    format!("the model has no such input; its inputs are {names:?}"),
+                ));
+            };
+            if std::mem::replace(&mut seen[index], true) {
                 return Err(Error::invalid_input(
                     format!("input '{}'", t.name),
                     "given more than once",
                 ));
             }
-            let spec = self
-                .inputs
-                .iter()
-                .find(|s| s.name == t.name)
-                .ok_or_else(|| {
-                    let names: Vec<&str> = self.inputs.iter().map(|s| s.name.as_str()).collect();
-                    Error::invalid_input(
-                        format!("input '{}'", t.name),
-                        format!("the model has no such input; its inputs are {names:?}"),
-                    )
-                })?;
-            spec.check(t)?;
+            self.inputs[index].check(t)?;
         }
-        if let Some(missing) = self.inputs.iter().find(|s| !seen.contains(s.name.as_str())) {
+        if let Some(missing) = self.inputs.iter().zip(&seen).find(|(_, seen)| !**seen) {
             return Err(Error::invalid_input(
-                format!("input '{}'", missing.name),
+                format!("input '{}'", missing.0.name),
                 "missing from the request",
             ));
         }

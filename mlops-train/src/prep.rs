@@ -406,9 +406,13 @@ impl Preprocessor {
         let mut out = vec![0.0f32; rows * width];
         let mut offset = 0;
         for (i, f) in self.features.iter().enumerate() {
-            let t = inputs.iter().find(|t| t.name == f.name).ok_or_else(|| {
-                Error::invalid_input(format!("input '{}'", f.name), "missing from the request")
-            })?;
+            // Requests usually list the inputs in the model's order.
+            let same_place = inputs.get(i).filter(|t| t.name == f.name);
+            let t = same_place
+                .or_else(|| inputs.iter().find(|t| t.name == f.name))
+                .ok_or_else(|| {
+                    Error::invalid_input(format!("input '{}'", f.name), "missing from the request")
+                })?;
             if t.data.len() != rows {
                 return Err(Error::invalid_input(
                     format!("input '{}'", f.name),

@@ -33,8 +33,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{
-    Datatype, InferenceRequest, InferenceResponse, ParameterValue, Parameters, RawTensor,
-    RequestOutput, Tensor, TensorData, build_tensor, check_element_count,
+    Datatype, InferenceRequest, InferenceResponse, ParameterValue, Parameters, RequestOutput,
+    Tensor, TensorData, WireTensor, check_element_count,
 };
 use crate::error::{Error, Result};
 
@@ -244,7 +244,7 @@ fn f32_to_f16(x: f32) -> u16 {
 }
 
 /// Builds tensors from raw wire tensors, taking binary data in order from `binary`.
-fn tensors_with_binary(raw: Vec<RawTensor>, binary: &[u8], what: &str) -> Result<Vec<Tensor>> {
+fn tensors_with_binary(raw: Vec<WireTensor>, binary: &[u8], what: &str) -> Result<Vec<Tensor>> {
     let mut offset = 0usize;
     let mut out = Vec::with_capacity(raw.len());
     for r in raw {
@@ -267,23 +267,8 @@ fn tensors_with_binary(raw: Vec<RawTensor>, binary: &[u8], what: &str) -> Result
                             binary.len()
                         ))
                     })?;
-                let datatype: Datatype = r.datatype.parse().map_err(|_| {
-                    bad(format!(
-                        "tensor '{}': unknown datatype {:?}",
-                        r.name, r.datatype
-                    ))
-                })?;
-                let shape = r
-                    .shape
-                    .iter()
-                    .map(|&d| usize::try_from(d))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|_| {
-                        bad(format!(
-                            "tensor '{}': shape {:?} has a negative dimension",
-                            r.name, r.shape
-                        ))
-                    })?;
+                let datatype = r.datatype.known(&r.name).map_err(bad)?;
+                let shape = r.dimensions().map_err(bad)?;
                 let data = decode_raw(&r.name, datatype, &binary[offset..end]).map_err(bad)?;
                 check_element_count(&r.name, &shape, data.len())
                     .map_err(|e| bad(format!("tensor '{}': {e}", r.name)))?;
@@ -298,16 +283,7 @@ fn tensors_with_binary(raw: Vec<RawTensor>, binary: &[u8], what: &str) -> Result
                     data,
                 });
             }
-            None => out.push(
-                build_tensor(
-                    r.name,
-                    &r.shape,
-                    &r.datatype,
-                    r.parameters,
-                    r.data.as_deref(),
-                )
-                .map_err(bad)?,
-            ),
+            None => out.push(r.into_tensor().map_err(bad)?),
         }
     }
     if offset != binary.len() {
@@ -328,7 +304,7 @@ struct RawBinaryRequest {
     id: Option<String>,
     #[serde(default)]
     parameters: Parameters,
-    inputs: Vec<RawTensor>,
+    inputs: Vec<WireTensor>,
     #[serde(default)]
     outputs: Option<Vec<RequestOutput>>,
 }
@@ -342,7 +318,7 @@ struct RawBinaryResponse {
     id: Option<String>,
     #[serde(default)]
     parameters: Parameters,
-    outputs: Vec<RawTensor>,
+    outputs: Vec<WireTensor>,
 }
 
 impl InferenceRequest {

@@ -29,18 +29,18 @@
 //! # Ok::<(), mlops_core::Error>(())
 //! ```
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
-use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 
 pub mod binary;
+mod fast;
 
 /// The element type of a tensor, as named by the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -492,79 +492,221 @@ impl Serialize for DataSer<'_> {
     }
 }
 
-/// The wire form of a tensor before its data is typed: `data` is kept raw until the
-/// datatype (which may come after it in the JSON object) is known.
+/// A tensor as it arrives on the wire, before its element count is checked.
+///
+/// `data` is typed as it is read when `datatype` comes before it in the JSON
+/// object (as every client we know writes it); otherwise it is held as JSON until
+/// the datatype is known. Field names are matched without allocating, and unknown
+/// fields are skipped.
+pub(crate) struct WireTensor {
+    pub(crate) name: String,
+    pub(crate) shape: Vec<i64>,
+    pub(crate) datatype: WireDatatype,
+    pub(crate) parameters: Parameters,
+    pub(crate) data: Option<WireData>,
+}
+
+/// A `datatype` field: a known datatype, or the unknown name for the error message.
+pub(crate) enum WireDatatype {
+    Known(Datatype),
+    Unknown(String),
+}
+
+/// The `data` of a [`WireTensor`].
+pub(crate) enum WireData {
+    /// Read straight into typed elements.
+    Typed(TensorData),
+    /// Read before the datatype was known.
+    Deferred(serde_json::Value),
+}
+
+impl WireDatatype {
+    /// The datatype, or an error naming the tensor and the unknown name.
+    pub(crate) fn known(&self, name: &str) -> std::result::Result<Datatype, String> {
+        match self {
+            Self::Known(d) => Ok(*d),
+            Self::Unknown(s) => Err(format!(
+                "input '{name}': unknown datatype {s:?}; expected one of BOOL, UINT8, UINT16, \
+                 UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WireDatatype {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = WireDatatype;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a datatype name such as \"FP32\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(Datatype::ALL
+                    .into_iter()
+                    .find(|d| d.as_str() == v)
+                    .map_or_else(|| WireDatatype::Unknown(v.to_owned()), WireDatatype::Known))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
 #[derive(Deserialize)]
-struct RawTensor {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    parameters: Parameters,
-    #[serde(default)]
-    data: Option<Box<RawValue>>,
+#[serde(field_identifier, rename_all = "snake_case")]
+enum TensorField {
+    Name,
+    Shape,
+    Datatype,
+    Parameters,
+    Data,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for WireTensor {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        const FIELDS: &[&str] = &["name", "shape", "datatype", "parameters", "data"];
+        deserializer.deserialize_struct("Tensor", FIELDS, WireTensorVisitor)
+    }
+}
+
+struct WireTensorVisitor;
+
+impl<'de> Visitor<'de> for WireTensorVisitor {
+    type Value = WireTensor;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a tensor: an object with name, shape, datatype and data")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<WireTensor, A::Error> {
+        fn once<T, E: de::Error>(
+            slot: &Option<T>,
+            field: &'static str,
+        ) -> std::result::Result<(), E> {
+            match slot {
+                Some(_) => Err(E::duplicate_field(field)),
+                None => Ok(()),
+            }
+        }
+        let mut name: Option<String> = None;
+        let mut shape: Option<Vec<i64>> = None;
+        let mut datatype: Option<WireDatatype> = None;
+        let mut parameters: Option<Parameters> = None;
+        let mut data: Option<WireData> = None;
+        while let Some(field) = map.next_key::<TensorField>()? {
+            match field {
+                TensorField::Name => {
+                    once(&name, "name")?;
+                    name = Some(map.next_value()?);
+                }
+                TensorField::Shape => {
+                    once(&shape, "shape")?;
+                    shape = Some(map.next_value()?);
+                }
+                TensorField::Datatype => {
+                    once(&datatype, "datatype")?;
+                    datatype = Some(map.next_value()?);
+                }
+                TensorField::Parameters => {
+                    once(&parameters, "parameters")?;
+                    parameters = Some(map.next_value()?);
+                }
+                TensorField::Data => {
+                    once(&data, "data")?;
+                    data = Some(match &datatype {
+                        Some(WireDatatype::Known(d)) => {
+                            // Cap the pre-allocation: a shape may claim more than the
+                            // payload carries.
+                            let capacity = shape
+                                .as_deref()
+                                .and_then(|s| {
+                                    s.iter().try_fold(1usize, |acc, &d| {
+                                        acc.checked_mul(usize::try_from(d).ok()?)
+                                    })
+                                })
+                                .unwrap_or(0)
+                                .min(1 << 20);
+                            let mut out = TensorData::with_capacity(*d, capacity);
+                            map.next_value_seed(DataSeed { out: &mut out }).map_err(
+                                |e| match &name {
+                                    Some(n) => {
+                                        de::Error::custom(format_args!("input '{n}': data: {e}"))
+                                    }
+                                    None => de::Error::custom(format_args!("data: {e}")),
+                                },
+                            )?;
+                            WireData::Typed(out)
+                        }
+                        _ => WireData::Deferred(map.next_value()?),
+                    });
+                }
+                TensorField::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(WireTensor {
+            name: name.ok_or_else(|| de::Error::missing_field("name"))?,
+            shape: shape.ok_or_else(|| de::Error::missing_field("shape"))?,
+            datatype: datatype.ok_or_else(|| de::Error::missing_field("datatype"))?,
+            parameters: parameters.unwrap_or_default(),
+            data,
+        })
+    }
+}
+
+impl WireTensor {
+    /// The shape as sizes; negative dimensions are refused.
+    pub(crate) fn dimensions(&self) -> std::result::Result<Vec<usize>, String> {
+        self.shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| {
+                format!(
+                    "input '{}': shape {:?} has a negative dimension; shapes must be concrete",
+                    self.name, self.shape
+                )
+            })
+    }
+
+    /// The checked tensor, from its JSON `data`.
+    pub(crate) fn into_tensor(self) -> std::result::Result<Tensor, String> {
+        let datatype = self.datatype.known(&self.name)?;
+        let shape = self.dimensions()?;
+        let name = self.name;
+        let data = match self.data {
+            None => return Err(format!("input '{name}': missing \"data\"")),
+            Some(WireData::Typed(d)) => d,
+            Some(WireData::Deferred(value)) => {
+                let mut out = TensorData::with_capacity(datatype, 0);
+                DataSeed { out: &mut out }
+                    .deserialize(&value)
+                    .map_err(|e| format!("input '{name}': data: {e}"))?;
+                out
+            }
+        };
+        check_element_count(&name, &shape, data.len())
+            .map_err(|r| format!("input '{name}': {r}"))?;
+        Ok(Tensor {
+            name,
+            shape,
+            parameters: self.parameters,
+            data,
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for Tensor {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let r = RawTensor::deserialize(deserializer)?;
-        build_tensor(
-            r.name,
-            &r.shape,
-            &r.datatype,
-            r.parameters,
-            r.data.as_deref(),
-        )
-        .map_err(de::Error::custom)
-    }
-}
-
-fn build_tensor(
-    name: String,
-    shape: &[i64],
-    datatype: &str,
-    parameters: Parameters,
-    data: Option<&RawValue>,
-) -> std::result::Result<Tensor, String> {
-    let datatype = Datatype::from_str(datatype).map_err(|_| {
-        format!(
-            "input '{name}': unknown datatype {datatype:?}; expected one of BOOL, UINT8, UINT16, \
-             UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES"
-        )
-    })?;
-    let shape = shape
-        .iter()
-        .map(|&d| {
-            usize::try_from(d).map_err(|_| {
-                format!("input '{name}': shape {shape:?} has a negative dimension; shapes must be concrete")
-            })
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let raw = data.ok_or_else(|| format!("input '{name}': missing \"data\""))?;
-    let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    // Cap the pre-allocation: a shape may claim more than the payload carries.
-    let capacity = expected.unwrap_or(0).min(1 << 20);
-    let mut out = TensorData::with_capacity(datatype, capacity);
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    DataSeed { out: &mut out }
-        .deserialize(&mut de)
-        .map_err(|e| format!("input '{name}': data: {}", strip_position(&e)))?;
-    check_element_count(&name, &shape, out.len()).map_err(|r| format!("input '{name}': {r}"))?;
-    Ok(Tensor {
-        name,
-        shape,
-        parameters,
-        data: out,
-    })
-}
-
-/// serde_json appends "at line L column C" relative to the raw `data` slice, which
-/// would mislead; the element index in the message is what locates the problem.
-fn strip_position(e: &serde_json::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" at line ") {
-        Some(i) => s[..i].to_owned(),
-        None => s,
+        WireTensor::deserialize(deserializer)?
+            .into_tensor()
+            .map_err(de::Error::custom)
     }
 }
 
@@ -761,22 +903,24 @@ impl TryFrom<RawRequest> for InferenceRequest {
     }
 }
 
+/// A name that appears more than once in `names`, if any (sorting a few borrowed
+/// names is cheaper than hashing them).
+fn first_repeat<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut sorted: Vec<&str> = names.collect();
+    sorted.sort_unstable();
+    sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
 impl InferenceRequest {
     /// Input names and requested output names must each be unique.
     pub(crate) fn check_unique_names(&self) -> std::result::Result<(), String> {
-        let mut seen = HashSet::new();
-        for input in &self.inputs {
-            if !seen.insert(input.name.as_str()) {
-                return Err(format!("input '{}' appears more than once", input.name));
-            }
+        if let Some(name) = first_repeat(self.inputs.iter().map(|t| t.name.as_str())) {
+            return Err(format!("input '{name}' appears more than once"));
         }
-        if let Some(outputs) = &self.outputs {
-            let mut seen = HashSet::new();
-            for o in outputs {
-                if !seen.insert(o.name.as_str()) {
-                    return Err(format!("output '{}' is requested more than once", o.name));
-                }
-            }
+        if let Some(outputs) = &self.outputs
+            && let Some(name) = first_repeat(outputs.iter().map(|o| o.name.as_str()))
+        {
+            return Err(format!("output '{name}' is requested more than once"));
         }
         Ok(())
     }
@@ -794,6 +938,9 @@ impl InferenceRequest {
     /// Decodes a JSON request body; every problem becomes [`Error::InvalidInput`]
     /// naming the input and element concerned.
     pub fn from_json(body: &[u8]) -> Result<Self> {
+        if let Some(request) = fast::parse_request(body) {
+            return Ok(request);
+        }
         serde_json::from_slice(body)
             .map_err(|e| Error::invalid_input("inference request", e.to_string()))
     }
