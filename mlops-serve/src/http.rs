@@ -73,11 +73,23 @@ impl Default for HttpConfig {
     }
 }
 
+/// What every handler shares, behind one reference count (axum clones the state
+/// for each request).
 #[derive(Debug, Clone)]
-struct AppState {
+struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
     server: ModelServer,
-    config: Arc<HttpConfig>,
-    permits: Arc<Semaphore>,
+    config: HttpConfig,
+    permits: Semaphore,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// An error as the protocol answers it.
@@ -185,11 +197,11 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 /// The router for `server` with `config`; serve it with [`serve`] or any axum
 /// setup.
 pub fn router(server: ModelServer, config: HttpConfig) -> Router {
-    let state = AppState {
-        permits: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+    let state = AppState(Arc::new(Shared {
+        permits: Semaphore::new(config.max_concurrency.max(1)),
         server,
-        config: Arc::new(config),
-    };
+        config,
+    }));
     Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -343,13 +355,15 @@ async fn model_ready_v(
 
 async fn run_infer(
     s: AppState,
-    headers: HeaderMap,
+    request: axum::extract::Request,
     model: String,
     version: Option<String>,
-    body: Body,
 ) -> ApiResult {
+    // The headers are read in place: the `HeaderMap` extractor would copy them.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let started = Instant::now();
-    let outcome = infer_response(&s, &headers, &model, version.as_deref(), body).await;
+    let outcome = infer_response(&s, headers, &model, version.as_deref(), body).await;
     // Requests refused before reaching the model (auth, body, decoding, limits,
     // timeouts) still count in the metrics; the server counts the others.
     if let Err(e) = &outcome
@@ -381,7 +395,7 @@ async fn infer_response(
     if !s.server.has_model(model) {
         return Err(Error::not_found(mlops_core::ResourceKind::Model, model).into());
     }
-    let Ok(_permit) = s.permits.clone().try_acquire_owned() else {
+    let Ok(_permit) = s.permits.try_acquire() else {
         return Err(Error::Unavailable {
             what: "model server".into(),
             reason: format!(
@@ -459,20 +473,18 @@ async fn infer_response(
 
 async fn infer(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(model): Path<String>,
-    body: Body,
+    request: axum::extract::Request,
 ) -> ApiResult {
-    run_infer(s, headers, model, None, body).await
+    run_infer(s, request, model, None).await
 }
 
 async fn infer_v(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path((model, version)): Path<(String, String)>,
-    body: Body,
+    request: axum::extract::Request,
 ) -> ApiResult {
-    run_infer(s, headers, model, Some(version), body).await
+    run_infer(s, request, model, Some(version)).await
 }
 
 fn report_json(r: &crate::server::ReloadReport) -> serde_json::Value {

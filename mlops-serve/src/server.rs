@@ -796,8 +796,8 @@ impl ModelServer {
         request: InferenceRequest,
         version_label: &mut String,
         served: &mut Option<Arc<LoadedVersion>>,
+        started: Instant,
     ) -> Result<InferenceResponse> {
-        let started = Instant::now();
         if self.is_draining() {
             return Err(Error::Unavailable {
                 what: "model server".into(),
@@ -1167,7 +1167,14 @@ impl Server for ModelServer {
         let mut version_label = version.unwrap_or("").to_owned();
         let mut served = None;
         let result = self
-            .infer_inner(model, version, request, &mut version_label, &mut served)
+            .infer_inner(
+                model,
+                version,
+                request,
+                &mut version_label,
+                &mut served,
+                started,
+            )
             .await;
         match (&result, served) {
             (Ok(_), Some(loaded)) => {

@@ -379,12 +379,15 @@ impl SmallKernel {
     /// Raw outputs of `rows` rows of the row-major `x`.
     pub(crate) fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let last = self.layers.len().saturating_sub(1);
-        let mut current = x.to_vec();
+        let mut current: Vec<f32> = Vec::new();
         for (i, (w, b, d_in, d_out)) in self.layers.iter().enumerate() {
+            let input = if i == 0 { x } else { &current[..] };
             let mut next = Vec::with_capacity(rows * d_out);
             for r in 0..rows {
-                let row = &current[r * d_in..(r + 1) * d_in];
-                let mut acc = b.clone();
+                let row = &input[r * d_in..(r + 1) * d_in];
+                let start = next.len();
+                next.extend_from_slice(b);
+                let acc = &mut next[start..];
                 for (k, &xk) in row.iter().enumerate() {
                     if xk != 0.0 {
                         let wk = &w[k * d_out..(k + 1) * d_out];
@@ -394,7 +397,7 @@ impl SmallKernel {
                     }
                 }
                 if i < last {
-                    for a in &mut acc {
+                    for a in acc.iter_mut() {
                         *a = match self.activation {
                             Activation::Relu => a.max(0.0),
                             Activation::Tanh => a.tanh(),
@@ -404,9 +407,11 @@ impl SmallKernel {
                         };
                     }
                 }
-                next.extend_from_slice(&acc);
             }
             current = next;
+        }
+        if self.layers.is_empty() {
+            return x.to_vec();
         }
         current
     }

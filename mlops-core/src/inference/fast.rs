@@ -36,7 +36,8 @@ pub(crate) fn parse_request(body: &[u8]) -> Option<InferenceRequest> {
                 }
                 b"inputs" if inputs.is_none() => {
                     s.expect(b':')?;
-                    inputs = Some(s.array(0, Scanner::tensor)?);
+                    // Room for a typical request's inputs up front.
+                    inputs = Some(s.array(8, Scanner::tensor)?);
                 }
                 b"outputs" if outputs.is_none() => {
                     s.expect(b':')?;

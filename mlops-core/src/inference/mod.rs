@@ -903,12 +903,30 @@ impl TryFrom<RawRequest> for InferenceRequest {
     }
 }
 
-/// A name that appears more than once in `names`, if any (sorting a few borrowed
-/// names is cheaper than hashing them).
-fn first_repeat<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let mut sorted: Vec<&str> = names.collect();
-    sorted.sort_unstable();
-    sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+/// A name that appears more than once in `names`, if any.
+///
+/// Names are first filtered through a 256-bit Bloom filter of their hashes, so a
+/// request's few dozen distinct names cost one hash each; only a possible repeat is
+/// looked for among the names before it. Long lists are sorted instead.
+fn first_repeat<'a>(names: impl ExactSizeIterator<Item = &'a str> + Clone) -> Option<&'a str> {
+    if names.len() > 64 {
+        let mut sorted: Vec<&str> = names.collect();
+        sorted.sort_unstable();
+        return sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]);
+    }
+    let mut seen = [0u64; 4];
+    for (i, name) in names.clone().enumerate() {
+        // FNV-1a: short names, no need for more.
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let (word, bit) = ((hash >> 6) as usize % 4, 1u64 << (hash & 63));
+        if seen[word] & bit != 0 && names.clone().take(i).any(|earlier| earlier == name) {
+            return Some(name);
+        }
+        seen[word] |= bit;
+    }
+    None
 }
 
 impl InferenceRequest {
@@ -1195,4 +1213,30 @@ pub struct ServerReadyResponse {
 pub struct ErrorResponse {
     /// What went wrong.
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_repeat;
+
+    #[test]
+    fn first_repeat_finds_repeats_in_short_and_long_lists() {
+        for n in [0usize, 1, 2, 20, 64, 65, 300] {
+            let names: Vec<String> = (0..n).map(|i| format!("x{i}")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            assert_eq!(first_repeat(refs.iter().copied()), None, "{n} distinct");
+            if n >= 2 {
+                let pairs = [(0, n - 1), (n / 2, n / 2 + 1), (n - 2, n - 1)];
+                for (a, b) in pairs.into_iter().filter(|&(a, b)| a < b && b < n) {
+                    let mut with_repeat = refs.clone();
+                    with_repeat[b] = refs[a];
+                    assert_eq!(
+                        first_repeat(with_repeat.iter().copied()),
+                        Some(refs[a]),
+                        "{n} names, {a} repeated at {b}"
+                    );
+                }
+            }
+        }
+    }
 }
