@@ -27,6 +27,9 @@ use mlops::store::{ObjectRegistry, RegistryOptions, StoreRoot};
 use mlops::train::{Encoding, ModelSpec, Progress, TabularLoader, TabularTrainer, TrainConfig};
 use serde_json::json;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn data(n: usize) -> RecordBatch {
     let mut state = 7u64;
     let mut uniform = move || {
