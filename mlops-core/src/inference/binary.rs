@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Datatype, InferenceRequest, InferenceResponse, ParameterValue, Parameters, RequestOutput,
-    Tensor, TensorData, WireTensor, check_element_count,
+    Shape, Tensor, TensorData, WireTensor, check_element_count,
 };
 use crate::error::{Error, Result};
 
@@ -370,7 +370,7 @@ impl InferenceRequest {
         for t in &mut shell.inputs {
             if binary(&t.name) {
                 t.data = TensorData::with_capacity(t.datatype(), 0);
-                t.shape = vec![0];
+                t.shape = Shape::from_slice(&[0]);
             }
         }
         let value = serde_json::to_value(&shell)
@@ -402,7 +402,11 @@ impl InferenceResponse {
     /// part's length. Binary outputs may hold NaN and infinities, which JSON cannot.
     pub fn to_body(&self, binary: impl Fn(&str) -> bool) -> Result<(Vec<u8>, Option<usize>)> {
         if !self.outputs.iter().any(|t| binary(&t.name)) {
-            let body = serde_json::to_vec(self)
+            // Room for the usual answer up front: growing from empty reallocates
+            // several times for even a one-value response.
+            let elements: usize = self.outputs.iter().map(|t| t.data.len()).sum();
+            let mut body = Vec::with_capacity(256 + 24 * elements.min(1 << 16));
+            serde_json::to_writer(&mut body, self)
                 .map_err(|e| Error::invalid_input("inference response", e.to_string()))?;
             return Ok((body, None));
         }
@@ -411,7 +415,7 @@ impl InferenceResponse {
         for t in &mut shell.outputs {
             if binary(&t.name) {
                 t.data = TensorData::with_capacity(t.datatype(), 0);
-                t.shape = vec![0];
+                t.shape = Shape::from_slice(&[0]);
             }
         }
         let value = serde_json::to_value(&shell)

@@ -17,7 +17,7 @@
 //! standard library's correctly rounded parser, as serde_json's `float_roundtrip`
 //! does, and narrowed the same way.
 
-use super::{Datatype, InferenceRequest, Parameters, RequestOutput, Tensor, TensorData};
+use super::{Datatype, InferenceRequest, Parameters, RequestOutput, Shape, Tensor, TensorData};
 
 /// The request, when `body` is in the subset this scanner reads; `None` means
 /// "use the general decoder", never "invalid".
@@ -272,8 +272,19 @@ impl<'a> Scanner<'a> {
         i64::try_from(if n.negative { -magnitude } else { magnitude }).ok()
     }
 
-    fn shape(&mut self) -> Option<Vec<usize>> {
-        self.array(0, |s| usize::try_from(s.integer()?).ok())
+    fn shape(&mut self) -> Option<Shape> {
+        self.expect(b'[')?;
+        let mut out = Shape::new();
+        if self.eat(b']') {
+            return Some(out);
+        }
+        loop {
+            out.push(usize::try_from(self.integer()?).ok()?);
+            if !self.eat(b',') {
+                self.expect(b']')?;
+                return Some(out);
+            }
+        }
     }
 
     fn output(&mut self) -> Option<RequestOutput> {
@@ -292,7 +303,7 @@ impl<'a> Scanner<'a> {
 
     fn tensor(&mut self) -> Option<Tensor> {
         let mut name = None;
-        let mut shape: Option<Vec<usize>> = None;
+        let mut shape: Option<Shape> = None;
         let mut datatype = None;
         let mut data = None;
         self.expect(b'{')?;

@@ -324,6 +324,11 @@ impl<'de> Deserialize<'de> for ParameterValue {
     }
 }
 
+/// The dimensions of a tensor. Up to four are held inline, so the usual shapes
+/// (`[rows]`, `[rows, width]`) cost no allocation; it derefs to `[usize]` and is
+/// built from a `Vec<usize>` with `.into()` or from a slice with `Shape::from_slice`.
+pub type Shape = smallvec::SmallVec<[usize; 4]>;
+
 /// A named, shaped, typed tensor: an input of a request, an output of a response,
 /// and what a [`Predictor`](crate::Predictor) reads and writes.
 ///
@@ -334,7 +339,7 @@ pub struct Tensor {
     /// The tensor's name.
     pub name: String,
     /// Its shape; the first dimension is the batch (rows) by convention.
-    pub shape: Vec<usize>,
+    pub shape: Shape,
     /// Parameters attached to this tensor (e.g. `content_type`, `binary_data_size`).
     pub parameters: Parameters,
     /// The elements, flat and row-major.
@@ -348,8 +353,9 @@ pub type ResponseOutput = Tensor;
 
 impl Tensor {
     /// A tensor, checked: the shape must hold exactly `data.len()` elements.
-    pub fn new(name: impl Into<String>, shape: Vec<usize>, data: TensorData) -> Result<Self> {
+    pub fn new(name: impl Into<String>, shape: impl Into<Shape>, data: TensorData) -> Result<Self> {
         let name = name.into();
+        let shape = shape.into();
         check_element_count(&name, &shape, data.len())
             .map_err(|reason| Error::invalid_input(format!("tensor '{name}'"), reason))?;
         Ok(Self {
@@ -362,7 +368,7 @@ impl Tensor {
 
     /// An `FP32` tensor from a dense `ndarray` array (the model-side currency).
     pub fn from_array_f32(name: impl Into<String>, array: ndarray::ArrayD<f32>) -> Self {
-        let shape = array.shape().to_vec();
+        let shape = Shape::from_slice(array.shape());
         let data = if array.is_standard_layout() {
             let (vec, _offset) = array.into_raw_vec_and_offset();
             vec
@@ -420,7 +426,7 @@ impl Serialize for Tensor {
         let fields = if self.parameters.is_empty() { 4 } else { 5 };
         let mut s = serializer.serialize_struct("Tensor", fields)?;
         s.serialize_field("name", &self.name)?;
-        s.serialize_field("shape", &self.shape)?;
+        s.serialize_field("shape", &self.shape[..])?;
         s.serialize_field("datatype", &self.datatype())?;
         if !self.parameters.is_empty() {
             s.serialize_field("parameters", &self.parameters)?;
@@ -662,11 +668,11 @@ impl<'de> Visitor<'de> for WireTensorVisitor {
 
 impl WireTensor {
     /// The shape as sizes; negative dimensions are refused.
-    pub(crate) fn dimensions(&self) -> std::result::Result<Vec<usize>, String> {
+    pub(crate) fn dimensions(&self) -> std::result::Result<Shape, String> {
         self.shape
             .iter()
             .map(|&d| usize::try_from(d))
-            .collect::<std::result::Result<Vec<_>, _>>()
+            .collect::<std::result::Result<Shape, _>>()
             .map_err(|_| {
                 format!(
                     "input '{}': shape {:?} has a negative dimension; shapes must be concrete",
@@ -1078,7 +1084,7 @@ impl TensorSpec {
 /// ];
 /// let tensors = tensors_from_batch(&specs, &batch)?;
 /// assert_eq!(tensors[0].data, TensorData::Fp32(vec![1.5, 2.0]));
-/// assert_eq!(tensors[1].shape, vec![2]);
+/// assert_eq!(tensors[1].shape[..], [2]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn tensors_from_batch(

@@ -69,7 +69,7 @@ fn spec_request_example_with_consistent_shape_round_trips() {
     assert_eq!(req.id.as_deref(), Some("42"));
     assert_eq!(req.inputs.len(), 2);
     let input0 = req.input("input0").unwrap();
-    assert_eq!(input0.shape, vec![2, 2]);
+    assert_eq!(input0.shape[..], [2, 2]);
     assert_eq!(input0.data, TensorData::Uint32(vec![1, 2, 3, 4]));
     assert_eq!(
         req.input("input1").unwrap().data,
@@ -113,7 +113,7 @@ fn spec_response_example_round_trips() {
     assert_eq!(resp.id.as_deref(), Some("42"));
     assert_eq!(resp.model_version, None);
     let out = resp.output("output0").unwrap();
-    assert_eq!(out.shape, vec![3, 2]);
+    assert_eq!(out.shape[..], [3, 2]);
     assert_eq!(
         out.data,
         TensorData::Fp32(vec![1.0, 1.1, 2.0, 2.1, 3.0, 3.1])
@@ -140,7 +140,7 @@ fn nested_and_flat_data_decode_alike() {
     let c = InferenceRequest::from_json(&serde_json::to_vec(&deep).unwrap()).unwrap();
     assert_eq!(a.inputs[0].data, b.inputs[0].data);
     assert_eq!(a.inputs[0].data, c.inputs[0].data);
-    assert_eq!(c.inputs[0].shape, vec![2, 3, 1]);
+    assert_eq!(c.inputs[0].shape[..], [2, 3, 1]);
 }
 
 #[test]

@@ -55,7 +55,7 @@ fn loaded_model_answers_exactly_as_the_trained_one() {
     let a = trained.predictor.predict(&inputs).unwrap();
     let b = loaded.predict(&inputs).unwrap();
     assert_eq!(a, b);
-    assert_eq!(a[0].shape, vec![3]);
+    assert_eq!(a[0].shape[..], [3]);
     let p = a[0].data.to_f32_vec().unwrap();
     assert!(p.iter().all(|v| (0.0..=1.0).contains(v)));
 
@@ -103,7 +103,7 @@ fn multiclass_and_regression_round_trip() {
     let loaded = TabularLoader::default().load(&trained.artifact).unwrap();
     let inputs = tensors_from_batch(&loaded.signature().inputs, &data.slice(0, 5)).unwrap();
     let out = loaded.predict(&inputs).unwrap();
-    assert_eq!(out[0].shape, vec![5, 3]);
+    assert_eq!(out[0].shape[..], [5, 3]);
     assert_eq!(out, trained.predictor.predict(&inputs).unwrap());
 
     let data = data::regression(600, 13);
@@ -192,7 +192,7 @@ fn bad_requests_are_named() {
     check(not_utf8, "UTF-8");
     // Zero rows give zero rows.
     let empty = tensors_from_batch(&p.signature().inputs, &requests().slice(0, 0)).unwrap();
-    assert_eq!(p.predict(&empty).unwrap()[0].shape, vec![0]);
+    assert_eq!(p.predict(&empty).unwrap()[0].shape[..], [0]);
 }
 
 #[test]
