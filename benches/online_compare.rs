@@ -8,6 +8,10 @@
 //! MLOPS_ONLINE_PROFILE=1 cargo bench --features redis --bench online_compare
 //! ```
 //!
+//! With Redis it also times the `redis` crate alone, with no mlops code: the same
+//! pipelined `HMGET`s of as many stored keys (per view, one command per entity)
+//! through the same kind of connection, printed as store `redis-crate`.
+//!
 //! `MLOPS_ONLINE_PROFILE=N` adds the latency of the in-memory store's own read of
 //! one view (N keys, 100 when N is not a number; 3 features), without the
 //! feature store around it.
@@ -129,6 +133,80 @@ async fn setup(online: Arc<dyn OnlineStore>) -> ObjectFeatureStore {
     store
 }
 
+/// The stored keys of `view` (the store's layout: `bench:<view>:...`).
+async fn stored_keys(con: &mut redis::aio::ConnectionManager, view: &str) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("bench:{view}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(con)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!(keys.len() as i64, ENTITIES, "view {view}");
+    keys
+}
+
+/// The `redis` crate's own cost for the reads a lookup makes: one pipeline per view
+/// of `HMGET key e c v` for each entity, both views at once, replies converted to
+/// the same Rust types the store reads, nothing else. Entities are spread over
+/// the stored keys as in the store's lookups.
+async fn redis_crate_alone(url: &str) {
+    let client = redis::Client::open(url).unwrap_or_else(|e| panic!("{e}"));
+    let mut con = redis::aio::ConnectionManager::new(client)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    type Reply = Vec<(Option<i64>, Option<i64>, Option<Vec<u8>>)>;
+    let card = stored_keys(&mut con, "card").await;
+    let merchant = stored_keys(&mut con, "merchant").await;
+    for batch in [1usize, 100] {
+        let mut lat = Vec::with_capacity(ITERATIONS);
+        for i in 0..ITERATIONS + 1000 {
+            let picks: Vec<usize> = (0..batch)
+                .map(|k| (i * 7919 + k * 104_729) % card.len())
+                .collect();
+            let start = Instant::now();
+            let reads = [&card, &merchant].map(|keys| {
+                let mut pipe = redis::pipe();
+                for &k in &picks {
+                    pipe.cmd("HMGET").arg(&keys[k]).arg("e").arg("c").arg("v");
+                }
+                let mut con = con.clone();
+                async move { pipe.query_async::<Reply>(&mut con).await }
+            });
+            let [a, b] = reads;
+            let (a, b) = tokio::join!(a, b);
+            let t = start.elapsed().as_secs_f64() * 1e6;
+            let (a, b) = (
+                a.unwrap_or_else(|e| panic!("{e}")),
+                b.unwrap_or_else(|e| panic!("{e}")),
+            );
+            assert!(a.iter().chain(&b).all(|r| r.2.is_some()));
+            if i >= 1000 {
+                lat.push(t);
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "{{\"store\": \"redis-crate\", \"entities\": {batch}, \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}}}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.9),
+            percentile(&lat, 0.99),
+            percentile(&lat, 0.999)
+        );
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -180,6 +258,7 @@ fn main() {
                 .unwrap_or_else(|e| panic!("{e}"));
             let store = setup(Arc::new(redis)).await;
             measure("redis", &store, &refs).await;
+            redis_crate_alone(&url).await;
         }
     });
 }

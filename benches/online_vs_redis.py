@@ -9,7 +9,9 @@ server on a free loopback port, runs `cargo bench --features redis --bench
 online_compare` against it (5 features from 2 views, 100,000 entities, 20,000
 lookups per case after 1,000 warm-up), then redis-benchmark pipelining HMGET of
 the same number of keys (2 for one entity, 200 for 100 entities: one hash per
-entity and view), then Feast's get_online_features with its default SQLite
+entity and view), and the `redis` crate alone doing the same HMGETs with no mlops
+code (`redis-crate`: what a store built on that crate cannot go below), then
+Feast's get_online_features with its default SQLite
 online store after materialize, on the same shape (benches/feast_engine.py, in its
 own virtual environment ~/.cache/mlops-bench/feast-venv, created once; skip it
 with --no-feast). Prints p50/p99 in microseconds with the ratio to the Redis floor
@@ -91,7 +93,7 @@ def main():
     print(f"{'store':<8}{'entities':>9}{'p50 us':>10}{'p99 us':>10}   redis-benchmark floor p50/p99 us, ratio")
     for r in results:
         line = f"{r['store']:<8}{r['entities']:>9}{r['p50_us']:>10.1f}{r['p99_us']:>10.1f}"
-        if r["store"] == "redis":
+        if r["store"] in ("redis", "redis-crate"):
             f50, f99 = floors[r["entities"]]
             line += f"   {f50:.0f} / {f99:.0f}, {r['p50_us'] / f50:.2f}x / {r['p99_us'] / f99:.2f}x"
         print(line)
