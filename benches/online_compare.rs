@@ -25,6 +25,12 @@ use chrono::Utc;
 use mlops::core::feature::{ApplyOptions, FeatureRef, FeatureStore, FeatureView};
 use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore, OnlineStore, StoreRoot};
 
+// As in the serving bench, the bench runs on mimalloc, as a latency-minded Rust
+// service would: on glibc's allocator the 100-entity p99 here was about 170 µs
+// against about 60 µs (p50 23 against 21 µs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ENTITIES: i64 = 100_000;
 const ITERATIONS: usize = 20_000;
 

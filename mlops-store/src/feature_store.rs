@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array, new_null_array};
 use arrow::compute::take;
-use arrow::datatypes::{Field, Schema};
+use arrow::datatypes::{Field, FieldRef, Schema};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mlops_core::feature::{
@@ -41,7 +41,26 @@ pub struct ObjectFeatureStore {
 }
 
 /// View definitions and when they were read.
-type CachedViews = (std::time::Instant, HashMap<String, Arc<FeatureView>>);
+type CachedViews = (std::time::Instant, HashMap<String, Arc<CachedView>>);
+
+/// A view definition with the output fields of its features, built once.
+#[derive(Debug)]
+struct CachedView {
+    view: FeatureView,
+    /// Per feature of the view, in its order: the nullable output field.
+    fields: Vec<FieldRef>,
+}
+
+impl CachedView {
+    fn new(view: FeatureView) -> Self {
+        let fields = view
+            .features
+            .iter()
+            .map(|f| Arc::new(Field::new(&f.name, f.data_type.clone(), true)))
+            .collect();
+        Self { view, fields }
+    }
+}
 
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -67,7 +86,7 @@ impl ObjectFeatureStore {
     }
 
     /// The view named `name` for an online read: from the cache when fresh.
-    async fn cached_view(&self, name: &str) -> Result<Arc<FeatureView>> {
+    async fn cached_view(&self, name: &str) -> Result<Arc<CachedView>> {
         {
             let cache = self.views.read().unwrap_or_else(|p| p.into_inner());
             if let Some((at, views)) = cache.as_ref()
@@ -79,12 +98,12 @@ impl ObjectFeatureStore {
                     .ok_or_else(|| Error::not_found(ResourceKind::FeatureView, name));
             }
         }
-        let views: HashMap<String, Arc<FeatureView>> = self
+        let views: HashMap<String, Arc<CachedView>> = self
             .offline
             .list_views()
             .await?
             .into_iter()
-            .map(|v| (v.name.clone(), Arc::new(v)))
+            .map(|v| (v.name.clone(), Arc::new(CachedView::new(v))))
             .collect();
         let found = views.get(name).cloned();
         *self.views.write().unwrap_or_else(|p| p.into_inner()) =
@@ -152,32 +171,38 @@ impl ObjectFeatureStore {
         let n = entity_rows.num_rows();
         // Resolve and check every view first, then read them all at once.
         let mut plans = Vec::with_capacity(by_view.len());
+        // The output field of each feature, from the view's cached fields.
+        let mut fields: Vec<Option<FieldRef>> = vec![None; features.len()];
         for (view_name, positions) in by_view {
             // Shared, not copied: the cache hands out the same definition.
-            let view = self.cached_view(view_name).await?;
+            let cached = self.cached_view(view_name).await?;
             for &i in &positions {
-                if view.feature(features[i].feature()).is_none() {
-                    return Err(Error::not_found(
-                        ResourceKind::Feature,
-                        features[i].to_string(),
-                    ));
-                }
+                let index = cached
+                    .view
+                    .features
+                    .iter()
+                    .position(|v| v.name == features[i].feature())
+                    .ok_or_else(|| {
+                        Error::not_found(ResourceKind::Feature, features[i].to_string())
+                    })?;
+                fields[i] = Some(cached.fields[index].clone());
             }
             let wanted: Vec<String> = positions
                 .iter()
                 .map(|&i| features[i].feature().to_owned())
                 .collect();
-            plans.push((view, positions, wanted));
+            plans.push((cached, positions, wanted));
         }
         let reads = futures_util::future::try_join_all(
             plans
                 .iter()
-                .map(|(view, _, wanted)| self.online.read(view, &entity_rows, wanted)),
+                .map(|(cached, _, wanted)| self.online.read(&cached.view, &entity_rows, wanted)),
         )
         .await?;
         let mut results: Vec<Option<(ArrayRef, OnlineFeatureColumn)>> =
             (0..features.len()).map(|_| None).collect();
-        for ((view, positions, _), read) in plans.iter().zip(reads) {
+        for ((cached, positions, _), read) in plans.iter().zip(reads) {
+            let view = &cached.view;
             let ttl_us = view
                 .ttl
                 .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
@@ -207,33 +232,31 @@ impl ObjectFeatureStore {
             for (c, &i) in positions.iter().enumerate() {
                 let values = read.values.column(c);
                 let mut statuses = Vec::with_capacity(n);
-                let mut picks: Vec<Option<u32>> = Vec::with_capacity(n);
-                for b in &base {
-                    match *b {
-                        Err(status) => {
-                            statuses.push(status);
-                            picks.push(None);
-                        }
-                        Ok(row) if values.is_null(row as usize) => {
-                            statuses.push(FeatureStatus::NullValue);
-                            picks.push(None);
-                        }
-                        Ok(row) => {
-                            statuses.push(FeatureStatus::Present);
-                            picks.push(Some(row));
-                        }
-                    }
+                // Whether every row is present, fresh and non-null, in request
+                // order: then the values are the column as read.
+                let mut in_order = values.len() == n;
+                for (k, b) in base.iter().enumerate() {
+                    statuses.push(match *b {
+                        Err(status) => status,
+                        Ok(row) if values.is_null(row as usize) => FeatureStatus::NullValue,
+                        Ok(_) => FeatureStatus::Present,
+                    });
+                    in_order &= *b == Ok(k as u32) && statuses[k] == FeatureStatus::Present;
                 }
-                let in_order = values.len() == n
-                    && picks.iter().enumerate().all(|(k, p)| *p == Some(k as u32));
                 let column = if in_order {
-                    // Every row found and fresh, in request order: the values as read.
                     values.clone()
                 } else if values.is_empty() {
                     new_null_array(values.data_type(), n)
                 } else {
-                    take(values.as_ref(), &UInt32Array::from(picks), None)
-                        .map_err(|e| Error::backend("arrow", e))?
+                    let picks: UInt32Array = base
+                        .iter()
+                        .zip(&statuses)
+                        .map(|(b, s)| match (b, s) {
+                            (Ok(row), FeatureStatus::Present) => Some(*row),
+                            _ => None,
+                        })
+                        .collect();
+                    take(values.as_ref(), &picks, None).map_err(|e| Error::backend("arrow", e))?
                 };
                 let f = &features[i];
                 results[i] = Some((
@@ -247,22 +270,20 @@ impl ObjectFeatureStore {
                 ));
             }
         }
-        let mut fields: Vec<Field> = entity_rows
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
+        let mut out_fields: Vec<FieldRef> = request_schema.fields().iter().cloned().collect();
         let mut arrays: Vec<ArrayRef> = entity_rows.columns().to_vec();
         let mut columns = Vec::with_capacity(features.len());
-        for (f, result) in features.iter().zip(results) {
+        for ((f, result), field) in features.iter().zip(results).zip(fields) {
             let (array, meta) =
                 result.ok_or_else(|| Error::not_found(ResourceKind::Feature, f.to_string()))?;
-            fields.push(Field::new(f.feature(), array.data_type().clone(), true));
+            out_fields.push(match field {
+                Some(field) if field.data_type() == array.data_type() => field,
+                _ => Arc::new(Field::new(f.feature(), array.data_type().clone(), true)),
+            });
             arrays.push(array);
             columns.push(meta);
         }
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(out_fields)), arrays)
             .map_err(|e| Error::backend("arrow", e))?;
         Ok(OnlineFeatures { batch, columns })
     }

@@ -1,10 +1,10 @@
 //! Encoding shared by the online stores: rows in Arrow's row format, checked
 //! against the view.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Field, Schema, TimestampMicrosecondType};
+use arrow::datatypes::{Field, Schema, SchemaRef, TimestampMicrosecondType};
 use arrow::row::{RowConverter, Rows, SortField};
 use mlops_core::feature::FeatureView;
 use mlops_core::{Error, ResourceKind, Result};
@@ -84,14 +84,46 @@ pub(super) struct EncodedRows {
 pub(super) struct Codec {
     keys: RowConverter,
     values: RowConverter,
+    /// Schemas of read results, by the positions of the features read: a view is
+    /// read with few distinct feature lists, and building a schema costs more than
+    /// a small read.
+    schemas: Mutex<Vec<(Vec<usize>, SchemaRef)>>,
 }
+
+/// The most schemas a [`Codec`] keeps.
+const MAX_SCHEMAS: usize = 32;
 
 impl Codec {
     pub(super) fn new(view: &FeatureView) -> Result<Self> {
         Ok(Self {
             keys: converter(view.join_keys.iter().map(|k| k.data_type.clone()))?,
             values: converter(view.features.iter().map(|f| f.data_type.clone()))?,
+            schemas: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The schema of the `wanted` features of `view`.
+    fn schema(&self, view: &FeatureView, wanted: &[usize]) -> SchemaRef {
+        let mut schemas = self.schemas.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, schema)) = schemas.iter().find(|(w, _)| w == wanted) {
+            return schema.clone();
+        }
+        let schema = Arc::new(Schema::new(
+            wanted
+                .iter()
+                .map(|&i| {
+                    Field::new(
+                        &view.features[i].name,
+                        view.features[i].data_type.clone(),
+                        true,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        ));
+        if schemas.len() < MAX_SCHEMAS {
+            schemas.push((wanted.to_vec(), schema.clone()));
+        }
+        schema
     }
 
     /// Checks `rows` against the view (keys, times, every feature with its type)
@@ -183,18 +215,8 @@ impl Codec {
             .values
             .convert_rows(encoded.map(|b| parser.parse(b)))
             .map_err(|e| Error::backend("arrow", e))?;
-        let fields: Vec<Field> = wanted
-            .iter()
-            .map(|&i| {
-                Field::new(
-                    &view.features[i].name,
-                    view.features[i].data_type.clone(),
-                    true,
-                )
-            })
-            .collect();
         RecordBatch::try_new_with_options(
-            Arc::new(Schema::new(fields)),
+            self.schema(view, wanted),
             wanted.iter().map(|&i| all[i].clone()).collect(),
             &arrow::array::RecordBatchOptions::new().with_row_count(Some(count)),
         )

@@ -240,6 +240,20 @@ async fn contract(store: Arc<dyn OnlineStore>) {
         assert_eq!(labels.value(r.row), format!("l{i}"));
         assert_eq!(r.event_us, 20);
     }
+    // Each feature list read from a view gets its own columns, whatever was read
+    // before (result schemas are reused per list).
+    for wanted in [vec!["risk"], vec!["label", "risk"], vec!["risk", "label"]] {
+        let names: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
+        let read = store
+            .read(&v, &keys(vec![ids[3]], vec![7]), &names)
+            .await
+            .unwrap();
+        let schema = read.values.schema();
+        let got: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(got, wanted);
+        let risk = read.values.column_by_name("risk").unwrap();
+        assert_eq!(risk.as_primitive::<Float64Type>().value(0), 3.0);
+    }
 }
 
 #[tokio::test]
