@@ -14,7 +14,7 @@ pass with numpy, and furnace-server (crates.io, benches/furnace) serves them wit
 when it builds here (it takes the 20 values as one [1, 20] input). Every server gets the
 same single-row FP32 request (20 inputs of
 shape [1], the v2 JSON form; mlops-serve also in the binary tensor extension) at 8 and 64 connections for --seconds each, two wrk
-threads. Reports requests per second and p50/p99 latency, and the in-process
+threads, each timed run after a 2 s untimed one. Reports requests per second and p50/p99 latency, and the in-process
 `Server::infer` latency for 1- and 64-row requests. The KServe answer is checked
 against ours before timing.
 """
@@ -134,6 +134,11 @@ def to_us(v):
     return n * {"us": 1, "ms": 1000, "s": 1e6}[unit]
 
 
+# Each timed wrk run follows an untimed one of this length on the same server and
+# connection count.
+WARM_UP_SECONDS = 2
+
+
 def run_wrk(url, connections, seconds, script):
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
                          check=True, capture_output=True, text=True).stdout
@@ -190,11 +195,14 @@ def main():
         for name, base in targets.items():
             for c in (8, 64):
                 s = furnace_script if name.startswith("furnace") else script
+                # A short untimed run first: every server starts its timed run warm.
+                run_wrk(f"{base}/v2/models/fraud/infer", c, WARM_UP_SECONDS, str(s))
                 results[(name, c)] = run_wrk(f"{base}/v2/models/fraud/infer", c, seconds, str(s))
         binary_script = EXPORT / "wrk-binary.lua"
         binary_script.write_text(WRK_BINARY_LUA.format(body=EXPORT / "request.bin",
                                                        header=(EXPORT / "request.bin.header").read_text()))
         for c in (8, 64):
+            run_wrk(f"{info['ours']}/v2/models/fraud/infer", c, WARM_UP_SECONDS, str(binary_script))
             results[("mlops-serve, binary tensors", c)] = run_wrk(f"{info['ours']}/v2/models/fraud/infer", c, seconds,
                                                                  str(binary_script))
     finally:
