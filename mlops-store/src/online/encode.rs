@@ -9,6 +9,8 @@ use arrow::row::{RowConverter, Rows, SortField};
 use mlops_core::feature::FeatureView;
 use mlops_core::{Error, ResourceKind, Result};
 
+use super::fixed::FixedLayout;
+
 pub(super) fn converter(
     fields: impl Iterator<Item = arrow::datatypes::DataType>,
 ) -> Result<RowConverter> {
@@ -80,10 +82,32 @@ pub(super) struct EncodedRows {
 
 /// The row-format converters of one view (its join keys and its features), built
 /// once per view and shared by every read and write.
+/// Requested keys in row format.
+pub(super) enum KeyRows {
+    /// Encoded by Arrow's converter.
+    Arrow(Rows),
+    /// Encoded directly (fixed-width keys): rows of `width` bytes back to back.
+    Fixed { bytes: Vec<u8>, width: usize },
+}
+
+impl KeyRows {
+    /// The bytes of row `i`.
+    pub(super) fn row(&self, i: usize) -> &[u8] {
+        match self {
+            Self::Arrow(rows) => rows.row(i).data(),
+            Self::Fixed { bytes, width } => &bytes[i * width..(i + 1) * width],
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Codec {
     keys: RowConverter,
     values: RowConverter,
+    /// The direct layouts of key and value rows, when every column is of a
+    /// fixed-width type [`FixedLayout`] handles.
+    key_layout: Option<FixedLayout>,
+    value_layout: Option<FixedLayout>,
     /// Schemas of read results, by the positions of the features read: a view is
     /// read with few distinct feature lists, and building a schema costs more than
     /// a small read.
@@ -98,6 +122,8 @@ impl Codec {
         Ok(Self {
             keys: converter(view.join_keys.iter().map(|k| k.data_type.clone()))?,
             values: converter(view.features.iter().map(|f| f.data_type.clone()))?,
+            key_layout: FixedLayout::of(view.join_keys.iter().map(|k| &k.data_type)),
+            value_layout: FixedLayout::of(view.features.iter().map(|f| &f.data_type)),
             schemas: Mutex::new(Vec::new()),
         })
     }
@@ -179,7 +205,7 @@ impl Codec {
         view: &FeatureView,
         keys: &RecordBatch,
         features: &[String],
-    ) -> Result<(Vec<usize>, Rows)> {
+    ) -> Result<(Vec<usize>, KeyRows)> {
         let wanted: Vec<usize> = features
             .iter()
             .map(|f| {
@@ -194,11 +220,22 @@ impl Codec {
         let key_cols = key_columns(view, keys, || {
             format!("online read from view {}", view.name)
         })?;
+        if let Some(layout) = &self.key_layout
+            && let Some(bytes) = layout.encode(&key_cols)
+        {
+            return Ok((
+                wanted,
+                KeyRows::Fixed {
+                    bytes,
+                    width: layout.len(),
+                },
+            ));
+        }
         let key_rows = self
             .keys
             .convert_columns(&key_cols)
             .map_err(|e| Error::backend("arrow", e))?;
-        Ok((wanted, key_rows))
+        Ok((wanted, KeyRows::Arrow(key_rows)))
     }
 
     /// The `wanted` features of encoded value rows, as one batch (one row per
@@ -209,15 +246,26 @@ impl Codec {
         wanted: &[usize],
         encoded: impl ExactSizeIterator<Item = &'a [u8]>,
     ) -> Result<RecordBatch> {
-        let parser = self.values.parser();
         let count = encoded.len();
-        let all = self
-            .values
-            .convert_rows(encoded.map(|b| parser.parse(b)))
-            .map_err(|e| Error::backend("arrow", e))?;
+        let encoded: Vec<&[u8]> = encoded.collect();
+        let columns = match self
+            .value_layout
+            .as_ref()
+            .and_then(|layout| layout.decode(wanted, &encoded))
+        {
+            Some(columns) => columns,
+            None => {
+                let parser = self.values.parser();
+                let all = self
+                    .values
+                    .convert_rows(encoded.iter().map(|b| parser.parse(b)))
+                    .map_err(|e| Error::backend("arrow", e))?;
+                wanted.iter().map(|&i| all[i].clone()).collect()
+            }
+        };
         RecordBatch::try_new_with_options(
             self.schema(view, wanted),
-            wanted.iter().map(|&i| all[i].clone()).collect(),
+            columns,
             &arrow::array::RecordBatchOptions::new().with_row_count(Some(count)),
         )
         .map_err(|e| Error::backend("arrow", e))

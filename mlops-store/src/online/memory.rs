@@ -217,7 +217,7 @@ impl OnlineStore for InMemoryOnlineStore {
         // looking them all up: with no atomic operation between the lookups, the
         // processor overlaps their memory accesses.
         let located: Vec<(u64, usize)> = (0..keys.num_rows())
-            .map(|i| self.locate(key_rows.row(i).data()))
+            .map(|i| self.locate(key_rows.row(i)))
             .collect();
         // On the stack: a heap buffer of this size would cost more than the lookups
         // of a one-entity request.
@@ -238,7 +238,7 @@ impl OnlineStore for InMemoryOnlineStore {
             .iter()
             .enumerate()
             .map(|(i, &(hash, shard))| {
-                let key = key_rows.row(i).data();
+                let key = key_rows.row(i);
                 guards[shard]
                     .as_ref()
                     .and_then(|g| g.find(hash, |e| e.key() == key))

@@ -2,6 +2,7 @@
 //! when serving.
 
 mod encode;
+mod fixed;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;

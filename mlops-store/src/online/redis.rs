@@ -152,7 +152,7 @@ impl OnlineStore for RedisOnlineStore {
         let mut pipe = redis::pipe();
         for i in 0..keys.num_rows() {
             pipe.cmd("HMGET")
-                .arg(format!("{prefix}:{}", hex::encode(key_rows.row(i).data())))
+                .arg(format!("{prefix}:{}", hex::encode(key_rows.row(i))))
                 .arg("e")
                 .arg("c")
                 .arg("v");
