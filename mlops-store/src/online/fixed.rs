@@ -98,7 +98,7 @@ impl FixedLayout {
 
     /// The columns at `wanted` of `rows` (each one row of this layout); `None`
     /// when a row is not of this layout.
-    pub(super) fn decode<'a>(&self, wanted: &[usize], rows: &[&'a [u8]]) -> Option<Vec<ArrayRef>> {
+    pub(super) fn decode(&self, wanted: &[usize], rows: &[&[u8]]) -> Option<Vec<ArrayRef>> {
         if rows.iter().any(|r| r.len() != self.len) {
             return None;
         }
