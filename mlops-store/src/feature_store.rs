@@ -85,17 +85,26 @@ impl ObjectFeatureStore {
         self
     }
 
-    /// The view named `name` for an online read: from the cache when fresh.
-    async fn cached_view(&self, name: &str) -> Result<Arc<CachedView>> {
+    /// The views named `names` for an online read, in order: from the cache when
+    /// it is fresh (one clock read and one lock for them all).
+    async fn cached_views(&self, names: &[&str]) -> Result<Vec<Arc<CachedView>>> {
+        let pick = |views: &HashMap<String, Arc<CachedView>>| {
+            names
+                .iter()
+                .map(|name| {
+                    views
+                        .get(*name)
+                        .cloned()
+                        .ok_or_else(|| Error::not_found(ResourceKind::FeatureView, *name))
+                })
+                .collect::<Result<Vec<_>>>()
+        };
         {
             let cache = self.views.read().unwrap_or_else(|p| p.into_inner());
             if let Some((at, views)) = cache.as_ref()
                 && at.elapsed() < self.refresh
             {
-                return views
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| Error::not_found(ResourceKind::FeatureView, name));
+                return pick(views);
             }
         }
         let views: HashMap<String, Arc<CachedView>> = self
@@ -105,10 +114,10 @@ impl ObjectFeatureStore {
             .into_iter()
             .map(|v| (v.name.clone(), Arc::new(CachedView::new(v))))
             .collect();
-        let found = views.get(name).cloned();
+        let found = pick(&views);
         *self.views.write().unwrap_or_else(|p| p.into_inner()) =
             Some((std::time::Instant::now(), views));
-        found.ok_or_else(|| Error::not_found(ResourceKind::FeatureView, name))
+        found
     }
 
     fn forget_views(&self) {
@@ -136,6 +145,17 @@ impl ObjectFeatureStore {
         entity_rows: RecordBatch,
         features: &[FeatureRef],
         now: DateTime<Utc>,
+    ) -> Result<OnlineFeatures> {
+        self.online_features(entity_rows, features, Some(now)).await
+    }
+
+    /// Online retrieval at `now`; `None` reads the clock, and only when one of the
+    /// views has a TTL.
+    async fn online_features(
+        &self,
+        entity_rows: RecordBatch,
+        features: &[FeatureRef],
+        now: Option<DateTime<Utc>>,
     ) -> Result<OnlineFeatures> {
         if entity_rows.num_rows() == 0 {
             return Err(Error::invalid_input(
@@ -167,15 +187,15 @@ impl ObjectFeatureStore {
             }
             by_view.entry(f.view()).or_default().push(i);
         }
-        let now_us = micros(now);
         let n = entity_rows.num_rows();
         // Resolve and check every view first, then read them all at once.
         let mut plans = Vec::with_capacity(by_view.len());
         // The output field of each feature, from the view's cached fields.
         let mut fields: Vec<Option<FieldRef>> = vec![None; features.len()];
-        for (view_name, positions) in by_view {
-            // Shared, not copied: the cache hands out the same definition.
-            let cached = self.cached_view(view_name).await?;
+        let names: Vec<&str> = by_view.keys().copied().collect();
+        // Shared, not copied: the cache hands out the same definitions.
+        let views = self.cached_views(&names).await?;
+        for ((_, positions), cached) in by_view.into_iter().zip(views) {
             for &i in &positions {
                 let index = cached
                     .view
@@ -193,6 +213,14 @@ impl ObjectFeatureStore {
                 .collect();
             plans.push((cached, positions, wanted));
         }
+        let now_us = match now {
+            Some(now) => micros(now),
+            None if plans.iter().any(|(cached, _, _)| cached.view.ttl.is_some()) => {
+                micros(Utc::now())
+            }
+            // No TTL to judge: the time is not used.
+            None => 0,
+        };
         let reads = futures_util::future::try_join_all(
             plans
                 .iter()
@@ -374,7 +402,6 @@ impl FeatureStore for ObjectFeatureStore {
         entity_rows: RecordBatch,
         features: &[FeatureRef],
     ) -> Result<OnlineFeatures> {
-        self.get_online_features_at(entity_rows, features, Utc::now())
-            .await
+        self.online_features(entity_rows, features, None).await
     }
 }
