@@ -155,22 +155,27 @@ fn take<'a, T: ArrowPrimitiveType, const N: usize>(
     decode: impl Fn([u8; N]) -> T::Native,
 ) -> Option<ArrayRef> {
     let mut values = Vec::with_capacity(cells.size_hint().0);
-    let mut valid = Vec::with_capacity(values.capacity());
+    // Validity only once a null shows up: most features have none.
+    let mut valid: Option<Vec<bool>> = None;
     for cell in cells {
         let bytes: [u8; N] = cell.get(1..=N)?.try_into().ok()?;
         match cell[0] {
             1 => {
                 values.push(decode(bytes));
-                valid.push(true);
+                if let Some(v) = &mut valid {
+                    v.push(true);
+                }
             }
             0 => {
+                valid
+                    .get_or_insert_with(|| vec![true; values.len()])
+                    .push(false);
                 values.push(T::Native::default());
-                valid.push(false);
             }
             _ => return None,
         }
     }
-    let nulls = valid.contains(&false).then(|| NullBuffer::from(valid));
+    let nulls = valid.map(NullBuffer::from);
     Some(Arc::new(PrimitiveArray::<T>::new(
         ScalarBuffer::from(values),
         nulls,
