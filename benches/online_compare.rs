@@ -82,6 +82,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Prints one case's percentiles as a JSON line.
+fn report(store: &str, entities: usize, mut lat: Vec<f64>) {
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "{{\"store\": \"{store}\", \"entities\": {entities}, \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}}}",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+        percentile(&lat, 0.999)
+    );
+}
+
 async fn measure(name: &str, store: &ObjectFeatureStore, refs: &[FeatureRef]) {
     for batch in [1usize, 100] {
         let mut lat = Vec::with_capacity(ITERATIONS);
@@ -98,14 +110,7 @@ async fn measure(name: &str, store: &ObjectFeatureStore, refs: &[FeatureRef]) {
                 lat.push(t); // the first 1000 warm up
             }
         }
-        lat.sort_by(f64::total_cmp);
-        println!(
-            "{{\"store\": \"{name}\", \"entities\": {batch}, \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}}}",
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.9),
-            percentile(&lat, 0.99),
-            percentile(&lat, 0.999)
-        );
+        report(name, batch, lat);
     }
 }
 
@@ -202,14 +207,7 @@ async fn redis_crate_alone(url: &str) {
                 lat.push(t);
             }
         }
-        lat.sort_by(f64::total_cmp);
-        println!(
-            "{{\"store\": \"redis-crate\", \"entities\": {batch}, \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}}}",
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.9),
-            percentile(&lat, 0.99),
-            percentile(&lat, 0.999)
-        );
+        report("redis-crate", batch, lat);
     }
 }
 
