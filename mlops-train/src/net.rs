@@ -378,7 +378,10 @@ impl SmallKernel {
 
     /// Raw outputs of `rows` rows of the row-major `x`.
     pub(crate) fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let last = self.layers.len().saturating_sub(1);
+        if self.layers.is_empty() {
+            return x.to_vec();
+        }
+        let last = self.layers.len() - 1;
         let mut current: Vec<f32> = Vec::new();
         for (i, (w, b, d_in, d_out)) in self.layers.iter().enumerate() {
             let input = if i == 0 { x } else { &current[..] };
@@ -409,9 +412,6 @@ impl SmallKernel {
                 }
             }
             current = next;
-        }
-        if self.layers.is_empty() {
-            return x.to_vec();
         }
         current
     }

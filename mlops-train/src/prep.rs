@@ -423,27 +423,32 @@ impl Preprocessor {
             // in place; everything else goes through the general encoder.
             let standardized = match (&f.encoding, &t.data) {
                 (Encoding::Numeric { mean, std }, TensorData::Fp32(v) | TensorData::Fp16(v)) => {
-                    standardize(
+                    Some(standardize(
                         v.iter().map(|&x| f64::from(x)),
                         *mean,
                         *std,
                         &mut out,
                         width,
                         offset,
-                    )
+                    ))
                 }
-                (Encoding::Numeric { mean, std }, TensorData::Fp64(v)) => {
-                    standardize(v.iter().copied(), *mean, *std, &mut out, width, offset)
-                }
-                _ => Ok(false),
+                (Encoding::Numeric { mean, std }, TensorData::Fp64(v)) => Some(standardize(
+                    v.iter().copied(),
+                    *mean,
+                    *std,
+                    &mut out,
+                    width,
+                    offset,
+                )),
+                _ => None,
             };
             match standardized {
-                Ok(true) => {}
-                Ok(false) => {
+                Some(Ok(())) => {}
+                None => {
                     let values = tensor_values(t)?;
                     self.encode_into(i, values, &mut out, width, offset);
                 }
-                Err(row) => {
+                Some(Err(row)) => {
                     return Err(Error::invalid_input(
                         format!("input '{}'", t.name),
                         format!("row {row} is not a finite number"),
@@ -457,8 +462,8 @@ impl Preprocessor {
 }
 
 /// Writes standardized `values` into column `offset` of the row-major `out`, as
-/// [`Preprocessor::encode_into`] does for numbers without nulls; `Ok(true)` when
-/// done, `Err(row)` at the first non-finite value.
+/// [`Preprocessor::encode_into`] does for numbers without nulls; `Err(row)` at the
+/// first non-finite value.
 fn standardize(
     values: impl Iterator<Item = f64>,
     mean: f64,
@@ -466,14 +471,14 @@ fn standardize(
     out: &mut [f32],
     width: usize,
     offset: usize,
-) -> std::result::Result<bool, usize> {
+) -> std::result::Result<(), usize> {
     for (row, x) in values.enumerate() {
         if !x.is_finite() {
             return Err(row);
         }
         out[row * width + offset] = ((x - mean) / std) as f32;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// One raw column's values, before encoding.

@@ -177,7 +177,8 @@ fn bad_requests_are_named() {
         TensorData::Fp64(vec![1.0, f64::NAN, 3.0]),
     )
     .unwrap();
-    check(nan, "amount");
+    check(nan.clone(), "amount");
+    check(nan, "row 1 is not a finite number");
     check(good[1..].to_vec(), "amount");
     let mut short = good.clone();
     short[3] = Tensor::new("noise", vec![2], TensorData::Fp64(vec![1.0, 2.0])).unwrap();
