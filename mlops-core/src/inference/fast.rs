@@ -133,13 +133,21 @@ impl<'a> Scanner<'a> {
         capacity: usize,
         item: impl Fn(&mut Self) -> Option<T>,
     ) -> Option<Vec<T>> {
+        self.items(Vec::with_capacity(capacity), item)
+    }
+
+    /// `[item, ...]`, each item read by `item` and pushed onto `out`.
+    fn items<T, C: Extend<T>>(
+        &mut self,
+        mut out: C,
+        item: impl Fn(&mut Self) -> Option<T>,
+    ) -> Option<C> {
         self.expect(b'[')?;
-        let mut out = Vec::with_capacity(capacity);
         if self.eat(b']') {
             return Some(out);
         }
         loop {
-            out.push(item(self)?);
+            out.extend(std::iter::once(item(self)?));
             if !self.eat(b',') {
                 self.expect(b']')?;
                 return Some(out);
@@ -273,18 +281,7 @@ impl<'a> Scanner<'a> {
     }
 
     fn shape(&mut self) -> Option<Shape> {
-        self.expect(b'[')?;
-        let mut out = Shape::new();
-        if self.eat(b']') {
-            return Some(out);
-        }
-        loop {
-            out.push(usize::try_from(self.integer()?).ok()?);
-            if !self.eat(b',') {
-                self.expect(b']')?;
-                return Some(out);
-            }
-        }
+        self.items(Shape::new(), |s| usize::try_from(s.integer()?).ok())
     }
 
     fn output(&mut self) -> Option<RequestOutput> {
