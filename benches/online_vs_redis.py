@@ -7,15 +7,18 @@ redis-benchmark as the floor for the Redis path.
 Needs redis-server and redis-benchmark (Debian package redis-server). Starts a
 server on a free loopback port, runs `cargo bench --features redis --bench
 online_compare` against it (5 features from 2 views, 100,000 entities, 20,000
-lookups per case after 1,000 warm-up), then redis-benchmark pipelining HMGET of
-the same number of keys (2 for one entity, 200 for 100 entities: one hash per
-entity and view), and the `redis` crate alone doing the same HMGETs with no mlops
-code (`redis-crate`: what a store built on that crate cannot go below), then
+lookups per case after 1,000 warm-up), and the `redis` crate alone doing the same
+HMGETs with no mlops code (`redis-crate`: what a store built on that crate cannot
+go below). Then the floor: redis-benchmark pipelining HMGET of the same number of
+keys (2 for one entity, 200 for 100 entities: one hash per entity and view), twice:
+re-reading one hot hash, and reading random ones of the very hashes the store
+wrote (renamed to redis-benchmark's `__rand_int__` names once our cases are done),
+which is what a lookup of distinct entities makes the server do. Then
 Feast's get_online_features with its default SQLite
 online store after materialize, on the same shape (benches/feast_engine.py, in its
 own virtual environment ~/.cache/mlops-bench/feast-venv, created once; skip it
-with --no-feast). Prints p50/p99 in microseconds with the ratio to the Redis floor
-and to Feast.
+with --no-feast). Prints p50/p99 in microseconds with the ratio to both Redis
+floors and to Feast.
 
 Every client (our bench, redis-benchmark, Feast) runs pinned to core 1 and
 redis-server to core 0 (taskset), as a latency-sensitive service would be
@@ -43,10 +46,30 @@ def free_port():
     return port
 
 
-def floor(port, key, pipeline):
+def spread_renames(port):
+    """Renames every hash the store wrote (after our cases ran) to `floor:<12
+    digits>`, redis-benchmark's `__rand_int__` names, and returns how many there
+    are: the floor then reads random keys of the same data in the same keyspace, as
+    a lookup does."""
+    keys = subprocess.run(["redis-cli", "-p", str(port), "--scan", "--pattern", "bench:*"],
+                          check=True, capture_output=True, text=True).stdout.split()
+    def resp(*args):
+        return f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)
+    script = "".join(resp("RENAME", k, f"floor:{i:012d}") for i, k in enumerate(keys))
+    out = subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=script, check=True,
+                         capture_output=True, text=True).stdout
+    if f"errors: 0, replies: {len(keys)}" not in out:
+        raise RuntimeError(f"renaming the stored hashes for the floor failed: {out}")
+    return len(keys)
+
+
+def floor(port, key, pipeline, keyspace=None):
+    """redis-benchmark's p50/p99 in µs for a pipeline of `pipeline` HMGETs of `key`
+    (with `keyspace`, `key` holds `__rand_int__`: each command reads a random one)."""
+    spread = ["-r", str(keyspace)] if keyspace else []
     out = subprocess.run(
         [*pinned(1, []), "redis-benchmark", "-p", str(port), "-n", str(200 * pipeline), "-P", str(pipeline), "-c", "1",
-         "HMGET", key, "e", "c", "v"],
+         *spread, "HMGET", key, "e", "c", "v"],
         check=True, capture_output=True, text=True).stdout
     # "latency summary (msec):" then a header line and a values line
     lines = out.splitlines()
@@ -83,6 +106,8 @@ def main():
         key = subprocess.run(["redis-cli", "-p", str(port), "RANDOMKEY"],
                              check=True, capture_output=True, text=True).stdout.strip()
         floors = {1: floor(port, key, 2), 100: floor(port, key, 200)}
+        hashes = spread_renames(port)
+        spread = {n: floor(port, "floor:__rand_int__", 2 * n, hashes) for n in [1, 100]}
     finally:
         server.terminate()
     feast = None
@@ -90,18 +115,19 @@ def main():
         out = subprocess.run(pinned(1, [sys.executable, str(ROOT / "benches" / "feast_engine.py"), "online"]),
                              check=True, capture_output=True, text=True).stdout
         feast = [json.loads(line) for line in out.splitlines() if line.startswith("{")][0]
-    print(f"{'store':<8}{'entities':>9}{'p50 us':>10}{'p99 us':>10}   redis-benchmark floor p50/p99 us, ratio")
+    print(f"{'store':<12}{'entities':>9}{'p50 us':>10}{'p99 us':>10}   redis-benchmark floor p50/p99 us, ratio: "
+          "one hot key | random keys")
     for r in results:
-        line = f"{r['store']:<8}{r['entities']:>9}{r['p50_us']:>10.1f}{r['p99_us']:>10.1f}"
+        line = f"{r['store']:<12}{r['entities']:>9}{r['p50_us']:>10.1f}{r['p99_us']:>10.1f}"
         if r["store"] in ("redis", "redis-crate"):
-            f50, f99 = floors[r["entities"]]
-            line += f"   {f50:.0f} / {f99:.0f}, {r['p50_us'] / f50:.2f}x / {r['p99_us'] / f99:.2f}x"
+            for sep, (f50, f99) in (("   ", floors[r["entities"]]), (" | ", spread[r["entities"]])):
+                line += f"{sep}{f50:.0f} / {f99:.0f}, {r['p50_us'] / f50:.2f}x / {r['p99_us'] / f99:.2f}x"
         print(line)
     if feast:
         print(f"{feast['engine']}: materialize {feast['materialize_s']:.1f} s")
         for n in [1, 100]:
             f50, f99 = feast[f"p50_us_{n}"], feast[f"p99_us_{n}"]
-            print(f"{'feast':<8}{n:>9}{f50:>10.1f}{f99:>10.1f}")
+            print(f"{'feast':<12}{n:>9}{f50:>10.1f}{f99:>10.1f}")
             for r in results:
                 if r["entities"] == n:
                     print(f"   {r['store']} vs feast, {n} entities: {f50 / r['p50_us']:.0f}x at p50, "
