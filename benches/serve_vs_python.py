@@ -17,6 +17,14 @@ shape [1], the v2 JSON form; mlops-serve also in the binary tensor extension) at
 threads, each timed run after a 2 s untimed one. Reports requests per second and p50/p99 latency, and the in-process
 `Server::infer` latency for 1- and 64-row requests. The KServe answer is checked
 against ours before timing.
+
+The Rust servers (ours and the floor, which share one tokio runtime, and
+furnace-server) run with one runtime worker thread (TOKIO_WORKER_THREADS=1), as
+KServe runs one worker process: wrk needs about one of the machine's two cores, so
+one core is what the server has, and a runtime sized to the cores it has is how a
+latency-minded service is deployed. With two workers and wrk's two threads on two
+cores the scheduler preempts workers mid-request and every server's p99, the
+floor's included, was 1-4 ms from run to run. `--workers N` changes it.
 """
 import json
 import os
@@ -151,6 +159,8 @@ def run_wrk(url, connections, seconds, script):
 
 def main():
     seconds = arg("--seconds", 10)
+    # Read by every tokio runtime built with the default worker count (see the docstring).
+    os.environ["TOKIO_WORKER_THREADS"] = str(arg("--workers", 1))
     EXPORT.mkdir(parents=True, exist_ok=True)
     rust = subprocess.Popen(["cargo", "bench", "-q", "--bench", "serve_compare", "--", str(EXPORT)], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -211,7 +221,8 @@ def main():
             furnace.terminate()
         rust.stdin.close()
         rust.wait(timeout=30)
-    print(f"single-row FP32 inference, 20->64->64->1 MLP, wrk -t2 -d{seconds}s on loopback"
+    print(f"single-row FP32 inference, 20->64->64->1 MLP, wrk -t2 -d{seconds}s on loopback,"
+          f" {os.environ['TOKIO_WORKER_THREADS']} runtime worker(s) per Rust server"
           f" (answers agree: {ours:.6f} vs {theirs:.6f})")
     print(f"{'server':<30}{'conns':>6}{'req/s':>12}{'p50':>10}{'p99':>10}{'non-2xx':>9}")
     for (name, c), r in results.items():
