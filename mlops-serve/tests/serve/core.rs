@@ -1,8 +1,7 @@
 //! The in-process server: routing, reload, shadow, batching, cache, errors.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mlops_core::inference::{ParameterValue, RequestOutput, Tensor, TensorData};
@@ -172,44 +171,58 @@ async fn hot_reload_swaps_without_failed_requests() {
     });
     s.deploy(config).await.unwrap();
 
-    // Clients hammer the server while the alias moves back and forth and both the
-    // poller and explicit reloads swap versions.
+    // Clients hammer the server until every swap has been seen by their traffic,
+    // while the alias moves back and forth and both the poller and explicit
+    // reloads swap versions. Each swap waits until client requests answered from
+    // the new version, so the test cannot pass with traffic that ended too soon.
+    let answered: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
+    let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..8)
         .map(|_| {
-            let s = s.clone();
+            let (s, answered, stop) = (s.clone(), answered.clone(), stop.clone());
             tokio::spawn(async move {
-                let mut seen = BTreeMap::new();
-                for _ in 0..150 {
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
                     let r = s
                         .infer("fraud", None, request(&[[1.0, 0.0]]))
                         .await
                         .expect("no request may fail during a swap");
                     let version: u64 = r.model_version.as_deref().unwrap().parse().unwrap();
                     assert_eq!(y_of(&r), vec![version as f32]);
-                    *seen.entry(version).or_insert(0) += 1;
+                    answered[version as usize].fetch_add(1, Ordering::Relaxed);
+                    sent += 1;
                 }
-                seen
+                sent
             })
         })
         .collect();
-    for round in 0..10 {
-        registry
-            .set_alias("m", "champion", 1 + (round % 3))
-            .await
-            .unwrap();
+    for round in 0..10u64 {
+        let target = 1 + (round + 1) % 3;
+        let before = answered[target as usize].load(Ordering::Relaxed);
+        registry.set_alias("m", "champion", target).await.unwrap();
         if round % 2 == 0 {
             s.reload("fraud").await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(15)).await;
-    }
-    let mut versions = BTreeMap::new();
-    for c in clients {
-        for (v, n) in c.await.unwrap() {
-            *versions.entry(v).or_insert(0) += n;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while answered[target as usize].load(Ordering::Relaxed) < before + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: traffic never reached version {target}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    assert_eq!(versions.values().sum::<i32>(), 8 * 150);
-    assert!(versions.len() >= 2, "traffic saw the swaps: {versions:?}");
+    stop.store(true, Ordering::Relaxed);
+    let mut sent = 0;
+    for c in clients {
+        sent += c.await.unwrap();
+    }
+    let per_version: Vec<u64> = answered.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    assert_eq!(per_version.iter().sum::<u64>(), sent, "{per_version:?}");
+    assert!(
+        per_version[1..].iter().all(|&n| n > 0),
+        "traffic saw every version: {per_version:?}"
+    );
 
     // The poller picks up a move on its own.
     registry.set_alias("m", "champion", 3).await.unwrap();
@@ -354,7 +367,9 @@ async fn prediction_cache_counts_hits_and_expires() {
     let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
     config.cache = Some(CacheConfig {
         max_entries: 100,
-        ttl: Duration::from_millis(300),
+        // Long enough that a stalled CI machine does not expire entries between
+        // the calls that expect hits.
+        ttl: Duration::from_millis(1000),
     });
     s.deploy(config).await.unwrap();
     for _ in 0..3 {
@@ -376,7 +391,7 @@ async fn prediction_cache_counts_hits_and_expires() {
         .unwrap();
     assert_eq!(y_of(&r), vec![2.0]);
     assert_eq!(s.cache_stats("fraud").unwrap().unwrap().misses, 3);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     s.infer("fraud", None, request(&[[1.0, 2.0]]))
         .await
         .unwrap();
