@@ -54,6 +54,7 @@ pub mod model;
 pub mod monitoring;
 pub mod predict;
 pub mod retrain;
+pub mod rng;
 pub mod server;
 pub mod tracking;
 pub mod train;

@@ -17,6 +17,7 @@ use mlops_core::inference::{
     ServerMetadataResponse, Tensor, TensorData, tensors_from_batch,
 };
 use mlops_core::model::{ModelVersion, VersionSelector};
+use mlops_core::rng::{INCREMENT, mix, unit_f64};
 use mlops_core::{Error, ModelLoader, ModelRegistry, Predictor, Result, Server};
 
 use crate::batch::{Batcher, predict_blocking};
@@ -192,13 +193,6 @@ pub struct ModelServer {
     inner: Arc<Inner>,
 }
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// A stable hash of a routing key to `[0, 1)` (FNV-1a, then mixed), the same in
 /// every process and version.
 fn key_point(key: &str) -> f64 {
@@ -207,7 +201,7 @@ fn key_point(key: &str) -> f64 {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (splitmix(h) >> 11) as f64 / (1u64 << 53) as f64
+    unit_f64(mix(h))
 }
 
 impl ModelServer {
@@ -727,11 +721,8 @@ impl ModelServer {
     }
 
     fn random_point(&self) -> f64 {
-        let x = self
-            .inner
-            .rng
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        (splitmix(x) >> 11) as f64 / (1u64 << 53) as f64
+        let x = self.inner.rng.fetch_add(INCREMENT, Ordering::Relaxed);
+        unit_f64(mix(x))
     }
 
     fn choose(

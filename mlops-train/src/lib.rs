@@ -30,7 +30,6 @@ mod device;
 mod model;
 mod net;
 mod prep;
-mod rng;
 mod search;
 mod trainer;
 

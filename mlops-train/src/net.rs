@@ -11,7 +11,7 @@ use burn::tensor::{Device, Tensor, TensorData, activation};
 use mlops_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::rng::Rng;
+use mlops_core::rng::SplitMix64;
 
 /// The non-linearity between hidden layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -154,7 +154,7 @@ impl Net {
         spec: &ModelSpec,
         inputs: usize,
         outputs: usize,
-        rng: &mut Rng,
+        rng: &mut SplitMix64,
         device: &Device,
     ) -> Self {
         let widths = spec.widths(inputs, outputs);
@@ -212,7 +212,11 @@ impl Net {
     /// The raw outputs (logits, or the standardized target for regression). With
     /// `dropout_rng`, hidden units are dropped (inverted dropout) with masks drawn
     /// from it.
-    pub(crate) fn forward(&self, mut x: Tensor<2>, mut dropout_rng: Option<&mut Rng>) -> Tensor<2> {
+    pub(crate) fn forward(
+        &self,
+        mut x: Tensor<2>,
+        mut dropout_rng: Option<&mut SplitMix64>,
+    ) -> Tensor<2> {
         let last = self.layers.linears.len().saturating_sub(1);
         for (i, layer) in self.layers.linears.iter().enumerate() {
             x = layer.forward(x);

@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::net::ModelSpec;
-use crate::rng::Rng;
 use crate::trainer::{
     EpochObserver, EpochRecord, OptimizerKind, TabularTrainer, TrainConfig, TrainOutcome,
 };
 use mlops_core::metrics;
+use mlops_core::rng::SplitMix64;
 
 /// Forwards epochs over a channel to the async side.
 #[derive(Debug)]
@@ -280,7 +280,7 @@ pub async fn search(
         c.validate()?;
     }
     if let SearchStrategy::Random { seed } = config.strategy {
-        Rng::new(seed).shuffle(&mut candidates);
+        SplitMix64::new(seed).shuffle(&mut candidates);
     }
     let limit = config.budget.max_trials.unwrap_or(usize::MAX);
     let started = Instant::now();

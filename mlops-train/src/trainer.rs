@@ -23,8 +23,8 @@ use crate::device::TrainDevice;
 use crate::model::{ModelCard, TabularModel};
 use crate::net::{ModelSpec, Net, read_f32};
 use crate::prep::{PrepConfig, Preprocessor, column, numeric_values};
-use crate::rng::Rng;
 use mlops_core::metrics;
+use mlops_core::rng::SplitMix64;
 
 /// The optimizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -522,7 +522,7 @@ fn split(
     fraction: f64,
     seed: u64,
 ) -> (Vec<u32>, Vec<u32>) {
-    let mut rng = Rng::fork(seed, 1);
+    let mut rng = SplitMix64::fork(seed, 1);
     let groups: Vec<Vec<u32>> = match classes {
         Some((ids, k)) => {
             let mut g = vec![Vec::new(); k];
@@ -882,7 +882,7 @@ impl TabularTrainer {
 
         let device = cfg.device.open()?;
         let eval_device = device.clone().without_autodiff();
-        let mut init_rng = Rng::fork(cfg.seed, 2);
+        let mut init_rng = SplitMix64::fork(cfg.seed, 2);
         let mut net = Net::init(&cfg.model, width, outputs, &mut init_rng, &device);
         let mut optim = optimizer(cfg);
 
@@ -894,8 +894,8 @@ impl TabularTrainer {
             let higher = metrics::higher_is_better(&es.metric).unwrap_or(false);
             (es, higher)
         });
-        let mut shuffle_rng = Rng::fork(cfg.seed, 3);
-        let mut dropout_rng = Rng::fork(cfg.seed, 4);
+        let mut shuffle_rng = SplitMix64::fork(cfg.seed, 3);
+        let mut dropout_rng = SplitMix64::fork(cfg.seed, 4);
         let mut order = train_rows.clone();
         let valid_matrix = {
             let mut m = Vec::new();

@@ -7,9 +7,9 @@ use arrow_schema::DataType;
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
-use super::table::SplitMix64;
 use super::{DriftDetector, DriftMethod, DriftReport, FeatureDrift, OverallDrift, OverallRule};
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 
 /// How an MMD test runs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -104,7 +104,7 @@ pub fn mmd_test(
             ),
         ));
     }
-    let mut rng = SplitMix64(config.seed);
+    let mut rng = SplitMix64::new(config.seed);
     let x = subsample(reference, config.max_samples, &mut rng);
     let y = subsample(current, config.max_samples, &mut rng);
     Ok(mmd_on(&x, &y, config, &mut rng))
@@ -136,7 +136,7 @@ fn subsample(m: ArrayView2<'_, f64>, cap: usize, rng: &mut SplitMix64) -> Array2
     }
     let mut idx: Vec<usize> = (0..n).collect();
     for i in 0..cap {
-        let j = i + (rng.next() % (n - i) as u64) as usize;
+        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
         idx.swap(i, j);
     }
     idx.truncate(cap);
@@ -197,7 +197,7 @@ fn mmd_on(x: &Array2<f64>, y: &Array2<f64>, config: &MmdConfig, rng: &mut SplitM
     let mut at_least = 0usize;
     for _ in 0..config.permutations {
         for i in (1..total).rev() {
-            let j = (rng.next() % (i as u64 + 1)) as usize;
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             membership.swap(i, j);
         }
         if statistic_for(&membership) >= statistic {
@@ -268,7 +268,7 @@ impl MmdDriftDetector {
             .iter()
             .map(|&s| if s > 0.0 { s } else { 1.0 })
             .collect();
-        let mut rng = SplitMix64(config.seed ^ 0x5851_F42D_4C95_7F2D);
+        let mut rng = SplitMix64::new(config.seed ^ 0x5851_F42D_4C95_7F2D);
         let standardized = standardize(matrix.view(), &means, &scales);
         let kept = subsample(standardized.view(), config.max_samples, &mut rng);
         Ok(Self {
@@ -286,7 +286,7 @@ impl MmdDriftDetector {
         let (matrix, nulls, non_finite) =
             numeric_matrix(current, &self.columns, "MMD current sample")?;
         let standardized = standardize(matrix.view(), &self.means, &self.scales);
-        let mut rng = SplitMix64(self.config.seed);
+        let mut rng = SplitMix64::new(self.config.seed);
         if standardized.nrows() < 2 {
             return Err(Error::invalid_input(
                 "MMD current sample",

@@ -20,6 +20,7 @@ use super::{
     PSI_EPSILON, QuantileBins, chi_squared, jensen_shannon, psi,
 };
 use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
 
 /// Reference samples up to this many values count as "small": KS for numeric
 /// columns and chi-squared for categorical ones; larger ones get normed
@@ -624,29 +625,14 @@ fn text_values(a: &dyn Array) -> Vec<Option<&str>> {
 
 /// Picks `k` of `n` indices without replacement, deterministically from `seed`.
 fn subsample_indices(n: usize, k: usize, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut idx: Vec<usize> = (0..n).collect();
     for i in 0..k.min(n) {
-        let j = i + (rng.next() % (n - i) as u64) as usize;
+        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
         idx.swap(i, j);
     }
     idx.truncate(k.min(n));
     idx
-}
-
-/// SplitMix64: a small, fast generator whose output is fixed forever, so
-/// subsampling and permutations are reproducible across releases.
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix64(pub(crate) u64);
-
-impl SplitMix64 {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 fn fit_column(
