@@ -97,12 +97,7 @@ fn report(store: &str, entities: usize, mut lat: Vec<f64>) {
 async fn measure(name: &str, store: &ObjectFeatureStore, refs: &[FeatureRef]) {
     for batch in [1usize, 100] {
         let mut lat = Vec::with_capacity(ITERATIONS);
-        let its = if batch == 1 && std::env::var_os("ONE").is_some() {
-            2_000_000
-        } else {
-            ITERATIONS
-        };
-        for i in 0..its + 1000 {
+        for i in 0..ITERATIONS + 1000 {
             let req = request(i, batch as i64);
             let start = Instant::now();
             let out = store
