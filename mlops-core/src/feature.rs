@@ -218,11 +218,12 @@ impl FeatureView {
 
     /// References to every feature of the view.
     pub fn feature_refs(&self) -> Vec<FeatureRef> {
+        let view: Arc<str> = Arc::from(self.name.as_str());
         self.features
             .iter()
             .map(|f| FeatureRef {
-                view: self.name.clone(),
-                feature: f.name.clone(),
+                view: view.clone(),
+                feature: Arc::from(f.name.as_str()),
             })
             .collect()
     }
@@ -339,19 +340,20 @@ impl FeatureViewBuilder {
     }
 }
 
-/// A reference to one feature of one view, written `"view:feature"`.
+/// A reference to one feature of one view, written `"view:feature"`. Cheap to
+/// clone (the names are shared), as every online answer carries its references.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FeatureRef {
-    view: String,
-    feature: String,
+    view: Arc<str>,
+    feature: Arc<str>,
 }
 
 impl FeatureRef {
     /// A reference to `feature` of `view`, with both names validated.
     pub fn new(view: impl Into<String>, feature: impl Into<String>) -> Result<Self> {
         let r = Self {
-            view: view.into(),
-            feature: feature.into(),
+            view: Arc::from(view.into()),
+            feature: Arc::from(feature.into()),
         };
         validate_name(ResourceKind::FeatureView, &r.view)
             .and_then(|_| validate_name(ResourceKind::Feature, &r.feature))
@@ -376,7 +378,7 @@ impl FeatureRef {
         if full_feature_names {
             format!("{}__{}", self.view, self.feature)
         } else {
-            self.feature.clone()
+            self.feature.to_string()
         }
     }
 }
