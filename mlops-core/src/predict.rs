@@ -28,6 +28,16 @@ pub trait Predictor: Send + Sync + Debug {
     /// Answers one batch: one tensor per declared input, all with the same rows.
     fn predict(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
 
+    /// Answers a batch the caller has already checked with
+    /// `self.signature().check_inputs(inputs)`, as the model server does for
+    /// every request: an implementation whose `predict` runs that check may
+    /// override this to skip it. For such inputs it answers exactly as
+    /// [`Predictor::predict`]; for others it still must not panic. The default
+    /// calls `predict`.
+    fn predict_checked(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.predict(inputs)
+    }
+
     /// The drift reference profile of the training data over the model's inputs,
     /// when the model carries one: the server monitors served inputs against it.
     fn drift_reference(&self) -> Option<&TableReference> {

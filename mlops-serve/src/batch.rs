@@ -35,14 +35,22 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// Runs `predict` on the blocking pool.
+/// Runs `predict` on the blocking pool (`predict_checked` when `checked`: the
+/// inputs already passed the predictor's signature check).
 pub(crate) async fn predict_blocking(
     predictor: Arc<dyn Predictor>,
     inputs: Vec<Tensor>,
+    checked: bool,
 ) -> Result<Vec<Tensor>> {
-    tokio::task::spawn_blocking(move || predictor.predict(&inputs))
-        .await
-        .map_err(|e| Error::backend("model", format!("the model call panicked: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        if checked {
+            predictor.predict_checked(&inputs)
+        } else {
+            predictor.predict(&inputs)
+        }
+    })
+    .await
+    .map_err(|e| Error::backend("model", format!("the model call panicked: {e}")))?
 }
 
 impl Batcher {
@@ -154,7 +162,7 @@ async fn run(
 async fn execute(predictor: Arc<dyn Predictor>, jobs: Vec<Job>) {
     if jobs.len() == 1 {
         for job in jobs {
-            let out = predict_blocking(predictor.clone(), job.inputs).await;
+            let out = predict_blocking(predictor.clone(), job.inputs, false).await;
             let _ = job.reply.send(out);
         }
         return;
@@ -163,7 +171,7 @@ async fn execute(predictor: Arc<dyn Predictor>, jobs: Vec<Job>) {
     let Some(combined) = concat(&jobs) else {
         return run_alone(predictor, jobs).await;
     };
-    match predict_blocking(predictor.clone(), combined).await {
+    match predict_blocking(predictor.clone(), combined, false).await {
         Ok(outputs) => match split(&outputs, &row_counts) {
             Some(parts) => {
                 for (job, part) in jobs.into_iter().zip(parts) {
@@ -178,7 +186,7 @@ async fn execute(predictor: Arc<dyn Predictor>, jobs: Vec<Job>) {
 
 async fn run_alone(predictor: Arc<dyn Predictor>, jobs: Vec<Job>) {
     for job in jobs {
-        let out = predict_blocking(predictor.clone(), job.inputs).await;
+        let out = predict_blocking(predictor.clone(), job.inputs, false).await;
         let _ = job.reply.send(out);
     }
 }

@@ -764,19 +764,27 @@ impl ModelServer {
             .ok_or_else(|| not_found(&number.to_string()))
     }
 
+    /// Runs `loaded` on `inputs`; `checked` says they already passed its
+    /// signature's check (the primary's inputs do, a shadow's were checked
+    /// against the primary's signature only).
     async fn run_model(
         &self,
         name: &str,
         loaded: &LoadedVersion,
         inputs: Vec<Tensor>,
         inline_max_rows: usize,
+        checked: bool,
     ) -> Result<Vec<Tensor>> {
         match &loaded.batcher {
             Some(b) => b.submit(name, inputs).await,
             None if inputs.first().map_or(0, Tensor::rows) <= inline_max_rows => {
-                loaded.predictor.predict(&inputs)
+                if checked {
+                    loaded.predictor.predict_checked(&inputs)
+                } else {
+                    loaded.predictor.predict(&inputs)
+                }
             }
-            None => predict_blocking(loaded.predictor.clone(), inputs).await,
+            None => predict_blocking(loaded.predictor.clone(), inputs, checked).await,
         }
     }
 
@@ -848,7 +856,7 @@ impl ModelServer {
         let outputs: Vec<Tensor> = match cached {
             Some(o) => o.as_ref().clone(),
             None => {
-                let o = self.run_model(name, &loaded, inputs, inline).await?;
+                let o = self.run_model(name, &loaded, inputs, inline, true).await?;
                 if let (Some(c), Some(k)) = (&d.cache, key) {
                     c.insert(number, k, Arc::new(o.clone()));
                 }
@@ -925,7 +933,7 @@ impl ModelServer {
         let name = name.to_owned();
         tokio::spawn(async move {
             let answer = server
-                .run_model(&name, &shadow, inputs, inline_max_rows)
+                .run_model(&name, &shadow, inputs, inline_max_rows, false)
                 .await;
             let outcome = if answer.is_ok() { "ok" } else { "error" };
             ServerMetrics::count(&server.inner.metrics.shadow, &name, outcome);

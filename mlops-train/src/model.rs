@@ -288,6 +288,12 @@ impl Predictor for TabularModel {
 
     fn predict(&self, inputs: &[V2Tensor]) -> Result<Vec<V2Tensor>> {
         self.card.signature.check_inputs(inputs)?;
+        self.predict_checked(inputs)
+    }
+
+    /// `predict` without checking the inputs against the signature again; the
+    /// encoder still refuses a missing input or a wrong row count.
+    fn predict_checked(&self, inputs: &[V2Tensor]) -> Result<Vec<V2Tensor>> {
         let (rows, matrix) = self.prep.transform_tensors(inputs)?;
         let scores = self.score_matrix(rows, matrix)?;
         self.outputs_of(rows, scores)

@@ -167,9 +167,20 @@ fn bad_requests_are_named() {
             "expected {needle:?} in {err}"
         );
     };
+    // What the server calls after its own check answers as `predict` does.
+    assert_eq!(p.predict_checked(&good).unwrap(), p.predict(&good).unwrap());
     let mut wrong_type = good.clone();
     wrong_type[1] = Tensor::new("age", vec![3], TensorData::Fp32(vec![1.0, 2.0, 3.0])).unwrap();
+    // Unchecked inputs may be answered or refused, never a panic.
+    let _ = p.predict_checked(&wrong_type);
     check(wrong_type, "age");
+    for (unchecked, needle) in [
+        (good[1..].to_vec(), "amount"),
+        (good[..0].to_vec(), "amount"),
+    ] {
+        let err = p.predict_checked(&unchecked).unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
     let mut nan = good.clone();
     nan[0] = Tensor::new(
         "amount",
