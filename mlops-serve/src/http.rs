@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mlops_core::inference::binary::HEADER_CONTENT_LENGTH;
@@ -48,6 +48,9 @@ use crate::auth::{ApiKeys, Scope};
 use crate::config::{Arm, Routing};
 use crate::server::ModelServer;
 use crate::status::http_status;
+
+/// [`HEADER_CONTENT_LENGTH`] as a header name, parsed once rather than per request.
+static JSON_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
 
 /// Limits and keys of the HTTP face.
 #[derive(Debug, Clone)]
@@ -405,7 +408,7 @@ async fn infer_response(
         }
         .into());
     };
-    let json_len = match headers.get(HEADER_CONTENT_LENGTH) {
+    let json_len = match headers.get(&JSON_LENGTH) {
         None => None,
         Some(v) => Some(
             v.to_str()
@@ -456,10 +459,7 @@ async fn infer_response(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
-            h.insert(
-                HEADER_CONTENT_LENGTH,
-                HeaderValue::from_str(&n.to_string()).map_err(|e| Error::backend("http", e))?,
-            );
+            h.insert(JSON_LENGTH.clone(), HeaderValue::from(n));
         }
         None => {
             h.insert(

@@ -242,7 +242,10 @@ impl ModelServer {
 
     /// Whether `name` is deployed.
     pub fn has_model(&self, name: &str) -> bool {
-        self.deployment(name).is_ok()
+        self.inner
+            .deployments
+            .read()
+            .is_ok_and(|map| map.contains_key(name))
     }
 
     /// Loads the versions `config` routes to and starts serving it under its name.
