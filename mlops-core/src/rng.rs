@@ -9,15 +9,13 @@
 //! ```
 //! use mlops_core::rng::SplitMix64;
 //!
-//! let mut a = SplitMix64::new(7);
-//! let mut b = SplitMix64::new(7);
-//! let mut items: Vec<u32> = (0..10).collect();
-//! a.shuffle(&mut items);
-//! assert_eq!(a.next_u64(), {
-//!     b.shuffle(&mut (0..10).collect::<Vec<u32>>());
-//!     b.next_u64()
-//! });
-//! assert!(SplitMix64::new(3).next_f64() < 1.0);
+//! let (mut a, mut b) = (SplitMix64::new(7), SplitMix64::new(7));
+//! let mut x: Vec<u32> = (0..10).collect();
+//! let mut y = x.clone();
+//! a.shuffle(&mut x);
+//! b.shuffle(&mut y);
+//! assert_eq!(x, y, "the same seed, the same order");
+//! assert!(a.next_f64() < 1.0);
 //! ```
 
 /// The generator's step between states (the golden ratio in 64-bit fixed point):
@@ -70,8 +68,8 @@ impl SplitMix64 {
         unit_f64(self.next_u64())
     }
 
-    /// Uniform in `0..n` (`n > 0`), by Lemire's multiply-shift: the bias is at
-    /// most `n / 2^64`.
+    /// Uniform in `0..n`, by Lemire's multiply-shift: the bias is at most
+    /// `n / 2^64`. An empty range (`n == 0`) gives 0.
     pub fn below(&mut self, n: usize) -> usize {
         ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
@@ -113,5 +111,12 @@ mod tests {
         assert!((0..1000).all(|_| SplitMix64::new(3).next_f64() < 1.0));
         let mut r = SplitMix64::fork(1, 2);
         assert!((0..1000).all(|_| r.below(10) < 10));
+        assert_eq!(r.below(0), 0);
+        assert_eq!(r.below(1), 0);
+        // Nothing to shuffle is left as it is.
+        r.shuffle::<u8>(&mut []);
+        let mut one = [5];
+        r.shuffle(&mut one);
+        assert_eq!(one, [5]);
     }
 }
