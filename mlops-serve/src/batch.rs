@@ -35,22 +35,29 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// Runs `predict` on the blocking pool (`predict_checked` when `checked`: the
-/// inputs already passed the predictor's signature check).
+/// Runs `predictor` on `inputs`: `predict_checked` when `checked` (they already
+/// passed this predictor's signature check), else `predict`.
+pub(crate) fn call_model(
+    predictor: &dyn Predictor,
+    inputs: &[Tensor],
+    checked: bool,
+) -> Result<Vec<Tensor>> {
+    if checked {
+        predictor.predict_checked(inputs)
+    } else {
+        predictor.predict(inputs)
+    }
+}
+
+/// [`call_model`] on the blocking pool.
 pub(crate) async fn predict_blocking(
     predictor: Arc<dyn Predictor>,
     inputs: Vec<Tensor>,
     checked: bool,
 ) -> Result<Vec<Tensor>> {
-    tokio::task::spawn_blocking(move || {
-        if checked {
-            predictor.predict_checked(&inputs)
-        } else {
-            predictor.predict(&inputs)
-        }
-    })
-    .await
-    .map_err(|e| Error::backend("model", format!("the model call panicked: {e}")))?
+    tokio::task::spawn_blocking(move || call_model(predictor.as_ref(), &inputs, checked))
+        .await
+        .map_err(|e| Error::backend("model", format!("the model call panicked: {e}")))?
 }
 
 impl Batcher {

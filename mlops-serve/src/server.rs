@@ -20,7 +20,7 @@ use mlops_core::model::{ModelVersion, VersionSelector};
 use mlops_core::rng::{INCREMENT, mix, unit_f64};
 use mlops_core::{Error, ModelLoader, ModelRegistry, Predictor, Result, Server};
 
-use crate::batch::{Batcher, predict_blocking};
+use crate::batch::{Batcher, call_model, predict_blocking};
 use crate::cache::{self, CacheStats, PredictionCache};
 use crate::config::{DeploymentConfig, Enrichment, Routing, check_canary_weight};
 use crate::live::{DriftEvent, FeedbackBook, InferenceLogger, LogConfig, VersionMonitor};
@@ -781,11 +781,7 @@ impl ModelServer {
         match &loaded.batcher {
             Some(b) => b.submit(name, inputs).await,
             None if inputs.first().map_or(0, Tensor::rows) <= inline_max_rows => {
-                if checked {
-                    loaded.predictor.predict_checked(&inputs)
-                } else {
-                    loaded.predictor.predict(&inputs)
-                }
+                call_model(loaded.predictor.as_ref(), &inputs, checked)
             }
             None => predict_blocking(loaded.predictor.clone(), inputs, checked).await,
         }
