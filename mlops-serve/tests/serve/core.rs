@@ -243,7 +243,8 @@ async fn shadow_traffic_is_recorded_off_the_request_path() {
         delay_ms: 300,
     };
     let registry = registry(&[version_model(1), slow_shadow]).await;
-    let s = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
+    let loader = Arc::new(LinearLoader::default());
+    let s = ModelServer::new(registry, vec![loader.clone()]);
     let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
     config.shadows = vec![v(2)];
     s.deploy(config).await.unwrap();
@@ -269,6 +270,11 @@ async fn shadow_traffic_is_recorded_off_the_request_path() {
     assert_eq!(record.request_id.as_deref(), Some("req-1"));
     assert_eq!(record.primary[0].data, TensorData::Fp32(vec![2.0]));
     assert_eq!(record.shadow.unwrap()[0].data, TensorData::Fp32(vec![20.0]));
+    // The primary is called without a second signature check (the server made
+    // it); the shadow, whose signature the server did not check, with one.
+    let stats = &loader.stats;
+    assert_eq!(stats.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(stats.checked_calls.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
