@@ -74,7 +74,7 @@ fn binary_size(name: &str, parameters: &Parameters) -> std::result::Result<Optio
 }
 
 /// Reads raw little-endian elements of `datatype` from `bytes`.
-fn decode_raw(
+pub(super) fn decode_raw(
     name: &str,
     datatype: Datatype,
     bytes: &[u8],
@@ -329,9 +329,19 @@ impl InferenceRequest {
         if json_len.is_none() {
             return Self::from_json(body);
         }
-        let raw: RawBinaryRequest = serde_json::from_slice(&body[..json_end])
+        let (json, binary) = body.split_at(json_end);
+        match super::fast::parse_binary_request(json, binary) {
+            Some(request) => Ok(request),
+            None => Self::from_binary_parts(json, binary),
+        }
+    }
+
+    /// The general decoder of a binary-extension body's JSON part `json` and the
+    /// bytes after it, which also words every error.
+    pub(crate) fn from_binary_parts(json: &[u8], binary: &[u8]) -> Result<Self> {
+        let raw: RawBinaryRequest = serde_json::from_slice(json)
             .map_err(|e| Error::invalid_input("inference request", e.to_string()))?;
-        let inputs = tensors_with_binary(raw.inputs, &body[json_end..], "inference request")?;
+        let inputs = tensors_with_binary(raw.inputs, binary, "inference request")?;
         let request = Self {
             id: raw.id,
             parameters: raw.parameters,
