@@ -275,7 +275,7 @@ async fn main() {
     println!(
         "{}",
         json!({"ours": format!("http://{ours_addr}"), "floor": format!("http://{floor_addr}"),
-               "export": export, "in_process": latency})
+               "export": export, "in_process": latency, "pid": std::process::id()})
     );
     // Serve until the driver closes our stdin.
     tokio::task::spawn_blocking(|| {
