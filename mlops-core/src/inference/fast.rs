@@ -99,9 +99,14 @@ fn with_binary(scanned: Vec<Scanned>, binary: &[u8]) -> Option<Vec<Tensor>> {
     let mut offset = 0usize;
     let mut out = Vec::with_capacity(scanned.len());
     for mut t in scanned {
-        let data = match t.parameters.remove(BINARY_DATA_SIZE) {
+        let size = match (t.binary_size, t.parameters.remove(BINARY_DATA_SIZE)) {
+            (Some(size), None) | (None, Some(ParameterValue::Int(size))) => Some(size),
+            (None, None) => None,
+            _ => return None,
+        };
+        let data = match size {
             None => t.data?,
-            Some(ParameterValue::Int(size)) if t.data.is_none() => {
+            Some(size) if t.data.is_none() => {
                 let end = offset.checked_add(usize::try_from(size).ok()?)?;
                 let data = decode_raw(&t.name, t.datatype, binary.get(offset..end)?).ok()?;
                 offset = end;
@@ -121,7 +126,22 @@ struct Scanned {
     shape: Shape,
     datatype: Datatype,
     parameters: Parameters,
+    /// `binary_data_size` when it was the only parameter, kept out of the map
+    /// (a binary request has one per tensor).
+    binary_size: Option<i64>,
     data: Option<TensorData>,
+}
+
+impl Scanned {
+    /// The tensor of a plain JSON request: its data must be in the JSON, and a
+    /// `binary_data_size` is just a parameter.
+    fn plain(self) -> Option<Tensor> {
+        let mut parameters = self.parameters;
+        if let Some(size) = self.binary_size {
+            parameters.insert(BINARY_DATA_SIZE.to_owned(), ParameterValue::Int(size));
+        }
+        finish(self.name, self.shape, parameters, self.data?)
+    }
 }
 
 /// A JSON number as read: its text, and its decimal parts while they fit the
@@ -370,6 +390,18 @@ impl<'a> Scanner<'a> {
         })
     }
 
+    /// `{"binary_data_size": n}` with an integer `n`, and nothing else.
+    fn binary_size_only(&mut self) -> Option<i64> {
+        self.expect(b'{')?;
+        if self.raw_string()? != BINARY_DATA_SIZE.as_bytes() {
+            return None;
+        }
+        self.expect(b':')?;
+        let size = self.integer()?;
+        self.expect(b'}')?;
+        Some(size)
+    }
+
     /// A parameters object whose values are booleans, integers or strings, each
     /// key once.
     fn parameters(&mut self) -> Option<Parameters> {
@@ -412,8 +444,7 @@ impl<'a> Scanner<'a> {
             return Some(tensor);
         }
         self.at = start;
-        let t = self.any_tensor()?;
-        finish(t.name, t.shape, t.parameters, t.data?)
+        self.any_tensor()?.plain()
     }
 
     /// A tensor written as clients and our own encoder write one: the fields in
@@ -448,6 +479,7 @@ impl<'a> Scanner<'a> {
         let mut shape: Option<Shape> = None;
         let mut datatype = None;
         let mut parameters = None;
+        let mut binary_size = None;
         let mut data = None;
         self.expect(b'{')?;
         loop {
@@ -475,9 +507,16 @@ impl<'a> Scanner<'a> {
                     let capacity = shape.as_ref().map_or(0, capacity);
                     data = Some(self.data(datatype?, capacity)?);
                 }
-                b"parameters" if parameters.is_none() => {
+                b"parameters" if parameters.is_none() && binary_size.is_none() => {
                     self.expect(b':')?;
-                    parameters = Some(self.parameters()?);
+                    let at = self.at;
+                    match self.binary_size_only() {
+                        Some(size) => binary_size = Some(size),
+                        None => {
+                            self.at = at;
+                            parameters = Some(self.parameters()?);
+                        }
+                    }
                 }
                 _ => return None,
             }
@@ -491,6 +530,7 @@ impl<'a> Scanner<'a> {
             shape: shape?,
             datatype: datatype?,
             parameters: parameters.unwrap_or_default(),
+            binary_size,
             data,
         })
     }
@@ -587,6 +627,18 @@ mod tests {
             Some(&ParameterValue::Bool(true))
         );
         assert_eq!(Ok(fast), serde(body));
+        // In a plain JSON request a size is just a parameter, kept as given.
+        for body in [
+            r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[1],"parameters":{"binary_data_size":4}}]}"#,
+            r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4,"x":"y"},"data":[1]}]}"#,
+        ] {
+            let fast = parse_request(body.as_bytes()).expect(body);
+            assert_eq!(
+                fast.inputs[0].parameters.get(BINARY_DATA_SIZE),
+                Some(&ParameterValue::Int(4))
+            );
+            assert_eq!(Ok(fast), serde(body), "{body}");
+        }
     }
 
     /// A binary-extension body: `json` followed by `binary`, split again.
@@ -643,6 +695,10 @@ mod tests {
             ),
             (
                 r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":"4"}}]}"#,
+                &four[..],
+            ),
+            (
+                r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4},"parameters":{}}]}"#,
                 &four[..],
             ),
             // Both data and a size; neither; a size that is not whole elements.
