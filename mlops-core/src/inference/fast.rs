@@ -50,34 +50,16 @@ fn parse(
     let mut parameters = None;
     let mut inputs = None;
     let mut outputs = None;
-    s.expect(b'{')?;
-    if !s.eat(b'}') {
-        loop {
-            match s.raw_string()? {
-                b"id" if id.is_none() => {
-                    s.expect(b':')?;
-                    id = Some(s.string()?.to_owned());
-                }
-                b"parameters" if parameters.is_none() => {
-                    s.expect(b':')?;
-                    parameters = Some(s.parameters()?);
-                }
-                b"inputs" if inputs.is_none() => {
-                    s.expect(b':')?;
-                    inputs = Some(inputs_of(&mut s)?);
-                }
-                b"outputs" if outputs.is_none() => {
-                    s.expect(b':')?;
-                    outputs = Some(s.array(0, Scanner::output)?);
-                }
-                _ => return None,
-            }
-            if !s.eat(b',') {
-                s.expect(b'}')?;
-                break;
-            }
+    s.object(|s, key| {
+        match key {
+            b"id" if id.is_none() => id = Some(s.string()?.to_owned()),
+            b"parameters" if parameters.is_none() => parameters = Some(s.parameters()?),
+            b"inputs" if inputs.is_none() => inputs = Some(inputs_of(s)?),
+            b"outputs" if outputs.is_none() => outputs = Some(s.array(0, Scanner::output)?),
+            _ => return None,
         }
-    }
+        Some(())
+    })?;
     s.skip_space();
     if s.at != body.len() {
         return None;
@@ -366,28 +348,32 @@ impl<'a> Scanner<'a> {
     fn output(&mut self) -> Option<RequestOutput> {
         let mut name = None;
         let mut parameters = None;
-        self.expect(b'{')?;
-        loop {
-            match self.raw_string()? {
-                b"name" if name.is_none() => {
-                    self.expect(b':')?;
-                    name = Some(self.string()?.to_owned());
-                }
-                b"parameters" if parameters.is_none() => {
-                    self.expect(b':')?;
-                    parameters = Some(self.parameters()?);
-                }
+        self.object(|s, key| {
+            match key {
+                b"name" if name.is_none() => name = Some(s.string()?.to_owned()),
+                b"parameters" if parameters.is_none() => parameters = Some(s.parameters()?),
                 _ => return None,
             }
-            if !self.eat(b',') {
-                self.expect(b'}')?;
-                break;
-            }
-        }
+            Some(())
+        })?;
         Some(RequestOutput {
             name: name?,
             parameters: parameters.unwrap_or_default(),
         })
+    }
+
+    /// An object of at least one field: `field` reads each value, after its key
+    /// and colon, and refuses (`None`) a key it does not take.
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+        self.expect(b'{')?;
+        loop {
+            let key = self.raw_string()?;
+            self.expect(b':')?;
+            field(self, key)?;
+            if !self.eat(b',') {
+                return self.expect(b'}');
+            }
+        }
     }
 
     /// `{"binary_data_size": n}` with an integer `n`, and nothing else.
@@ -481,20 +467,12 @@ impl<'a> Scanner<'a> {
         let mut parameters = None;
         let mut binary_size = None;
         let mut data = None;
-        self.expect(b'{')?;
-        loop {
-            match self.raw_string()? {
-                b"name" if name.is_none() => {
-                    self.expect(b':')?;
-                    name = Some(self.string()?.to_owned());
-                }
-                b"shape" if shape.is_none() => {
-                    self.expect(b':')?;
-                    shape = Some(self.shape()?);
-                }
+        self.object(|s, key| {
+            match key {
+                b"name" if name.is_none() => name = Some(s.string()?.to_owned()),
+                b"shape" if shape.is_none() => shape = Some(s.shape()?),
                 b"datatype" if datatype.is_none() => {
-                    self.expect(b':')?;
-                    datatype = Some(match self.raw_string()? {
+                    datatype = Some(match s.raw_string()? {
                         b"FP32" => Datatype::Fp32,
                         b"FP64" => Datatype::Fp64,
                         b"INT32" => Datatype::Int32,
@@ -503,28 +481,23 @@ impl<'a> Scanner<'a> {
                     });
                 }
                 b"data" if data.is_none() => {
-                    self.expect(b':')?;
                     let capacity = shape.as_ref().map_or(0, capacity);
-                    data = Some(self.data(datatype?, capacity)?);
+                    data = Some(s.data(datatype?, capacity)?);
                 }
                 b"parameters" if parameters.is_none() && binary_size.is_none() => {
-                    self.expect(b':')?;
-                    let at = self.at;
-                    match self.binary_size_only() {
+                    let at = s.at;
+                    match s.binary_size_only() {
                         Some(size) => binary_size = Some(size),
                         None => {
-                            self.at = at;
-                            parameters = Some(self.parameters()?);
+                            s.at = at;
+                            parameters = Some(s.parameters()?);
                         }
                     }
                 }
                 _ => return None,
             }
-            if !self.eat(b',') {
-                self.expect(b'}')?;
-                break;
-            }
-        }
+            Some(())
+        })?;
         Some(Scanned {
             name: name?,
             shape: shape?,
