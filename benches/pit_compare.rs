@@ -15,7 +15,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Float64Type};
 use mlops::core::feature::{ApplyOptions, FeatureRef, FeatureView, HistoricalOptions};
-use mlops::store::{OfflineStore, StoreRoot};
+use mlops::store::{ObjectOfflineStore, StoreRoot};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 fn read_parquet(path: &Path) -> RecordBatch {
@@ -62,7 +62,7 @@ fn main() {
     rt.block_on(async {
         let root = StoreRoot::open(&format!("file://{}", dir.join("store").display()))
             .unwrap_or_else(|e| panic!("{e}"));
-        let store = OfflineStore::new(&root);
+        let store = ObjectOfflineStore::new(&root);
         let features: Vec<String> = (0..5).map(|i| format!("f{i}")).collect();
         if store.get_view("card").await.is_err() {
             let mut b = FeatureView::builder("card")

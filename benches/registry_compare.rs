@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use mlops::core::model::{ModelArtifact, ModelMetadata, ModelRegistry, VersionSelector};
-use mlops::store::{ObjectRegistry, RegistryOptions, StoreRoot};
+use mlops::store::{ObjectRegistry, StoreRoot};
 
 const VERSIONS: usize = 100;
 const MODEL_BYTES: usize = 100 * 1024;
@@ -36,7 +36,7 @@ fn main() {
     rt.block_on(async {
         let root =
             StoreRoot::open(&format!("file://{}", dir.display())).unwrap_or_else(|e| panic!("{e}"));
-        let registry = ObjectRegistry::new(&root, RegistryOptions::default());
+        let registry = ObjectRegistry::new(&root);
 
         let start = Instant::now();
         let mut last = 0;

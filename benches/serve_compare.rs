@@ -21,9 +21,11 @@ use axum::routing::post;
 use mlops::core::inference::{InferenceRequest, Tensor, TensorData};
 use mlops::core::model::VersionSelector;
 use mlops::core::{ModelRegistry, Server, Task, Trainer};
-use mlops::serve::http::{HttpConfig, router, serve};
+use mlops::serve::HttpConfig;
+use mlops::serve::codec;
+use mlops::serve::http::{router, serve};
 use mlops::serve::{DeploymentConfig, ModelServer, Routing};
-use mlops::store::{ObjectRegistry, RegistryOptions, StoreRoot};
+use mlops::store::{ObjectRegistry, StoreRoot};
 use mlops::train::{Encoding, ModelSpec, Progress, TabularLoader, TabularTrainer, TrainConfig};
 use serde_json::json;
 
@@ -119,7 +121,7 @@ async fn main() {
     .unwrap_or_else(|e| panic!("{e}"));
 
     let root = StoreRoot::open("memory://").unwrap_or_else(|e| panic!("{e}"));
-    let registry = Arc::new(ObjectRegistry::new(&root, RegistryOptions::default()));
+    let registry = Arc::new(ObjectRegistry::new(&root));
     registry
         .register("fraud", trained.artifact.clone(), trained.metadata.clone())
         .await
@@ -178,10 +180,12 @@ async fn main() {
                 .unwrap_or_else(|e| panic!("{e}"));
             noop.push(t.elapsed().as_secs_f64() * 1e6);
         }
-        let body = serde_json::to_vec(&request(1)).unwrap_or_else(|e| panic!("{e}"));
+        let body = codec::encode_request(&request(1), |_| false)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0;
         let t = Instant::now();
         for _ in 0..10_000 {
-            let r = InferenceRequest::from_body(&body, None).unwrap_or_else(|e| panic!("{e}"));
+            let r = codec::decode_request(&body, None).unwrap_or_else(|e| panic!("{e}"));
             std::hint::black_box(r);
         }
         eprintln!(
@@ -194,7 +198,9 @@ async fn main() {
             .unwrap_or_else(|e| panic!("{e}"));
         let t = Instant::now();
         for _ in 0..10_000 {
-            std::hint::black_box(answer.to_body(|_| false).unwrap_or_else(|e| panic!("{e}")));
+            std::hint::black_box(
+                codec::encode_response(&answer, |_| false).unwrap_or_else(|e| panic!("{e}")),
+            );
         }
         eprintln!(
             "encode {:.2} us",
@@ -202,14 +208,13 @@ async fn main() {
         );
         let t = Instant::now();
         for _ in 0..10_000 {
-            let r = InferenceRequest::from_body(&body, None).unwrap_or_else(|e| panic!("{e}"));
+            let r = codec::decode_request(&body, None).unwrap_or_else(|e| panic!("{e}"));
+            let answer = server
+                .infer("fraud", None, r)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             std::hint::black_box(
-                server
-                    .infer("fraud", None, r)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"))
-                    .to_body(|_| false)
-                    .unwrap_or_else(|e| panic!("{e}")),
+                codec::encode_response(&answer, |_| false).unwrap_or_else(|e| panic!("{e}")),
             );
         }
         eprintln!(
@@ -230,16 +235,22 @@ async fn main() {
         .infer("fraud", None, request(1))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let fixed = serde_json::to_string(&answer).unwrap_or_else(|e| panic!("{e}"));
+    let fixed = String::from_utf8(
+        codec::encode_response(&answer, |_| false)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(
         format!("{export}/request.json"),
-        serde_json::to_vec(&request(1)).unwrap_or_else(|e| panic!("{e}")),
+        codec::encode_request(&request(1), |_| false)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     // The same request in the binary tensor extension, for the binary run.
-    let (binary, json_len) = request(1)
-        .to_body(|_| true)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (binary, json_len) =
+        codec::encode_request(&request(1), |_| true).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(format!("{export}/request.bin"), binary).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(
         format!("{export}/request.bin.header"),

@@ -17,7 +17,6 @@ use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use mlops::core::inference::{InferenceRequest, ParameterValue, Tensor, TensorData};
 use mlops::prelude::*;
 use mlops::serve::{FeedbackConfig, ROUTING_KEY};
-use mlops::store::RegistryOptions;
 use mlops::train::Progress;
 
 struct Rng(u64);
@@ -73,10 +72,7 @@ fn fit(model: ModelSpec, rng: &mut Rng) -> Result<TrainedModel> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut rng = Rng(7);
-    let registry = Arc::new(ObjectRegistry::new(
-        &StoreRoot::open("memory://")?,
-        RegistryOptions::default(),
-    ));
+    let registry = Arc::new(ObjectRegistry::new(&StoreRoot::open("memory://")?));
     for (name, spec) in [("A", ModelSpec::Linear), ("B", ModelSpec::mlp([32, 16]))] {
         let m = fit(spec, &mut rng)?;
         let v = registry

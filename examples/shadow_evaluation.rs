@@ -14,7 +14,6 @@ use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use mlops::core::inference::{InferenceRequest, Tensor, TensorData};
 use mlops::core::metrics;
 use mlops::prelude::*;
-use mlops::store::RegistryOptions;
 use mlops::train::{Activation, Progress};
 
 fn data(n: usize, seed: u64) -> (Vec<[f64; 3]>, Vec<i64>) {
@@ -56,10 +55,7 @@ async fn main() -> Result<()> {
         ("y", Arc::new(Int64Array::from(y)) as ArrayRef),
     ])
     .map_err(|e| Error::invalid_input("data", e.to_string()))?;
-    let registry = Arc::new(ObjectRegistry::new(
-        &StoreRoot::open("memory://")?,
-        RegistryOptions::default(),
-    ));
+    let registry = Arc::new(ObjectRegistry::new(&StoreRoot::open("memory://")?));
     let candidates = [
         ("linear (champion)", ModelSpec::Linear),
         ("mlp 8", ModelSpec::mlp([8])),

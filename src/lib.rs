@@ -37,27 +37,46 @@ pub use mlops_serve as serve;
 pub use mlops_store as store;
 pub use mlops_train as train;
 
+/// The Arrow crates at the versions the SDK's traits use, so implementing one
+/// (a [`LabelSource`](mlops_core::monitoring::LabelSource), a
+/// [`FeatureStore`](mlops_core::FeatureStore)) needs no direct dependency at a
+/// matching version.
+pub mod arrow {
+    pub use arrow_array as array;
+    pub use arrow_array::RecordBatch;
+    pub use arrow_schema as schema;
+}
+
+/// `chrono`, at the version of the SDK's timestamps.
+pub use chrono;
+
+/// The attribute the SDK's async traits are written with: put `#[mlops::async_trait]`
+/// on an `impl` of one.
+pub use async_trait::async_trait;
+
 /// The names most programs need, in one import.
 pub mod prelude {
     pub use mlops_core::audit::{AuditEntry, AuditEvent, AuditLog, ChainVerdict};
     pub use mlops_core::drift::{DriftDetector, DriftMethod, DriftReport};
+    pub use mlops_core::exec::{BlockingExecutor, ThreadExecutor};
     pub use mlops_core::feature::{
-        Entity, FeatureRef, FeatureStore, FeatureView, HistoricalOptions,
+        Entity, FeatureDefinitions, FeatureRef, FeatureStore, FeatureView, HistoricalOptions,
+        OfflineFeatureStore, OnlineFeatureStore,
     };
     pub use mlops_core::inference::{
         Datatype, InferenceRequest, InferenceResponse, Tensor, TensorData, TensorSpec,
     };
     pub use mlops_core::model::{
-        Lineage, ModelArtifact, ModelMetadata, ModelRegistry, ModelVersion, Signature,
-        VersionSelector,
+        CheckedInputs, Lineage, ModelArtifact, ModelMetadata, ModelRegistry, ModelVersion,
+        Signature, VersionSelector,
     };
     pub use mlops_core::tracking::{ExperimentTracker, MetricPoint, RunStatus};
     pub use mlops_core::train::{Task, TrainedModel, Trainer};
     pub use mlops_core::{Error, ModelLoader, Predictor, Result, Server};
     pub use mlops_serve::{DeploymentConfig, ModelServer, RemoteServer, Routing};
     pub use mlops_store::{
-        ObjectAuditLog, ObjectRegistry, ObjectTracker, OfflineStore, RegistryOptions,
-        SnapshotStore, StoreRoot,
+        ObjectAuditLog, ObjectOfflineStore, ObjectRegistry, ObjectSnapshotStore, ObjectTracker,
+        RegistryOptions, StoreRoot,
     };
     pub use mlops_train::{ModelSpec, TabularLoader, TabularTrainer, TrainConfig, TrainDevice};
 }

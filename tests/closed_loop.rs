@@ -232,7 +232,7 @@ mod rollout {
             .unwrap();
         let champion = trainer.fit(&training, "y").unwrap();
         let audit = Arc::new(ObjectAuditLog::new(&root));
-        let registry = Arc::new(ObjectRegistry::new(&root, RegistryOptions::default()));
+        let registry = Arc::new(ObjectRegistry::new(&root));
         registry
             .register("m", champion.artifact, champion.metadata)
             .await
@@ -261,11 +261,12 @@ mod rollout {
             loader: Arc::new(TabularLoader::default()),
             registry: registry.clone(),
             traffic: traffic.clone(),
-            tracker: Arc::new(ObjectTracker::new(&root, None, "test")),
+            tracker: Arc::new(ObjectTracker::new(&root).with_actor("test")),
             audit: audit.clone(),
-            snapshots: Some(Arc::new(mlops::store::SnapshotStore::new(
-                &root, None, "test",
-            ))),
+            snapshots: Some(Arc::new(
+                mlops::store::ObjectSnapshotStore::new(&root).with_actor("test"),
+            )),
+            executor: Arc::new(mlops::core::exec::ThreadExecutor),
         };
         let mut retrain = RetrainLoop::new(config.clone(), services.clone()).unwrap();
         let at = |d: i64| Utc.timestamp_micros(start + d * DAY).single().unwrap();
@@ -293,7 +294,7 @@ mod rollout {
             .dataset_snapshot_id
             .clone()
             .unwrap();
-        let snapshots = mlops::store::SnapshotStore::new(&root, None, "test");
+        let snapshots = mlops::store::ObjectSnapshotStore::new(&root).with_actor("test");
         let rows: usize = snapshots
             .read_batches(&snapshot)
             .await

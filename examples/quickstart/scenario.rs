@@ -24,7 +24,8 @@ use mlops::core::retrain::{
     CanaryPolicy, Decision, Guardrails, RetrainConfig, RetrainLoop, RetrainServices, Triggers,
 };
 use mlops::prelude::*;
-use mlops::serve::http::{HttpConfig, router, serve};
+use mlops::serve::HttpConfig;
+use mlops::serve::http::{router, serve};
 use mlops::serve::{Enrichment, FeedbackConfig, LogConfig, MonitorConfig, ROUTING_KEY};
 use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore, ObjectInferenceLog};
 use mlops::train::{ClassWeights, Progress};
@@ -346,13 +347,7 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
             .await
             .map_err(|e| Error::backend("training", e.to_string()))??
     };
-    let registry = Arc::new(ObjectRegistry::new(
-        &root,
-        RegistryOptions {
-            audit: Some(audit.clone()),
-            ..RegistryOptions::default()
-        },
-    ));
+    let registry = Arc::new(ObjectRegistry::new(&root).with_audit(audit.clone()));
     let mut metadata = fitted.metadata.clone();
     metadata.lineage.feature_refs = features.clone();
     let v1 = registry
@@ -383,6 +378,7 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
         window: Window::TumblingRows(s.tx_per_day / 2),
         min_rows: 100,
         queue: 100_000,
+        ..MonitorConfig::default()
     });
     deployment.feedback = Some(FeedbackConfig {
         task: Task::BinaryClassification,
@@ -420,7 +416,11 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
     );
 
     // 4. The retraining loop, against the traits.
-    let tracker = Arc::new(ObjectTracker::new(&root, Some(audit.clone()), "quickstart"));
+    let tracker = Arc::new(
+        ObjectTracker::new(&root)
+            .with_audit(audit.clone())
+            .with_actor("quickstart"),
+    );
     let mut config = RetrainConfig::new("fraud", "fraud", features.clone(), "is_fraud", "roc_auc");
     config.triggers = Triggers {
         on_drift: true,
@@ -451,14 +451,15 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
         traffic: Arc::new(client.clone()),
         tracker: tracker.clone(),
         audit: audit.clone(),
-        snapshots: Some(Arc::new(mlops::store::SnapshotStore::new(
-            &root,
-            Some(audit.clone()),
-            "retrain-loop",
-        ))),
+        snapshots: Some(Arc::new(
+            mlops::store::ObjectSnapshotStore::new(&root)
+                .with_audit(audit.clone())
+                .with_actor("retrain-loop"),
+        )),
+        // Fitting and evaluation run on threads of their own, off the runtime.
+        executor: Arc::new(ThreadExecutor),
     };
-    // Training is CPU work: each step of the loop runs on the blocking pool.
-    let retrain = Arc::new(tokio::sync::Mutex::new(RetrainLoop::new(config, services)?));
+    let mut retrain = RetrainLoop::new(config, services)?;
 
     // 5. Simulated days of traffic and feedback.
     let first = s.history_days;
@@ -580,15 +581,7 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
         );
 
         let now = at(start + (day + 1) * DAY_US);
-        let decisions = {
-            let handle = tokio::runtime::Handle::current();
-            let r = retrain.clone();
-            tokio::task::spawn_blocking(move || {
-                handle.block_on(async move { r.lock().await.tick(now).await })
-            })
-            .await
-            .map_err(|e| Error::backend("retrain loop", e.to_string()))??
-        };
+        let decisions = retrain.tick(now).await?;
         for d in &decisions {
             if let Decision::Promoted { version, .. } = d {
                 out.promoted.push(*version);

@@ -426,7 +426,7 @@ impl<'de> Deserialize<'de> for FeatureRef {
     }
 }
 
-/// Options of [`FeatureStore::apply_view`].
+/// Options of [`FeatureDefinitions::apply_view`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyOptions {
     /// Replace an existing view even when the change is incompatible with the data
@@ -434,7 +434,7 @@ pub struct ApplyOptions {
     pub force: bool,
 }
 
-/// Options of [`FeatureStore::get_historical_features`].
+/// Options of [`OfflineFeatureStore::get_historical_features`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoricalOptions {
     /// The entity dataframe's timestamp column. Default `event_timestamp`.
@@ -508,7 +508,7 @@ pub struct OnlineFeatureColumn {
     pub event_times: Vec<Option<DateTime<Utc>>>,
 }
 
-/// The answer of [`FeatureStore::get_online_features`].
+/// The answer of [`OnlineFeatureStore::get_online_features`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnlineFeatures {
     /// The request's key columns followed by one column per feature, in request order.
@@ -517,27 +517,15 @@ pub struct OnlineFeatures {
     pub columns: Vec<OnlineFeatureColumn>,
 }
 
-/// A feature store: definitions, offline storage with point-in-time correct
-/// retrieval, and an online store for low-latency lookups.
+/// The definitions part of a feature store: entities and feature views.
 ///
-/// Contract for implementations:
-/// - `apply_*` is atomic and safe against concurrent writers: two processes applying
-///   at once either both succeed in some order or one gets [`Error::Conflict`];
-///   neither change is lost silently. An incompatible change to an existing view is
-///   refused with [`Error::Conflict`] unless [`ApplyOptions::force`] is set.
-/// - `ingest` validates the whole batch first (missing or extra columns and wrong
-///   types: [`Error::SchemaMismatch`]; null keys or timestamps:
-///   [`Error::InvalidInput`]) and makes it visible atomically: a reader sees all of
-///   it or none of it, and a failure leaves no partial data. Re-ingesting the same
-///   rows does not duplicate them in query results.
-/// - `get_historical_features` returns one row per entity row, in input order, and
-///   never a value whose event time is after the row's timestamp (see
-///   [`HistoricalOptions`]). Unknown views or features: [`Error::NotFound`].
-/// - `materialize` is idempotent and never replaces a newer online value by an older.
-/// - `get_online_features` answers in request order with a [`FeatureStatus`] per value
-///   and enforces the view's TTL at read time.
+/// Contract for implementations: `apply_*` is atomic and safe against concurrent
+/// writers: two processes applying at once either both succeed in some order or
+/// one gets [`Error::Conflict`]; neither change is lost silently. An incompatible
+/// change to an existing view is refused with [`Error::Conflict`] unless
+/// [`ApplyOptions::force`] is set. Unknown names: [`Error::NotFound`].
 #[async_trait]
-pub trait FeatureStore: Send + Sync + std::fmt::Debug {
+pub trait FeatureDefinitions: Send + Sync + std::fmt::Debug {
     /// Registers or updates an entity.
     async fn apply_entity(&self, entity: Entity) -> Result<()>;
 
@@ -549,7 +537,23 @@ pub trait FeatureStore: Send + Sync + std::fmt::Debug {
 
     /// All views, sorted by name.
     async fn list_views(&self) -> Result<Vec<FeatureView>>;
+}
 
+/// The offline part of a feature store: history in, point-in-time correct
+/// training sets out, and materialization of the latest values online.
+///
+/// Contract for implementations:
+/// - `ingest` validates the whole batch first (missing or extra columns and wrong
+///   types: [`Error::SchemaMismatch`]; null keys or timestamps:
+///   [`Error::InvalidInput`]) and makes it visible atomically: a reader sees all of
+///   it or none of it, and a failure leaves no partial data. Re-ingesting the same
+///   rows does not duplicate them in query results.
+/// - `get_historical_features` returns one row per entity row, in input order, and
+///   never a value whose event time is after the row's timestamp (see
+///   [`HistoricalOptions`]). Unknown views or features: [`Error::NotFound`].
+/// - `materialize` is idempotent and never replaces a newer online value by an older.
+#[async_trait]
+pub trait OfflineFeatureStore: Send + Sync + std::fmt::Debug {
     /// Appends `batch` to the view `view`.
     async fn ingest(&self, view: &str, batch: RecordBatch) -> Result<IngestReceipt>;
 
@@ -576,7 +580,16 @@ pub trait FeatureStore: Send + Sync + std::fmt::Debug {
         view: &str,
         end: DateTime<Utc>,
     ) -> Result<MaterializeReport>;
+}
 
+/// The online part of a feature store: low-latency lookups by entity key, which
+/// is all serving-time enrichment needs.
+///
+/// Contract for implementations: `get_online_features` answers in request order
+/// with a [`FeatureStatus`] per value and enforces the view's TTL at read time.
+/// Unknown views or features: [`Error::NotFound`].
+#[async_trait]
+pub trait OnlineFeatureStore: Send + Sync + std::fmt::Debug {
     /// Looks up `features` for the entity keys in `entity_rows` (one row per key).
     async fn get_online_features(
         &self,
@@ -584,3 +597,15 @@ pub trait FeatureStore: Send + Sync + std::fmt::Debug {
         features: &[FeatureRef],
     ) -> Result<OnlineFeatures>;
 }
+
+/// A whole feature store: definitions ([`FeatureDefinitions`]), offline storage
+/// with point-in-time correct retrieval ([`OfflineFeatureStore`]) and an online
+/// store for low-latency lookups ([`OnlineFeatureStore`]).
+///
+/// Implemented for every type that implements the three parts; code that needs
+/// one role takes that part (serving-time enrichment takes
+/// `Arc<dyn OnlineFeatureStore>`), and an `Arc<dyn FeatureStore>` coerces to any
+/// of them.
+pub trait FeatureStore: FeatureDefinitions + OfflineFeatureStore + OnlineFeatureStore {}
+
+impl<T: FeatureDefinitions + OfflineFeatureStore + OnlineFeatureStore + ?Sized> FeatureStore for T {}

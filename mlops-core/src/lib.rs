@@ -6,7 +6,7 @@
 //!
 //! | Trait | What it does | Sync or async |
 //! |---|---|---|
-//! | [`FeatureStore`] | feature definitions, ingestion, point-in-time joins, online lookup | async |
+//! | [`FeatureStore`] = [`FeatureDefinitions`] + [`OfflineFeatureStore`] + [`OnlineFeatureStore`] | feature definitions; ingestion and point-in-time joins; online lookup | async |
 //! | [`ModelRegistry`] | versioned, content-addressed model artifacts and aliases | async |
 //! | [`ExperimentTracker`] | runs with params, metrics and artifacts | async |
 //! | [`AuditLog`] | append-only, hash-chained record of every change | async |
@@ -24,29 +24,32 @@
 //! whose messages name what was wrong.
 //!
 //! ```
-//! use mlops_core::inference::{InferenceRequest, Datatype, TensorSpec};
+//! use mlops_core::inference::{Datatype, InferenceRequest, Tensor, TensorData, TensorSpec};
 //! use mlops_core::model::Signature;
 //!
 //! let signature = Signature {
 //!     inputs: vec![TensorSpec::new("features", Datatype::Fp32, vec![-1, 3])],
 //!     outputs: vec![TensorSpec::new("score", Datatype::Fp32, vec![-1, 1])],
 //! };
-//! let request = InferenceRequest::from_json(br#"{"inputs": [
-//!     {"name": "features", "shape": [1, 3], "datatype": "FP32", "data": [0.5, 1.5, 2.5]}
-//! ]}"#)?;
+//! let features = Tensor::new("features", vec![1, 3], TensorData::Fp32(vec![0.5, 1.5, 2.5]))?;
+//! let request = InferenceRequest::new(vec![features]);
 //! signature.check_inputs(&request.inputs)?;
 //!
-//! let wrong = InferenceRequest::from_json(br#"{"inputs": [
-//!     {"name": "features", "shape": [1, 2], "datatype": "FP32", "data": [0.5, 1.5]}
-//! ]}"#)?;
-//! assert!(signature.check_inputs(&wrong.inputs).is_err());
+//! let narrow = Tensor::new("features", vec![1, 2], TensorData::Fp32(vec![0.5, 1.5]))?;
+//! assert!(signature.check_inputs(&[narrow]).is_err());
 //! # Ok::<(), mlops_core::Error>(())
 //! ```
+//!
+//! Two modules are small building blocks committed to as API: [`exec`] runs
+//! CPU-bound work off an async runtime, and [`rng`] is the seeded generator whose
+//! streams never change between releases (training splits, drift subsampling and
+//! traffic splitting draw from it, so a changed stream would be a breaking change).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod audit;
 pub mod drift;
 pub mod error;
+pub mod exec;
 pub mod feature;
 pub mod inference;
 pub mod metrics;
@@ -62,13 +65,16 @@ pub mod train;
 pub use audit::{AuditEntry, AuditEvent, AuditLog, ChainVerdict};
 pub use drift::{DriftDetector, DriftMethod, DriftReport, FeatureDrift};
 pub use error::{BoxError, Error, ResourceKind, Result};
-pub use feature::{Entity, FeatureRef, FeatureStore, FeatureView};
+pub use feature::{
+    Entity, FeatureDefinitions, FeatureRef, FeatureStore, FeatureView, OfflineFeatureStore,
+    OnlineFeatureStore,
+};
 pub use inference::{
     Datatype, InferenceRequest, InferenceResponse, Tensor, TensorData, TensorSpec,
 };
 pub use model::{
-    ContentDigest, Lineage, ModelArtifact, ModelMetadata, ModelRegistry, ModelVersion, Signature,
-    VersionSelector,
+    CheckedInputs, ContentDigest, Lineage, ModelArtifact, ModelMetadata, ModelRegistry,
+    ModelVersion, Signature, VersionSelector,
 };
 pub use predict::{ModelLoader, Predictor};
 pub use server::Server;

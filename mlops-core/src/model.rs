@@ -160,7 +160,10 @@ impl Signature {
     /// Checks a request's inputs: every declared input present once, nothing
     /// undeclared, datatypes and shapes as declared, and the same number of rows in
     /// every input. The error names the input and the difference.
-    pub fn check_inputs(&self, inputs: &[Tensor]) -> Result<()> {
+    ///
+    /// The [`CheckedInputs`] it returns is the only way to make one: it is what
+    /// [`Predictor::predict_checked`](crate::Predictor::predict_checked) takes.
+    pub fn check_inputs<'a>(&'a self, inputs: &'a [Tensor]) -> Result<CheckedInputs<'a>> {
         // Which declared input each tensor is: clients usually send them in the
         // declared order, so the same position is tried first.
         let mut seen = vec![false; self.inputs.len()];
@@ -205,7 +208,61 @@ impl Signature {
                 ));
             }
         }
-        Ok(())
+        Ok(CheckedInputs {
+            tensors: inputs,
+            signature: self,
+        })
+    }
+}
+
+/// Inputs that passed [`Signature::check_inputs`], with the signature they passed.
+///
+/// Only `check_inputs` makes one, so a function taking `CheckedInputs` knows the
+/// check ran. It derefs to the tensors.
+///
+/// ```
+/// use mlops_core::inference::{Datatype, Tensor, TensorData, TensorSpec};
+/// use mlops_core::model::Signature;
+///
+/// let signature = Signature {
+///     inputs: vec![TensorSpec::new("x", Datatype::Fp32, vec![-1])],
+///     outputs: vec![TensorSpec::new("y", Datatype::Fp32, vec![-1])],
+/// };
+/// let inputs = [Tensor::new("x", vec![2], TensorData::Fp32(vec![1.0, 2.0]))?];
+/// let checked = signature.check_inputs(&inputs)?;
+/// assert_eq!(checked.len(), 1);
+/// assert!(checked.is_for(&signature));
+/// assert!(!checked.is_for(&Signature::default()));
+/// # Ok::<(), mlops_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct CheckedInputs<'a> {
+    tensors: &'a [Tensor],
+    signature: &'a Signature,
+}
+
+impl<'a> CheckedInputs<'a> {
+    /// The tensors, in the order given.
+    pub fn tensors(&self) -> &'a [Tensor] {
+        self.tensors
+    }
+
+    /// The signature they were checked against.
+    pub fn signature(&self) -> &'a Signature {
+        self.signature
+    }
+
+    /// Whether they were checked against `signature` (the same one, or an equal
+    /// one): what a predictor that skips its own check must make sure of.
+    pub fn is_for(&self, signature: &Signature) -> bool {
+        std::ptr::eq(self.signature, signature) || self.signature == signature
+    }
+}
+
+impl std::ops::Deref for CheckedInputs<'_> {
+    type Target = [Tensor];
+    fn deref(&self) -> &[Tensor] {
+        self.tensors
     }
 }
 

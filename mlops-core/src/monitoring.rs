@@ -121,7 +121,7 @@ pub trait LabelSource: Send + Sync + std::fmt::Debug {
 }
 
 /// Immutable snapshots of datasets, so a model's lineage names the exact data it
-/// was trained on (`mlops-store`'s `SnapshotStore` implements it).
+/// was trained on (`mlops-store`'s `ObjectSnapshotStore` implements it).
 #[async_trait]
 pub trait DatasetSnapshots: Send + Sync + std::fmt::Debug {
     /// Stores `batches` immutably; returns the snapshot's id.

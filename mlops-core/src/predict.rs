@@ -5,10 +5,10 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use crate::drift::TableReference;
+use crate::drift::DriftDetector;
 use crate::error::Result;
 use crate::inference::Tensor;
-use crate::model::{ModelArtifact, Signature};
+use crate::model::{CheckedInputs, ModelArtifact, Signature};
 
 /// A model ready to answer.
 ///
@@ -28,25 +28,26 @@ pub trait Predictor: Send + Sync + Debug {
     /// Answers one batch: one tensor per declared input, all with the same rows.
     fn predict(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
 
-    /// Answers a batch the caller has already checked with
-    /// `self.signature().check_inputs(inputs)`, as the model server does for
-    /// every request: an implementation whose `predict` runs that check may
-    /// override this to skip it. For such inputs it answers exactly as
-    /// [`Predictor::predict`]; for others it still must not panic. The default
-    /// calls `predict`.
-    fn predict_checked(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        self.predict(inputs)
+    /// Answers a batch that passed [`Signature::check_inputs`], as the model server
+    /// does for every request. An implementation whose `predict` runs that check
+    /// may override this to skip it when `inputs.is_for(self.signature())`
+    /// ([`CheckedInputs::is_for`]); it answers exactly as [`Predictor::predict`].
+    /// The default calls `predict`.
+    fn predict_checked(&self, inputs: CheckedInputs<'_>) -> Result<Vec<Tensor>> {
+        self.predict(inputs.tensors())
     }
 
-    /// The drift reference profile of the training data over the model's inputs,
-    /// when the model carries one: the server monitors served inputs against it.
-    fn drift_reference(&self) -> Option<&TableReference> {
+    /// The detector of drift in the model's inputs, when the model carries a
+    /// reference (typically a profile of its training data): the server watches
+    /// served inputs with it unless its deployment names another.
+    fn input_drift(&self) -> Option<Arc<dyn DriftDetector>> {
         None
     }
 
-    /// The reference profile of the model's first output on held-out data, when
-    /// the model carries one: the server monitors served predictions against it.
-    fn prediction_reference(&self) -> Option<&TableReference> {
+    /// The detector of drift in the model's first output, when the model carries a
+    /// reference (typically its predictions on held-out data): the server watches
+    /// served predictions with it unless its deployment names another.
+    fn prediction_drift(&self) -> Option<Arc<dyn DriftDetector>> {
         None
     }
 }

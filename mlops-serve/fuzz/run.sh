@@ -3,7 +3,7 @@
 #     mlops-serve/fuzz/run.sh [SECONDS]
 # Installs a nightly toolchain and cargo-fuzz when missing. Crashes are written to
 # mlops-serve/fuzz/artifacts/decode_request/. CI runs the stable property test
-# (mlops-core/tests/api/inference.rs, `decoding_never_panics`) instead.
+# (mlops-serve/tests/serve/codec.rs, `decoding_never_panics`) instead.
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-60}"

@@ -3,13 +3,13 @@
 
 use async_trait::async_trait;
 use mlops_core::error::ResourceKind;
-use mlops_core::inference::binary::HEADER_CONTENT_LENGTH;
 use mlops_core::inference::{
-    ErrorResponse, InferenceRequest, InferenceResponse, ModelMetadataResponse,
-    ServerMetadataResponse,
+    InferenceRequest, InferenceResponse, ModelMetadataResponse, ServerMetadataResponse,
 };
 use mlops_core::{Error, Result, Server};
 use reqwest::{Method, StatusCode};
+
+use crate::codec::{self, ErrorResponse, HEADER_CONTENT_LENGTH};
 
 /// A remote v2 server, reached over HTTP.
 ///
@@ -263,11 +263,11 @@ impl Server for RemoteServer {
         let path = format!("{}/infer", model_path(model, version));
         if self.binary {
             request.parameters.insert(
-                mlops_core::inference::binary::BINARY_DATA_OUTPUT.into(),
+                codec::BINARY_DATA_OUTPUT.into(),
                 mlops_core::inference::ParameterValue::Bool(true),
             );
         }
-        let body = request.to_body(|_| self.binary)?;
+        let body = codec::encode_request(&request, |_| self.binary)?;
         let (status, headers, bytes) = self.call(Method::POST, &path, Some(body)).await?;
         if !status.is_success() {
             return Err(self.error(&path, status, &bytes));
@@ -276,6 +276,6 @@ impl Server for RemoteServer {
             .get(HEADER_CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        InferenceResponse::from_body(&bytes, json_len)
+        codec::decode_response(&bytes, json_len)
     }
 }

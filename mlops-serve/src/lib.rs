@@ -26,25 +26,24 @@
 //! ```
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+// Layers, bottom to top; each uses only those above it in this list.
 mod auth;
-mod batch;
-mod cache;
 mod client;
+pub mod codec;
 mod config;
 pub mod http;
-mod live;
-mod metrics;
+mod runtime;
 mod server;
 mod status;
 
 pub use auth::{ApiKeys, Scope};
-pub use cache::CacheStats;
 pub use client::RemoteServer;
 pub use config::{
-    Arm, BatchConfig, CacheConfig, CanaryRamp, DeploymentConfig, Enrichment, Routing,
+    Arm, BatchConfig, CacheConfig, CanaryRamp, DeploymentConfig, Enrichment, FeedbackConfig,
+    HttpConfig, LogConfig, MonitorConfig, Routing,
 };
-pub use live::{DriftEvent, FeedbackConfig, LogConfig, MonitorConfig};
-pub use server::{
-    DeploymentStatus, ModelServer, ROUTING_KEY, ReloadReport, ShadowRecord, VersionDrift,
-};
+pub use runtime::cache::CacheStats;
+pub use runtime::monitor::DriftEvent;
+pub use runtime::shadow::ShadowRecord;
+pub use server::{DeploymentStatus, ModelServer, ROUTING_KEY, ReloadReport, VersionDrift};
 pub use status::http_status;

@@ -1,5 +1,5 @@
 //! The whole feature store: the offline store and an online store together,
-//! implementing [`FeatureStore`].
+//! implementing [`FeatureStore`](mlops_core::FeatureStore).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -10,17 +10,18 @@ use arrow::datatypes::{Field, FieldRef, Schema};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mlops_core::feature::{
-    ApplyOptions, Entity, FeatureRef, FeatureStatus, FeatureStore, FeatureView, HistoricalOptions,
-    IngestReceipt, MaterializeReport, OnlineFeatureColumn, OnlineFeatures,
+    ApplyOptions, Entity, FeatureDefinitions, FeatureRef, FeatureStatus, FeatureView,
+    HistoricalOptions, IngestReceipt, MaterializeReport, OfflineFeatureStore, OnlineFeatureColumn,
+    OnlineFeatureStore, OnlineFeatures,
 };
 use mlops_core::{Error, ResourceKind, Result};
 
-use crate::offline::OfflineStore;
+use crate::offline::ObjectOfflineStore;
 use crate::online::OnlineStore;
 use crate::root::StoreRoot;
 
 /// Offline storage on a [`StoreRoot`] plus an [`OnlineStore`], as one
-/// [`FeatureStore`].
+/// [`FeatureStore`](mlops_core::FeatureStore).
 ///
 /// ```
 /// # async fn demo() -> mlops_core::Result<()> {
@@ -33,7 +34,7 @@ use crate::root::StoreRoot;
 /// ```
 #[derive(Debug, Clone)]
 pub struct ObjectFeatureStore {
-    offline: OfflineStore,
+    offline: ObjectOfflineStore,
     online: Arc<dyn OnlineStore>,
     /// View definitions for online reads, refreshed at most every `refresh`.
     views: Arc<std::sync::RwLock<Option<CachedViews>>>,
@@ -70,7 +71,7 @@ impl ObjectFeatureStore {
     /// The feature store with offline data under `root` and online values in `online`.
     pub fn new(root: &StoreRoot, online: Arc<dyn OnlineStore>) -> Self {
         Self {
-            offline: OfflineStore::new(root),
+            offline: ObjectOfflineStore::new(root),
             online,
             views: Arc::new(std::sync::RwLock::new(None)),
             refresh: std::time::Duration::from_secs(1),
@@ -125,7 +126,7 @@ impl ObjectFeatureStore {
     }
 
     /// The offline half.
-    pub fn offline(&self) -> &OfflineStore {
+    pub fn offline(&self) -> &ObjectOfflineStore {
         &self.offline
     }
 
@@ -318,7 +319,7 @@ impl ObjectFeatureStore {
 }
 
 #[async_trait]
-impl FeatureStore for ObjectFeatureStore {
+impl FeatureDefinitions for ObjectFeatureStore {
     async fn apply_entity(&self, entity: Entity) -> Result<()> {
         self.offline.apply_entity(entity).await
     }
@@ -336,7 +337,10 @@ impl FeatureStore for ObjectFeatureStore {
     async fn list_views(&self) -> Result<Vec<FeatureView>> {
         self.offline.list_views().await
     }
+}
 
+#[async_trait]
+impl OfflineFeatureStore for ObjectFeatureStore {
     async fn ingest(&self, view: &str, batch: RecordBatch) -> Result<IngestReceipt> {
         self.offline.ingest(view, batch).await
     }
@@ -396,7 +400,10 @@ impl FeatureStore for ObjectFeatureStore {
             entities_written: written,
         })
     }
+}
 
+#[async_trait]
+impl OnlineFeatureStore for ObjectFeatureStore {
     async fn get_online_features(
         &self,
         entity_rows: RecordBatch,

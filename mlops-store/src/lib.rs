@@ -52,12 +52,12 @@ pub use error::storage_error;
 pub use fault::FaultyStore;
 pub use feature_store::ObjectFeatureStore;
 pub use inference_log::ObjectInferenceLog;
-pub use offline::OfflineStore;
+pub use offline::ObjectOfflineStore;
 #[cfg(feature = "redis")]
 pub use online::RedisOnlineStore;
 pub use online::{InMemoryOnlineStore, OnlineRead, OnlineRow, OnlineStore};
 pub use registry::{DEFAULT_MAX_METADATA_BYTES, ObjectRegistry, RegistryOptions};
 pub use retry::RetryPolicy;
 pub use root::{DEFAULT_MULTIPART_THRESHOLD, StoreRoot};
-pub use snapshot::{DatasetSnapshot, SnapshotFile, SnapshotStore};
+pub use snapshot::{DatasetSnapshot, ObjectSnapshotStore, SnapshotFile};
 pub use tracking::{MAX_POINTS_PER_CALL, MAX_VALUE_BYTES, ObjectTracker};

@@ -102,7 +102,7 @@ struct ModelState {
 /// use mlops_core::model::{ModelArtifact, ModelMetadata, ModelRegistry, VersionSelector};
 /// use mlops_store::{ObjectRegistry, RegistryOptions, StoreRoot};
 ///
-/// let registry = ObjectRegistry::new(&StoreRoot::open("memory://")?, RegistryOptions::default());
+/// let registry = ObjectRegistry::new(&StoreRoot::open("memory://")?);
 /// let v = registry.register("fraud", ModelArtifact::new("burn-mlp", vec![1, 2, 3]), ModelMetadata::default()).await?;
 /// registry.set_alias("fraud", "champion", v.version).await?;
 /// let (version, artifact) = registry.load_artifact("fraud", &"@champion".parse()?).await?;
@@ -146,14 +146,33 @@ fn signed_message(version: &ModelVersion) -> Result<Vec<u8>> {
 }
 
 impl ObjectRegistry {
-    /// A registry under `root`.
-    pub fn new(root: &StoreRoot, options: RegistryOptions) -> Self {
+    /// A registry under `root` with the default [`RegistryOptions`] (no signing,
+    /// no audit log).
+    pub fn new(root: &StoreRoot) -> Self {
         Self {
             root: root.clone(),
-            options,
+            options: RegistryOptions::default(),
             manifests: Arc::new(Mutex::new(HashMap::new())),
             states: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// The registry with `options` (signing, trusted keys, limits, audit).
+    pub fn with_options(mut self, options: RegistryOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Records every change in `audit`.
+    pub fn with_audit(mut self, audit: Arc<dyn AuditLog>) -> Self {
+        self.options.audit = Some(audit);
+        self
+    }
+
+    /// Records changes as done by `actor`.
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.options.actor = Some(actor.into());
+        self
     }
 
     fn cache(&self) -> MutexGuard<'_, HashMap<String, ManifestCache>> {

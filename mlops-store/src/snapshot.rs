@@ -57,17 +57,17 @@ pub struct DatasetSnapshot {
 ///
 /// ```
 /// # async fn demo() -> mlops_core::Result<()> {
-/// use mlops_store::{SnapshotStore, StoreRoot};
+/// use mlops_store::{ObjectSnapshotStore, StoreRoot};
 /// let root = StoreRoot::open("memory://")?;
 /// root.put("data/part-0.parquet", "not really parquet".into()).await?;
-/// let snapshots = SnapshotStore::new(&root, None, "alice");
+/// let snapshots = ObjectSnapshotStore::new(&root).with_actor("alice");
 /// let snap = snapshots.snapshot_files(&["data/part-0.parquet"], "training set").await?;
 /// assert_eq!(snapshots.resolve(&snap.id).await?.files.len(), 1);
 /// # Ok(()) }
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 /// ```
 #[derive(Debug, Clone)]
-pub struct SnapshotStore {
+pub struct ObjectSnapshotStore {
     root: StoreRoot,
     audit: Option<Arc<dyn AuditLog>>,
     actor: String,
@@ -93,18 +93,27 @@ fn check_id(id: &str) -> Result<()> {
     }
 }
 
-impl SnapshotStore {
-    /// Snapshots under `root`, recording each new one in `audit` as `actor`.
-    pub fn new(
-        root: &StoreRoot,
-        audit: Option<Arc<dyn AuditLog>>,
-        actor: impl Into<String>,
-    ) -> Self {
+impl ObjectSnapshotStore {
+    /// Snapshots under `root`, recording nothing in an audit log; the actor is
+    /// `"unknown"` until [`with_actor`](Self::with_actor).
+    pub fn new(root: &StoreRoot) -> Self {
         Self {
             root: root.clone(),
-            audit,
-            actor: actor.into(),
+            audit: None,
+            actor: "unknown".into(),
         }
+    }
+
+    /// Records every change in `audit`.
+    pub fn with_audit(mut self, audit: Arc<dyn AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Records changes as done by `actor`.
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = actor.into();
+        self
     }
 
     /// Snapshots files already under the root (paths relative to it).
@@ -292,7 +301,7 @@ impl SnapshotStore {
 }
 
 #[async_trait::async_trait]
-impl mlops_core::monitoring::DatasetSnapshots for SnapshotStore {
+impl mlops_core::monitoring::DatasetSnapshots for ObjectSnapshotStore {
     async fn snapshot(&self, batches: &[RecordBatch], description: &str) -> Result<String> {
         Ok(self.snapshot_batches(batches, description).await?.id)
     }

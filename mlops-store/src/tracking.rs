@@ -56,7 +56,7 @@ struct RunIndex {
 /// use mlops_core::tracking::{ExperimentTracker, MetricPoint, RunStatus};
 /// use mlops_store::{ObjectTracker, StoreRoot};
 ///
-/// let tracker = ObjectTracker::new(&StoreRoot::open("memory://")?, None, "alice");
+/// let tracker = ObjectTracker::new(&StoreRoot::open("memory://")?).with_actor("alice");
 /// let run = tracker.start_run("fraud", Some("mlp-64"), BTreeMap::new()).await?;
 /// tracker.log_metrics(&run.id, vec![MetricPoint::now("val_auc", 0.91, 1)]).await?;
 /// let run = tracker.end_run(&run.id, RunStatus::Finished).await?;
@@ -72,17 +72,26 @@ pub struct ObjectTracker {
 }
 
 impl ObjectTracker {
-    /// A tracker under `root`, recording changes in `audit` as `actor`.
-    pub fn new(
-        root: &StoreRoot,
-        audit: Option<Arc<dyn AuditLog>>,
-        actor: impl Into<String>,
-    ) -> Self {
+    /// A tracker under `root`, recording nothing in an audit log; the actor is
+    /// `"unknown"` until [`with_actor`](Self::with_actor).
+    pub fn new(root: &StoreRoot) -> Self {
         Self {
             root: root.clone(),
-            audit,
-            actor: actor.into(),
+            audit: None,
+            actor: "unknown".into(),
         }
+    }
+
+    /// Records every change in `audit`.
+    pub fn with_audit(mut self, audit: Arc<dyn AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Records changes as done by `actor`.
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = actor.into();
+        self
     }
 
     fn run_dir(experiment: &str, run_id: &str) -> String {

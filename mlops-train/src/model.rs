@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use arrow_array::RecordBatch;
 use burn::tensor::{Device, Tensor, TensorData, activation};
-use mlops_core::drift::TableReference;
+use mlops_core::drift::{DriftDetector, TableDriftDetector, TableReference};
 use mlops_core::inference::{Datatype, TensorData as V2Data};
 use mlops_core::{
-    Error, ModelArtifact, ModelLoader, Predictor, Result, Signature, Task, Tensor as V2Tensor,
-    TensorSpec,
+    CheckedInputs, Error, ModelArtifact, ModelLoader, Predictor, Result, Signature, Task,
+    Tensor as V2Tensor, TensorSpec,
 };
 use serde::{Deserialize, Serialize};
 
@@ -111,24 +111,37 @@ pub struct TabularModel {
     device: Device,
     /// Plain-loop forward pass for requests of a few rows.
     small: Option<SmallKernel>,
+    /// Detectors over the card's references, built once.
+    input_drift: Option<Arc<dyn DriftDetector>>,
+    prediction_drift: Option<Arc<dyn DriftDetector>>,
 }
 
 /// Requests of at most this many rows use the plain-loop kernel.
 const SMALL_ROWS: usize = 16;
 
 impl TabularModel {
-    pub(crate) fn new(card: ModelCard, net: Net, device: Device) -> Self {
+    /// The model of `card` and `net`; fails when a drift reference of the card is
+    /// not valid.
+    pub(crate) fn new(card: ModelCard, net: Net, device: Device) -> Result<Self> {
         let prep = Preprocessor::from_encodings(card.features.clone());
         // Reading the weights back cannot fail for a model just built or loaded;
         // if it did, every request would simply take the burn path.
         let small = SmallKernel::from_net(&net).ok().flatten();
-        Self {
+        let detector = |r: &Option<TableReference>| -> Result<Option<Arc<dyn DriftDetector>>> {
+            Ok(match r {
+                Some(r) => Some(Arc::new(TableDriftDetector::from_reference(r.clone())?)),
+                None => None,
+            })
+        };
+        Ok(Self {
+            input_drift: detector(&card.drift_reference)?,
+            prediction_drift: detector(&card.prediction_reference)?,
             card,
             prep,
             net: Mutex::new(net),
             device,
             small,
-        }
+        })
     }
 
     /// The model's description: task, classes, spec, preprocessing, signature.
@@ -263,7 +276,7 @@ impl TabularModel {
             &bytes[20 + header_len..],
             device,
         )?;
-        Ok(Self::new(card, net, device.clone()))
+        Self::new(card, net, device.clone())
     }
 
     fn outputs_of(&self, rows: usize, scores: Vec<f32>) -> Result<Vec<V2Tensor>> {
@@ -281,30 +294,42 @@ impl TabularModel {
     }
 }
 
+impl TabularModel {
+    /// Answers inputs that passed the signature check.
+    fn answer(&self, inputs: &[V2Tensor]) -> Result<Vec<V2Tensor>> {
+        let (rows, matrix) = self.prep.transform_tensors(inputs)?;
+        let scores = self.score_matrix(rows, matrix)?;
+        self.outputs_of(rows, scores)
+    }
+}
+
 impl Predictor for TabularModel {
     fn signature(&self) -> &Signature {
         &self.card.signature
     }
 
     fn predict(&self, inputs: &[V2Tensor]) -> Result<Vec<V2Tensor>> {
-        self.card.signature.check_inputs(inputs)?;
-        self.predict_checked(inputs)
+        let checked = self.card.signature.check_inputs(inputs)?;
+        self.answer(&checked)
     }
 
-    /// `predict` without checking the inputs against the signature again; the
-    /// encoder still refuses a missing input or a wrong row count.
-    fn predict_checked(&self, inputs: &[V2Tensor]) -> Result<Vec<V2Tensor>> {
-        let (rows, matrix) = self.prep.transform_tensors(inputs)?;
-        let scores = self.score_matrix(rows, matrix)?;
-        self.outputs_of(rows, scores)
+    /// `predict` without checking the inputs against the signature again when they
+    /// were checked against this model's; the encoder still refuses a missing
+    /// input or a wrong row count.
+    fn predict_checked(&self, inputs: CheckedInputs<'_>) -> Result<Vec<V2Tensor>> {
+        if inputs.is_for(&self.card.signature) {
+            self.answer(&inputs)
+        } else {
+            self.predict(&inputs)
+        }
     }
 
-    fn drift_reference(&self) -> Option<&TableReference> {
-        self.card.drift_reference.as_ref()
+    fn input_drift(&self) -> Option<Arc<dyn DriftDetector>> {
+        self.input_drift.clone()
     }
 
-    fn prediction_reference(&self) -> Option<&TableReference> {
-        self.card.prediction_reference.as_ref()
+    fn prediction_drift(&self) -> Option<Arc<dyn DriftDetector>> {
+        self.prediction_drift.clone()
     }
 }
 

@@ -1051,7 +1051,7 @@ impl TabularTrainer {
             drift_reference,
             prediction_reference,
         };
-        let model = Arc::new(TabularModel::new(card, final_net, eval_device));
+        let model = Arc::new(TabularModel::new(card, final_net, eval_device)?);
         let artifact = model.to_artifact()?;
         let mut params = cfg.params();
         params.insert("best_epoch".into(), best_epoch.to_string());

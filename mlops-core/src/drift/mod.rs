@@ -16,8 +16,10 @@
 //! | [`psi`], [`psi_numeric`] | PSI over [`PSI_BINS`] reference quantile bins, empty bins as [`PSI_EPSILON`] |
 
 use std::fmt;
+use std::sync::Arc;
 
 use arrow_array::RecordBatch;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -226,4 +228,49 @@ pub trait DriftDetector: Send + Sync + fmt::Debug {
 
     /// Compares `current` with the reference.
     fn detect(&self, current: &RecordBatch) -> Result<DriftReport>;
+
+    /// The columns a current sample must have, with the types they are compared
+    /// as: a caller that builds samples from other data (the model server, from
+    /// served tensors) casts to these. The default is every feature as a nullable
+    /// `Float64`, as numeric detectors compare them.
+    fn input_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.features()
+                .into_iter()
+                .map(|name| Field::new(name, DataType::Float64, true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Checks that `schema` has every compared column:
+    /// [`Error::SchemaMismatch`] naming the first missing one. Detectors that also
+    /// check types override it.
+    fn check_schema(&self, schema: &Schema) -> Result<()> {
+        for feature in self.features() {
+            if schema.field_with_name(&feature).is_err() {
+                return Err(Error::schema_mismatch(
+                    "drift detection",
+                    &feature,
+                    "a compared column",
+                    "no such column",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares the rows of several batches (with the same columns) together, as
+    /// one sample. The default concatenates them and calls
+    /// [`detect`](Self::detect); detectors that can read them in place override it.
+    fn detect_batches(&self, batches: &[RecordBatch]) -> Result<DriftReport> {
+        match batches {
+            [] => Err(Error::invalid_input("current data", "it has no rows")),
+            [one] => self.detect(one),
+            [first, ..] => {
+                let batch = arrow_select::concat::concat_batches(&first.schema(), batches)
+                    .map_err(|e| Error::invalid_input("current data", e.to_string()))?;
+                self.detect(&batch)
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use arrow_array::RecordBatch;
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{DriftReport, TableDriftDetector};
+use super::{DriftDetector, DriftReport};
 use crate::error::{Error, Result};
 
 /// Which rows a window holds and when it is compared.
@@ -51,7 +51,8 @@ pub struct WindowReport {
 }
 
 /// Keeps a bounded window of live rows and compares it with a fitted
-/// [`TableDriftDetector`]'s reference.
+/// [`DriftDetector`]'s reference (any detector: [`TableDriftDetector`](super::TableDriftDetector),
+/// [`MmdDriftDetector`](super::MmdDriftDetector), your own).
 ///
 /// Memory is O(window): the window's rows as zero-copy slices of the observed
 /// batches, plus at most one batch beyond it. Observing costs a schema check;
@@ -76,7 +77,7 @@ pub struct WindowReport {
 /// ```
 #[derive(Debug)]
 pub struct DriftMonitor {
-    detector: Arc<TableDriftDetector>,
+    detector: Arc<dyn DriftDetector>,
     window: Window,
     min_rows: usize,
     batches: VecDeque<(DateTime<Utc>, RecordBatch)>,
@@ -89,7 +90,7 @@ pub struct DriftMonitor {
 impl DriftMonitor {
     /// A monitor comparing `window`s with `detector`'s reference; time windows with
     /// fewer than `min_rows` rows are skipped, not compared.
-    pub fn new(detector: Arc<TableDriftDetector>, window: Window, min_rows: usize) -> Result<Self> {
+    pub fn new(detector: Arc<dyn DriftDetector>, window: Window, min_rows: usize) -> Result<Self> {
         let bad = |reason: &str| Error::invalid_input("drift monitor window", reason.to_owned());
         match window {
             Window::TumblingRows(0) => return Err(bad("a window of 0 rows")),

@@ -2,6 +2,7 @@
 //! the way Evidently chooses by default, combined into an overall verdict.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -9,7 +10,7 @@ use arrow_array::types::{
     UInt32Type, UInt64Type,
 };
 use arrow_array::{Array, RecordBatch};
-use arrow_schema::{DataType, Schema};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use super::ks::ks_2samp_sorted;
@@ -401,7 +402,26 @@ impl DriftDetector for TableDriftDetector {
     }
 
     fn detect(&self, current: &RecordBatch) -> Result<DriftReport> {
-        self.detect_batches(std::slice::from_ref(current))
+        TableDriftDetector::detect_batches(self, std::slice::from_ref(current))
+    }
+
+    /// Every compared column with the type of its reference.
+    fn input_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.reference
+                .columns
+                .iter()
+                .map(|c| Field::new(&c.name, c.data_type.clone(), true))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    fn check_schema(&self, schema: &Schema) -> Result<()> {
+        TableDriftDetector::check_schema(self, schema)
+    }
+
+    fn detect_batches(&self, batches: &[RecordBatch]) -> Result<DriftReport> {
+        TableDriftDetector::detect_batches(self, batches)
     }
 }
 

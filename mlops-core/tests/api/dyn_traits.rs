@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use mlops_core::audit::{AuditEntry, AuditEvent, AuditLog, ChainVerdict, verify_chain};
 use mlops_core::inference::{
-    Datatype, InferenceRequest, InferenceResponse, ModelMetadataResponse, ServerMetadataResponse,
-    Tensor, TensorSpec,
+    Datatype, InferenceRequest, InferenceResponse, ModelMetadataResponse, RequestOutput,
+    ServerMetadataResponse, Tensor, TensorData, TensorSpec,
 };
 use mlops_core::model::{ModelArtifact, Signature};
 use mlops_core::{
@@ -240,12 +240,14 @@ async fn a_loaded_artifact_serves_through_dyn_server() {
     let meta = server.model_metadata("m", None).await.unwrap();
     assert_eq!(meta.inputs[0].shape, vec![-1, 2]);
 
-    let request = InferenceRequest::from_json(
-        br#"{"id": "r1",
-        "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[3, 1], [0, 2]]}],
-        "outputs": [{"name": "score"}]}"#,
-    )
-    .unwrap();
+    let mut request = InferenceRequest::new(vec![
+        Tensor::new("x", vec![2, 2], TensorData::Fp32(vec![3.0, 1.0, 0.0, 2.0])).unwrap(),
+    ]);
+    request.id = Some("r1".into());
+    request.outputs = Some(vec![RequestOutput {
+        name: "score".into(),
+        parameters: Default::default(),
+    }]);
     let response = server.infer("m", None, request).await.unwrap();
     assert_eq!(response.id.as_deref(), Some("r1"));
     assert_eq!(response.outputs.len(), 1);
@@ -254,10 +256,9 @@ async fn a_loaded_artifact_serves_through_dyn_server() {
         mlops_core::TensorData::Fp32(vec![2.5, -1.5])
     );
 
-    let bad = InferenceRequest::from_json(
-        br#"{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}"#,
-    )
-    .unwrap();
+    let bad = InferenceRequest::new(vec![
+        Tensor::new("x", vec![1, 3], TensorData::Fp32(vec![1.0, 2.0, 3.0])).unwrap(),
+    ]);
     let err = server.infer("m", None, bad).await.unwrap_err();
     assert!(
         err.to_string()

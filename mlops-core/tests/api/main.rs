@@ -6,5 +6,5 @@ mod drift_stream;
 mod drift_table;
 mod dyn_traits;
 mod features;
-mod inference;
 mod models;
+mod tensors;

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mlops_core::inference::InferenceRequest;
+use mlops_serve::codec;
 
 fuzz_target!(|data: &[u8]| {
     // The first two bytes choose the JSON part's length for the binary form.
@@ -13,9 +13,9 @@ fuzz_target!(|data: &[u8]| {
         _ => (None, data),
     };
     for len in [None, json_len] {
-        if let Ok(request) = InferenceRequest::from_body(body, len) {
-            let _ = request.to_body(|_| true);
-            let _ = request.to_body(|_| false);
+        if let Ok(request) = codec::decode_request(body, len) {
+            let _ = codec::encode_request(&request, |_| true);
+            let _ = codec::encode_request(&request, |_| false);
         }
     }
 });

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use mlops_core::inference::{Datatype, InferenceRequest, Tensor, TensorData, TensorSpec};
 use mlops_core::{
-    Error, ModelArtifact, ModelLoader, ModelMetadata, ModelRegistry, Predictor, Result, Signature,
+    CheckedInputs, Error, ModelArtifact, ModelLoader, ModelMetadata, ModelRegistry, Predictor,
+    Result, Signature,
 };
-use mlops_store::{ObjectRegistry, RegistryOptions, StoreRoot};
+use mlops_store::{ObjectRegistry, StoreRoot};
 use serde::{Deserialize, Serialize};
 
 pub(crate) const FLAVOR: &str = "test-linear";
@@ -56,9 +57,13 @@ impl Predictor for LinearPredictor {
         self.answer(inputs)
     }
 
-    fn predict_checked(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    fn predict_checked(&self, inputs: CheckedInputs<'_>) -> Result<Vec<Tensor>> {
+        assert!(
+            inputs.is_for(&self.signature),
+            "checked against another signature"
+        );
         self.stats.checked_calls.fetch_add(1, Ordering::SeqCst);
-        self.answer(inputs)
+        self.answer(&inputs)
     }
 }
 
@@ -122,7 +127,7 @@ pub(crate) fn artifact(model: &Linear) -> ModelArtifact {
 /// A memory registry holding `models` as versions 1..n of "m".
 pub(crate) async fn registry(models: &[Linear]) -> Arc<dyn ModelRegistry> {
     let root = StoreRoot::open("memory://").unwrap();
-    let r = Arc::new(ObjectRegistry::new(&root, RegistryOptions::default()));
+    let r = Arc::new(ObjectRegistry::new(&root));
     for m in models {
         r.register(
             "m",

@@ -5,16 +5,14 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow_schema::DataType;
 use chrono::Utc;
-use mlops_core::feature::{ApplyOptions, FeatureView};
+use mlops_core::feature::{ApplyOptions, FeatureDefinitions, FeatureView, OfflineFeatureStore};
 use mlops_core::inference::{Datatype, InferenceRequest, Tensor, TensorData, TensorSpec};
 use mlops_core::{
-    Error, FeatureStore, ModelArtifact, ModelLoader, ModelMetadata, ModelRegistry, Predictor,
-    Result, Server, Signature,
+    Error, ModelArtifact, ModelLoader, ModelMetadata, ModelRegistry, Predictor, Result, Server,
+    Signature,
 };
 use mlops_serve::{DeploymentConfig, Enrichment, ModelServer, Routing};
-use mlops_store::{
-    InMemoryOnlineStore, ObjectFeatureStore, ObjectRegistry, RegistryOptions, StoreRoot,
-};
+use mlops_store::{InMemoryOnlineStore, ObjectFeatureStore, ObjectRegistry, StoreRoot};
 
 /// Sums its two named inputs.
 #[derive(Debug)]
@@ -113,7 +111,7 @@ async fn entity_keys_are_enriched_from_the_online_store() {
         .await
         .unwrap();
 
-    let registry = Arc::new(ObjectRegistry::new(&root, RegistryOptions::default()));
+    let registry = Arc::new(ObjectRegistry::new(&root));
     registry
         .register(
             "sum",

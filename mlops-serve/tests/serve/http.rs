@@ -6,7 +6,8 @@ use std::time::Duration;
 use mlops_core::inference::{InferenceRequest, Tensor, TensorData};
 use mlops_core::model::VersionSelector;
 use mlops_core::{Error, Server};
-use mlops_serve::http::{HttpConfig, router, serve};
+use mlops_serve::HttpConfig;
+use mlops_serve::http::{router, serve};
 use mlops_serve::{
     ApiKeys, BatchConfig, DeploymentConfig, ModelServer, RemoteServer, Routing, Scope,
 };

@@ -9,11 +9,12 @@ use mlops_core::inference::{InferenceRequest, Tensor, TensorData};
 use mlops_core::model::VersionSelector;
 use mlops_core::monitoring::TrafficControl;
 use mlops_core::{Error, ModelRegistry, Server, Task, Trainer};
-use mlops_serve::http::{HttpConfig, router, serve};
+use mlops_serve::HttpConfig;
+use mlops_serve::http::{router, serve};
 use mlops_serve::{
     DeploymentConfig, FeedbackConfig, LogConfig, ModelServer, MonitorConfig, RemoteServer, Routing,
 };
-use mlops_store::{ObjectInferenceLog, ObjectRegistry, RegistryOptions, StoreRoot};
+use mlops_store::{ObjectInferenceLog, ObjectRegistry, StoreRoot};
 use mlops_train::{ModelSpec, Progress, TabularLoader, TabularTrainer, TrainConfig};
 
 /// x ~ U(-1, 1) scaled by `scale` and shifted by `shift`; label x > 0.
@@ -42,7 +43,7 @@ async fn trained_server(root: &StoreRoot) -> ModelServer {
     c.progress = Progress::Hidden;
     c.learning_rate = 0.05;
     let trained = TabularTrainer::new(c).fit(&data, "y").unwrap();
-    let registry = Arc::new(ObjectRegistry::new(root, RegistryOptions::default()));
+    let registry = Arc::new(ObjectRegistry::new(root));
     registry
         .register("m", trained.artifact, trained.metadata)
         .await
@@ -67,6 +68,7 @@ async fn served_inputs_and_predictions_are_watched_for_drift() {
         window: Window::TumblingRows(300),
         min_rows: 50,
         queue: 1000,
+        ..MonitorConfig::default()
     });
     s.deploy(d).await.unwrap();
     let mut events = s.subscribe_drift();

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch};
 use mlops_core::model::VersionSelector;
 use mlops_core::{ModelRegistry, Task, Trainer};
-use mlops_serve::http::{HttpConfig, router, serve};
+use mlops_serve::HttpConfig;
+use mlops_serve::http::{router, serve};
 use mlops_serve::{DeploymentConfig, ModelServer, Routing};
-use mlops_store::{ObjectRegistry, RegistryOptions, StoreRoot};
+use mlops_store::{ObjectRegistry, StoreRoot};
 use mlops_train::{ModelSpec, Progress, TabularLoader, TabularTrainer, TrainConfig};
 use tokio::net::TcpListener;
 
@@ -38,7 +39,7 @@ async fn serve_trained() -> (String, ModelServer) {
     c.progress = Progress::Hidden;
     let trained = TabularTrainer::new(c).fit(&data, "label").unwrap();
     let root = StoreRoot::open("memory://").unwrap();
-    let registry = Arc::new(ObjectRegistry::new(&root, RegistryOptions::default()));
+    let registry = Arc::new(ObjectRegistry::new(&root));
     registry
         .register("fraud", trained.artifact, trained.metadata)
         .await

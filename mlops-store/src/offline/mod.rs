@@ -85,9 +85,9 @@ fn ts_type() -> DataType {
 /// use arrow::array::{Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
 /// use arrow::datatypes::DataType;
 /// use mlops_core::feature::{ApplyOptions, FeatureView, HistoricalOptions};
-/// use mlops_store::{OfflineStore, StoreRoot};
+/// use mlops_store::{ObjectOfflineStore, StoreRoot};
 ///
-/// let store = OfflineStore::new(&StoreRoot::open("memory://")?);
+/// let store = ObjectOfflineStore::new(&StoreRoot::open("memory://")?);
 /// let view = FeatureView::builder("card").join_key("card_id", DataType::Int64)
 ///     .event_time("ts").feature("spend", DataType::Float64).build()?;
 /// store.apply_view(view, ApplyOptions::default()).await?;
@@ -108,13 +108,13 @@ fn ts_type() -> DataType {
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 /// ```
 #[derive(Debug, Clone)]
-pub struct OfflineStore {
+pub struct ObjectOfflineStore {
     root: StoreRoot,
     /// Commits read so far, by view (they never change).
     commits: Arc<Mutex<HashMap<String, BTreeMap<u64, Commit>>>>,
 }
 
-impl OfflineStore {
+impl ObjectOfflineStore {
     /// The offline store under `root`.
     pub fn new(root: &StoreRoot) -> Self {
         Self {

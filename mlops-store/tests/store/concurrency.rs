@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use mlops_core::model::{ModelArtifact, ModelMetadata, ModelRegistry, VersionSelector};
-use mlops_store::{ObjectRegistry, RegistryOptions, StoreRoot};
+use mlops_store::{ObjectRegistry, StoreRoot};
 
 use crate::{cloud_roots, local_root, open_root};
 
@@ -19,7 +19,7 @@ fn artifact(writer: &str, i: usize) -> ModelArtifact {
 }
 
 async fn check(root: &StoreRoot, expected: &BTreeSet<String>) {
-    let r = ObjectRegistry::new(root, RegistryOptions::default());
+    let r = ObjectRegistry::new(root);
     let versions = r.list_versions("m").await.unwrap();
     assert_eq!(
         versions.iter().map(|v| v.version).collect::<Vec<_>>(),
@@ -43,7 +43,7 @@ async fn check(root: &StoreRoot, expected: &BTreeSet<String>) {
 }
 
 async fn register_many(root: StoreRoot, writer: String) {
-    let r = ObjectRegistry::new(&root, RegistryOptions::default());
+    let r = ObjectRegistry::new(&root);
     for i in 0..PER_WRITER {
         let mut m = ModelMetadata::default();
         m.tags.insert("writer".into(), format!("{writer}/{i}"));
@@ -68,7 +68,7 @@ async fn eight_tasks_register_at_once() {
         }
         check(&root, &expected).await;
         // Aliases moved concurrently never lose an update: each task moves its own.
-        let r = Arc::new(ObjectRegistry::new(&root, RegistryOptions::default()));
+        let r = Arc::new(ObjectRegistry::new(&root));
         let mut handles = Vec::new();
         for t in 0..8u64 {
             let r = r.clone();

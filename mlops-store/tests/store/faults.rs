@@ -32,7 +32,7 @@ async fn a_registration_interrupted_at_any_step_leaves_no_partial_version() {
                 audit: Some(audit.clone()),
                 ..Default::default()
             };
-            let r = ObjectRegistry::new(&root, options);
+            let r = ObjectRegistry::new(&root).with_options(options);
             let mut seed = 0u8;
             let mut next_artifact = || {
                 seed = seed.wrapping_add(1);
@@ -150,7 +150,7 @@ async fn idempotent_requests_are_retried_within_the_policy() {
     assert_eq!(faulty.calls() - before, 1);
     // A registry over a flaky store still registers whole versions.
     faulty.fail_every(5);
-    let r = ObjectRegistry::new(&root, RegistryOptions::default());
+    let r = ObjectRegistry::new(&root);
     let mut ok = 0;
     for i in 0..10 {
         if r.register(

@@ -7,11 +7,14 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::DataType;
 use chrono::DateTime;
-use mlops_core::feature::{ApplyOptions, FeatureRef, FeatureStore, FeatureView, HistoricalOptions};
+use mlops_core::feature::{
+    ApplyOptions, FeatureDefinitions, FeatureRef, FeatureView, HistoricalOptions,
+    OfflineFeatureStore, OnlineFeatureStore,
+};
 use mlops_core::model::{ModelArtifact, ModelMetadata, ModelRegistry, VersionSelector};
 use mlops_store::{
-    FaultyStore, InMemoryOnlineStore, ObjectFeatureStore, ObjectRegistry, OfflineStore,
-    RegistryOptions, StoreRoot,
+    FaultyStore, InMemoryOnlineStore, ObjectFeatureStore, ObjectOfflineStore, ObjectRegistry,
+    StoreRoot,
 };
 
 const DAY: i64 = 86_400_000_000;
@@ -26,7 +29,7 @@ fn faulty_root(base: &StoreRoot) -> (Arc<FaultyStore>, StoreRoot) {
 async fn big_artifacts_upload_in_parts_and_a_dropped_upload_leaves_nothing() {
     for base in crate::roots("multipart") {
         let (faulty, root) = faulty_root(&base.clone().with_multipart_threshold(6 << 20));
-        let r = ObjectRegistry::new(&root, RegistryOptions::default());
+        let r = ObjectRegistry::new(&root);
         let big: Vec<u8> = (0..20u32 << 20)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect();
@@ -123,7 +126,7 @@ fn wide_rows(day: i64, n: i64) -> RecordBatch {
 async fn a_query_reads_only_the_footer_and_needed_columns_of_needed_files() {
     for base in crate::roots("ranged") {
         let (faulty, root) = faulty_root(&base);
-        let s = OfflineStore::new(&root);
+        let s = ObjectOfflineStore::new(&root);
         s.apply_view(wide_view(), ApplyOptions::default())
             .await
             .unwrap();

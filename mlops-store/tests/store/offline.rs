@@ -11,7 +11,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Float64Type};
 use mlops_core::Error;
 use mlops_core::feature::{ApplyOptions, Entity, FeatureRef, FeatureView, HistoricalOptions};
-use mlops_store::{OfflineStore, StoreRoot};
+use mlops_store::{ObjectOfflineStore, StoreRoot};
 use proptest::prelude::*;
 
 use crate::{local_dir, local_root, roots};
@@ -72,7 +72,7 @@ const DAY: i64 = 86_400_000_000;
 #[tokio::test]
 async fn point_in_time_semantics() {
     for root in roots("offline-pit") {
-        let s = OfflineStore::new(&root);
+        let s = ObjectOfflineStore::new(&root);
         s.apply_view(card_view(Some(10 * DAY as u64)), ApplyOptions::default())
             .await
             .unwrap();
@@ -143,7 +143,7 @@ async fn point_in_time_semantics() {
 #[tokio::test]
 async fn reingesting_does_not_change_results_and_views_join_together() {
     let root = StoreRoot::open("memory://").unwrap();
-    let s = OfflineStore::new(&root);
+    let s = ObjectOfflineStore::new(&root);
     s.apply_view(card_view(None), ApplyOptions::default())
         .await
         .unwrap();
@@ -249,7 +249,7 @@ async fn reingesting_does_not_change_results_and_views_join_together() {
 #[tokio::test]
 async fn ingestion_is_validated_and_all_or_nothing() {
     let root = local_root("offline-ingest");
-    let s = OfflineStore::new(&root);
+    let s = ObjectOfflineStore::new(&root);
     s.apply_view(card_view(None), ApplyOptions::default())
         .await
         .unwrap();
@@ -341,7 +341,7 @@ async fn ingestion_is_validated_and_all_or_nothing() {
 
 #[tokio::test]
 async fn definitions_refuse_incompatible_changes_unless_forced() {
-    let s = OfflineStore::new(&StoreRoot::open("memory://").unwrap());
+    let s = ObjectOfflineStore::new(&StoreRoot::open("memory://").unwrap());
     s.apply_entity(Entity::new("card", "card_id", DataType::Int64))
         .await
         .unwrap();
@@ -390,7 +390,7 @@ async fn definitions_refuse_incompatible_changes_unless_forced() {
 
 #[tokio::test]
 async fn retrieval_bad_input() {
-    let s = OfflineStore::new(&StoreRoot::open("memory://").unwrap());
+    let s = ObjectOfflineStore::new(&StoreRoot::open("memory://").unwrap());
     s.apply_view(card_view(None), ApplyOptions::default())
         .await
         .unwrap();
@@ -508,7 +508,7 @@ proptest! {
     fn matches_brute_force((rows, query, ttl, require_created, chunks) in arb_case()) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let s = OfflineStore::new(&StoreRoot::open("memory://").unwrap());
+            let s = ObjectOfflineStore::new(&StoreRoot::open("memory://").unwrap());
             // TTL 0 is not a valid view; treat it as "no TTL" in both.
             let ttl = ttl.filter(|t| *t > 0);
             s.apply_view(card_view(ttl.map(|t| t as u64)), ApplyOptions::default()).await.unwrap();
@@ -544,7 +544,7 @@ async fn duckdb_reads_the_view_files() {
         return;
     };
     let root = local_root("offline-duckdb");
-    let s = OfflineStore::new(&root);
+    let s = ObjectOfflineStore::new(&root);
     s.apply_view(card_view(None), ApplyOptions::default())
         .await
         .unwrap();
@@ -596,7 +596,7 @@ async fn duckdb_reads_the_view_files() {
 /// a query window covers only part of a multi-row-group file.
 #[tokio::test]
 async fn row_group_pruning_keeps_answers_right() {
-    let s = OfflineStore::new(&StoreRoot::open("memory://").unwrap());
+    let s = ObjectOfflineStore::new(&StoreRoot::open("memory://").unwrap());
     s.apply_view(card_view(Some(3_600_000_000)), ApplyOptions::default())
         .await
         .unwrap();
@@ -640,7 +640,7 @@ async fn row_group_pruning_keeps_answers_right() {
 /// No entity rows, or no data yet: an empty or all-null answer, not an error.
 #[tokio::test]
 async fn empty_inputs_give_empty_answers() {
-    let s = OfflineStore::new(&StoreRoot::open("memory://").unwrap());
+    let s = ObjectOfflineStore::new(&StoreRoot::open("memory://").unwrap());
     s.apply_view(card_view(None), ApplyOptions::default())
         .await
         .unwrap();

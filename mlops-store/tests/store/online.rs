@@ -313,7 +313,10 @@ mod materialization {
     use arrow::datatypes::{DataType, Float64Type};
     use chrono::{DateTime, Utc};
     use mlops_core::Error;
-    use mlops_core::feature::{ApplyOptions, FeatureRef, FeatureStatus, FeatureStore, FeatureView};
+    use mlops_core::feature::{
+        ApplyOptions, FeatureDefinitions, FeatureRef, FeatureStatus, FeatureStore, FeatureView,
+        OfflineFeatureStore, OnlineFeatureStore,
+    };
     use mlops_store::{InMemoryOnlineStore, ObjectFeatureStore, StoreRoot};
 
     use super::ts;

@@ -38,7 +38,7 @@ async fn versions_aliases_and_search() {
             audit: Some(audit.clone()),
             ..Default::default()
         };
-        let r = ObjectRegistry::new(&root, options);
+        let r = ObjectRegistry::new(&root).with_options(options);
         let v1 = r
             .register("fraud", artifact(1), metadata(0.81, "risk"))
             .await
@@ -170,7 +170,7 @@ async fn versions_aliases_and_search() {
 #[tokio::test]
 async fn bad_input_and_unknown_names() {
     for root in roots("registry-bad") {
-        let r = ObjectRegistry::new(&root, RegistryOptions::default());
+        let r = ObjectRegistry::new(&root);
         for bad in ["", "../x", "a/b", "with space"] {
             let err = r
                 .register(bad, artifact(1), ModelMetadata::default())
@@ -239,7 +239,7 @@ async fn bad_input_and_unknown_names() {
 async fn corrupted_storage_is_detected() {
     let root = crate::local_root("registry-corrupt");
     let dir = local_dir(&root).unwrap();
-    let r = ObjectRegistry::new(&root, RegistryOptions::default());
+    let r = ObjectRegistry::new(&root);
     let v = r
         .register("m", artifact(5), ModelMetadata::default())
         .await
@@ -290,14 +290,11 @@ async fn signatures_are_required_when_configured() {
     let root = StoreRoot::open("memory://").unwrap();
     let key_a = SigningKey::from_bytes(&[7u8; 32]);
     let key_b = SigningKey::from_bytes(&[9u8; 32]);
-    let signer = ObjectRegistry::new(
-        &root,
-        RegistryOptions {
-            signing_key: Some(("a".into(), key_a.clone())),
-            ..Default::default()
-        },
-    );
-    let plain = ObjectRegistry::new(&root, RegistryOptions::default());
+    let signer = ObjectRegistry::new(&root).with_options(RegistryOptions {
+        signing_key: Some(("a".into(), key_a.clone())),
+        ..Default::default()
+    });
+    let plain = ObjectRegistry::new(&root);
     let signed = signer
         .register("m", artifact(1), metadata(0.9, "risk"))
         .await
@@ -309,17 +306,14 @@ async fn signatures_are_required_when_configured() {
         .unwrap();
 
     let trusting = |keys: Vec<(&str, &SigningKey)>| {
-        ObjectRegistry::new(
-            &root,
-            RegistryOptions {
-                trusted_keys: keys
-                    .into_iter()
-                    .map(|(id, k)| (id.to_owned(), k.verifying_key()))
-                    .collect(),
-                require_signatures: true,
-                ..Default::default()
-            },
-        )
+        ObjectRegistry::new(&root).with_options(RegistryOptions {
+            trusted_keys: keys
+                .into_iter()
+                .map(|(id, k)| (id.to_owned(), k.verifying_key()))
+                .collect(),
+            require_signatures: true,
+            ..Default::default()
+        })
     };
     trusting(vec![("a", &key_a)])
         .load_artifact("m", &VersionSelector::Number(1))
@@ -346,7 +340,7 @@ async fn signatures_are_required_when_configured() {
 #[tokio::test]
 async fn listing_after_many_registrations_sees_them_all() {
     for root in roots("registry-list") {
-        let r = ObjectRegistry::new(&root, RegistryOptions::default());
+        let r = ObjectRegistry::new(&root);
         for i in 0..12u8 {
             r.register("m", artifact(i), ModelMetadata::default())
                 .await
@@ -358,7 +352,7 @@ async fn listing_after_many_registrations_sees_them_all() {
             .unwrap();
         assert_eq!(r.list_versions("m").await.unwrap().len(), 12);
         // A second registry instance (another process) sees the same.
-        let other = ObjectRegistry::new(&root, RegistryOptions::default());
+        let other = ObjectRegistry::new(&root);
         assert_eq!(other.list_versions("m").await.unwrap().len(), 12);
         r.register("m", artifact(99), ModelMetadata::default())
             .await

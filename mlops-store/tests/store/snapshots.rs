@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow::array::{Float64Array, Int64Array};
 use arrow::record_batch::RecordBatch;
 use mlops_core::Error;
-use mlops_store::SnapshotStore;
+use mlops_store::ObjectSnapshotStore;
 
 use crate::{local_dir, local_root, roots};
 
@@ -25,7 +25,7 @@ fn batch(n: i64) -> RecordBatch {
 #[tokio::test]
 async fn snapshots_are_content_addressed_and_readable() {
     for root in roots("snapshots") {
-        let s = SnapshotStore::new(&root, None, "ci");
+        let s = ObjectSnapshotStore::new(&root).with_actor("ci");
         let a = s
             .snapshot_batches(&[batch(100), batch(50)], "training set")
             .await
@@ -80,7 +80,7 @@ async fn snapshots_are_content_addressed_and_readable() {
 async fn resolving_detects_changed_bytes_and_manifests() {
     let root = local_root("snapshots-tamper");
     let dir = local_dir(&root).unwrap();
-    let s = SnapshotStore::new(&root, None, "ci");
+    let s = ObjectSnapshotStore::new(&root).with_actor("ci");
     let snap = s.snapshot_batches(&[batch(10)], "x").await.unwrap();
     let blob = dir
         .join("snapshots/blobs/sha256")

@@ -15,7 +15,9 @@ use crate::roots;
 async fn runs_params_metrics_artifacts_and_search() {
     for root in roots("tracking") {
         let audit = Arc::new(ObjectAuditLog::new(&root));
-        let t = ObjectTracker::new(&root, Some(audit.clone()), "ci");
+        let t = ObjectTracker::new(&root)
+            .with_audit(audit.clone())
+            .with_actor("ci");
         let run = t
             .start_run(
                 "fraud",
@@ -149,7 +151,7 @@ async fn runs_params_metrics_artifacts_and_search() {
 #[tokio::test]
 async fn bad_input_is_refused() {
     for root in roots("tracking-bad") {
-        let t = ObjectTracker::new(&root, None, "ci");
+        let t = ObjectTracker::new(&root).with_actor("ci");
         assert!(matches!(
             t.start_run("bad name", None, BTreeMap::new())
                 .await
@@ -195,7 +197,7 @@ async fn bad_input_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_to_one_run_lose_nothing() {
     for root in roots("tracking-concurrent") {
-        let t = Arc::new(ObjectTracker::new(&root, None, "ci"));
+        let t = Arc::new(ObjectTracker::new(&root).with_actor("ci"));
         let run = t.start_run("e", None, BTreeMap::new()).await.unwrap();
         let mut handles = Vec::new();
         for w in 0..8 {

@@ -15,11 +15,7 @@ use crate::data;
 use crate::training::config;
 
 fn tracker() -> Arc<dyn ExperimentTracker> {
-    Arc::new(ObjectTracker::new(
-        &StoreRoot::open("memory:///").unwrap(),
-        None,
-        "test",
-    ))
+    Arc::new(ObjectTracker::new(&StoreRoot::open("memory:///").unwrap()).with_actor("test"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,36 @@
-//! Open Inference Protocol (v2) JSON: the spec's examples, every datatype, and bad input.
+//! The Open Inference Protocol (v2) codec: the spec's JSON examples, every
+//! datatype, and bad input.
 
+use mlops_core::Result;
 use mlops_core::inference::{
     Datatype, InferenceRequest, InferenceResponse, ParameterValue, Tensor, TensorData,
 };
+use mlops_serve::codec;
 use serde_json::json;
+
+fn from_json(body: &[u8]) -> Result<InferenceRequest> {
+    codec::decode_request(body, None)
+}
+
+fn to_json(request: &InferenceRequest) -> Vec<u8> {
+    codec::encode_request(request, |_| false).unwrap().0
+}
+
+fn to_value(request: &InferenceRequest) -> serde_json::Value {
+    serde_json::from_slice(&to_json(request)).unwrap()
+}
+
+fn response_from_json(body: &[u8]) -> Result<InferenceResponse> {
+    codec::decode_response(body, None)
+}
+
+fn response_to_json(response: &InferenceResponse) -> Vec<u8> {
+    codec::encode_response(response, |_| false).unwrap().0
+}
 
 fn decode_err(body: serde_json::Value) -> String {
     let bytes = serde_json::to_vec(&body).unwrap();
-    match InferenceRequest::from_json(&bytes) {
+    match from_json(&bytes) {
         Ok(r) => panic!("expected an error, decoded {r:?}"),
         Err(e) => {
             assert!(matches!(e, mlops_core::Error::InvalidInput { .. }), "{e:?}");
@@ -53,7 +76,7 @@ const SPEC_REQUEST: &str = r#"{
 
 #[test]
 fn spec_request_example_is_checked_against_its_shape() {
-    let err = InferenceRequest::from_json(SPEC_REQUEST.as_bytes()).unwrap_err();
+    let err = from_json(SPEC_REQUEST.as_bytes()).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("input 'input1'"), "{msg}");
     assert!(
@@ -65,7 +88,7 @@ fn spec_request_example_is_checked_against_its_shape() {
 #[test]
 fn spec_request_example_with_consistent_shape_round_trips() {
     let fixed = SPEC_REQUEST.replace("\"shape\" : [ 3 ]", "\"shape\" : [ 1 ]");
-    let req = InferenceRequest::from_json(fixed.as_bytes()).unwrap();
+    let req = from_json(fixed.as_bytes()).unwrap();
     assert_eq!(req.id.as_deref(), Some("42"));
     assert_eq!(req.inputs.len(), 2);
     let input0 = req.input("input0").unwrap();
@@ -77,7 +100,7 @@ fn spec_request_example_with_consistent_shape_round_trips() {
     );
     assert_eq!(req.outputs.as_ref().unwrap()[0].name, "output0");
 
-    let json = serde_json::to_value(&req).unwrap();
+    let json = to_value(&req);
     assert_eq!(
         json,
         json!({
@@ -89,7 +112,7 @@ fn spec_request_example_with_consistent_shape_round_trips() {
             "outputs": [{"name": "output0"}]
         })
     );
-    let back = InferenceRequest::from_json(&serde_json::to_vec(&req).unwrap()).unwrap();
+    let back = from_json(&to_json(&req)).unwrap();
     assert_eq!(back, req);
 }
 
@@ -109,7 +132,7 @@ fn spec_response_example_round_trips() {
         }
       ]
     }"#;
-    let resp = InferenceResponse::from_json(body.as_bytes()).unwrap();
+    let resp = response_from_json(body.as_bytes()).unwrap();
     assert_eq!(resp.id.as_deref(), Some("42"));
     assert_eq!(resp.model_version, None);
     let out = resp.output("output0").unwrap();
@@ -118,10 +141,10 @@ fn spec_response_example_round_trips() {
         out.data,
         TensorData::Fp32(vec![1.0, 1.1, 2.0, 2.1, 3.0, 3.1])
     );
-    let again = InferenceResponse::from_json(&serde_json::to_vec(&resp).unwrap()).unwrap();
+    let again = response_from_json(&response_to_json(&resp)).unwrap();
     assert_eq!(again, resp);
     // Without model_name, the response is refused and the message says what is missing.
-    let err = InferenceResponse::from_json(br#"{"outputs": []}"#).unwrap_err();
+    let err = response_from_json(br#"{"outputs": []}"#).unwrap_err();
     assert!(err.to_string().contains("model_name"), "{err}");
 }
 
@@ -135,9 +158,9 @@ fn nested_and_flat_data_decode_alike() {
         "INT64",
         json!([[[1], [2], [3]], [[4], [5], [6]]]),
     );
-    let a = InferenceRequest::from_json(&serde_json::to_vec(&flat).unwrap()).unwrap();
-    let b = InferenceRequest::from_json(&serde_json::to_vec(&nested).unwrap()).unwrap();
-    let c = InferenceRequest::from_json(&serde_json::to_vec(&deep).unwrap()).unwrap();
+    let a = from_json(&serde_json::to_vec(&flat).unwrap()).unwrap();
+    let b = from_json(&serde_json::to_vec(&nested).unwrap()).unwrap();
+    let c = from_json(&serde_json::to_vec(&deep).unwrap()).unwrap();
     assert_eq!(a.inputs[0].data, b.inputs[0].data);
     assert_eq!(a.inputs[0].data, c.inputs[0].data);
     assert_eq!(c.inputs[0].shape[..], [2, 3, 1]);
@@ -207,13 +230,13 @@ fn every_datatype_round_trips() {
     assert_eq!(cases.len(), Datatype::ALL.len());
     for (datatype, data, expected) in cases {
         let body = one_input("t", json!([2]), datatype, data);
-        let req = InferenceRequest::from_json(&serde_json::to_vec(&body).unwrap())
+        let req = from_json(&serde_json::to_vec(&body).unwrap())
             .unwrap_or_else(|e| panic!("{datatype}: {e}"));
         let t = &req.inputs[0];
         assert_eq!(t.data, expected, "{datatype}");
         assert_eq!(t.datatype().as_str(), datatype);
         assert_eq!(datatype.parse::<Datatype>().unwrap(), t.datatype());
-        let back = InferenceRequest::from_json(&serde_json::to_vec(&req).unwrap()).unwrap();
+        let back = from_json(&to_json(&req)).unwrap();
         assert_eq!(back, req, "{datatype}");
     }
 }
@@ -313,7 +336,7 @@ fn bad_shapes_datatypes_and_structure_are_rejected() {
     assert!(msg.contains("inputs"), "{msg}");
     let msg = decode_err(json!({"inputs": [], "parameters": {"nested": {"a": 1}}}));
     assert!(msg.contains("parameter value"), "{msg}");
-    let err = InferenceRequest::from_json(b"{\"inputs\": [").unwrap_err();
+    let err = from_json(b"{\"inputs\": [").unwrap_err();
     assert!(matches!(err, mlops_core::Error::InvalidInput { .. }));
 }
 
@@ -326,7 +349,7 @@ fn parameters_keep_their_types() {
                     "parameters": {"content_type": "np"}}],
         "outputs": [{"name": "y", "parameters": {"binary_data": false}}]
     });
-    let req = InferenceRequest::from_json(&serde_json::to_vec(&body).unwrap()).unwrap();
+    let req = from_json(&serde_json::to_vec(&body).unwrap()).unwrap();
     assert_eq!(req.parameters["s"], ParameterValue::String("text".into()));
     assert_eq!(req.parameters["i"], ParameterValue::Int(-3));
     assert_eq!(req.parameters["d"], ParameterValue::Double(0.25));
@@ -335,43 +358,21 @@ fn parameters_keep_their_types() {
         req.inputs[0].parameters["content_type"],
         ParameterValue::String("np".into())
     );
-    assert_eq!(serde_json::to_value(&req).unwrap(), body);
-}
-
-#[test]
-fn decodes_from_a_reader_too() {
-    let body = serde_json::to_vec(&one_input("x", json!([2]), "FP32", json!([1, 2]))).unwrap();
-    let req: InferenceRequest = serde_json::from_reader(std::io::Cursor::new(body)).unwrap();
-    assert_eq!(req.inputs[0].data, TensorData::Fp32(vec![1.0, 2.0]));
+    assert_eq!(to_value(&req), body);
 }
 
 #[test]
 fn non_finite_and_non_utf8_outputs_refuse_to_serialize() {
     let nan = Tensor::new("y", vec![2], TensorData::Fp32(vec![1.0, f32::NAN])).unwrap();
-    let err = serde_json::to_string(&nan).unwrap_err().to_string();
+    let err = codec::encode_tensors(std::slice::from_ref(&nan))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("tensor 'y' element 1 is not finite"), "{err}");
     let bin = Tensor::new("b", vec![1], TensorData::Bytes(vec![vec![0xff, 0xfe]])).unwrap();
-    let err = serde_json::to_string(&bin).unwrap_err().to_string();
+    let err = codec::encode_tensors(std::slice::from_ref(&bin))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("tensor 'b' element 0 is not UTF-8"), "{err}");
-}
-
-#[test]
-fn tensors_convert_to_and_from_dense_arrays() {
-    let t = Tensor::new("x", vec![2, 2], TensorData::Int32(vec![1, 2, 3, 4])).unwrap();
-    let a = t.to_array_f32().unwrap();
-    assert_eq!(a.shape(), &[2, 2]);
-    assert_eq!(a[[1, 0]], 3.0);
-    let back = Tensor::from_array_f32("x", a.clone());
-    assert_eq!(back.data, TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0]));
-    // A transposed (non-standard layout) view still comes out row-major.
-    let transposed = Tensor::from_array_f32("t", a.reversed_axes());
-    assert_eq!(transposed.data, TensorData::Fp32(vec![1.0, 3.0, 2.0, 4.0]));
-    assert_eq!(t.rows(), 2);
-
-    let err = Tensor::new("x", vec![3], TensorData::Fp32(vec![1.0])).unwrap_err();
-    assert!(err.to_string().contains("tensor 'x'"), "{err}");
-    let bytes = Tensor::new("s", vec![1], TensorData::Bytes(vec![b"a".to_vec()])).unwrap();
-    assert!(bytes.to_array_f32().is_err());
 }
 
 #[test]
@@ -380,27 +381,27 @@ fn fp64_values_decode_exactly() {
     // as the same f64 (serde_json's default fast path is off by an ulp here).
     let x = 0.124_911_316_058_364_49_f64;
     let body = one_input("x", json!([1]), "FP64", json!([x]));
-    let req = InferenceRequest::from_json(&serde_json::to_vec(&body).unwrap()).unwrap();
+    let req = from_json(&serde_json::to_vec(&body).unwrap()).unwrap();
     assert_eq!(req.inputs[0].data, TensorData::Fp64(vec![x]));
     let text = format!(
         r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "FP64", "data": [{x:?}]}}]}}"#
     );
-    let req = InferenceRequest::from_json(text.as_bytes()).unwrap();
+    let req = from_json(text.as_bytes()).unwrap();
     assert_eq!(req.inputs[0].data, TensorData::Fp64(vec![x]));
 }
 
 mod fuzz {
-    //! The stable stand-in for the cargo-fuzz target (mlops-serve/fuzz): decoding
+    //! The stable stand-in for the cargo-fuzz target (`fuzz/`): decoding
     //! arbitrary and mutated bodies never panics, and what decodes re-encodes.
-    use mlops_core::inference::InferenceRequest;
+    use mlops_serve::codec;
     use proptest::prelude::*;
 
     const SEED: &str = r#"{"id":"1","parameters":{"binary_data_output":true},"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4]]},{"name":"s","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":7}}],"outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
 
     fn check(body: &[u8], json_len: Option<usize>) {
-        if let Ok(r) = InferenceRequest::from_body(body, json_len) {
-            let (bytes, len) = r.to_body(|_| true).unwrap();
-            let back = InferenceRequest::from_body(&bytes, len).unwrap();
+        if let Ok(r) = codec::decode_request(body, json_len) {
+            let (bytes, len) = codec::encode_request(&r, |_| true).unwrap();
+            let back = codec::decode_request(&bytes, len).unwrap();
             assert_eq!(back.inputs.len(), r.inputs.len());
         }
     }

@@ -11,8 +11,8 @@ use mlops_core::inference::{Tensor, TensorData};
 use mlops_core::{Error, Predictor, Result};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::metrics::{ModelLabels, ServerMetrics};
 use crate::config::BatchConfig;
-use crate::metrics::{ModelLabels, ServerMetrics};
 
 struct Job {
     inputs: Vec<Tensor>,
@@ -35,15 +35,19 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// Runs `predictor` on `inputs`: `predict_checked` when `checked` (they already
-/// passed this predictor's signature check), else `predict`.
+/// Runs `predictor` on `inputs`. When `checked` (they passed this predictor's
+/// signature on the request path) the call goes through `predict_checked` with
+/// the [`CheckedInputs`](mlops_core::CheckedInputs) only a check makes; the check
+/// is a few comparisons per input, repeated here rather than carried across the
+/// move to the blocking pool. Otherwise (a shadow, checked against the primary's
+/// signature only) it is `predict`.
 pub(crate) fn call_model(
     predictor: &dyn Predictor,
     inputs: &[Tensor],
     checked: bool,
 ) -> Result<Vec<Tensor>> {
     if checked {
-        predictor.predict_checked(inputs)
+        predictor.predict_checked(predictor.signature().check_inputs(inputs)?)
     } else {
         predictor.predict(inputs)
     }

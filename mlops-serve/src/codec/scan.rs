@@ -13,21 +13,23 @@
 //! `INT32` and `INT64`, and every input the serde decoder would refuse (a value out
 //! of range, a shape that does not match, a repeated name). It also reads the JSON
 //! part of a body in the binary tensor extension (tensors whose `parameters` give
-//! a `binary_data_size` instead of `data`), as Triton's clients send by default. The caller then runs the serde decoder, which handles the general case
+//! a `binary_data_size` instead of `data`), as Triton's clients send by default.
+//! The caller then runs the serde decoder, which handles the general case
 //! and words the errors. Whatever the scanner accepts decodes to exactly what the
 //! serde decoder gives (a property test checks this): numbers are parsed with the
 //! standard library's correctly rounded parser, as serde_json's `float_roundtrip`
 //! does, and narrowed the same way.
 
-use super::binary::{BINARY_DATA_SIZE, decode_raw};
-use super::{
+use mlops_core::inference::{
     Datatype, InferenceRequest, ParameterValue, Parameters, RequestOutput, Shape, Tensor,
-    TensorData,
+    TensorData, check_element_count,
 };
+
+use super::raw::{BINARY_DATA_SIZE, decode_raw};
 
 /// The request, when `body` is in the subset this scanner reads; `None` means
 /// "use the general decoder", never "invalid".
-pub(crate) fn parse_request(body: &[u8]) -> Option<InferenceRequest> {
+pub(super) fn parse_request(body: &[u8]) -> Option<InferenceRequest> {
     // Room for a typical request's inputs up front.
     parse(body, |s| s.array(8, Scanner::tensor))
 }
@@ -35,7 +37,7 @@ pub(crate) fn parse_request(body: &[u8]) -> Option<InferenceRequest> {
 /// The request of a body in the binary tensor extension, `json` being its JSON
 /// part and `binary` the bytes after it, when the JSON is in the subset this
 /// scanner reads; `None` means "use the general decoder", never "invalid".
-pub(crate) fn parse_binary_request(json: &[u8], binary: &[u8]) -> Option<InferenceRequest> {
+pub(super) fn parse_binary_request(json: &[u8], binary: &[u8]) -> Option<InferenceRequest> {
     parse(json, |s| {
         with_binary(s.array(8, Scanner::any_tensor)?, binary)
     })
@@ -537,7 +539,7 @@ fn capacity(shape: &Shape) -> usize {
 
 /// The tensor, when its shape holds exactly its elements.
 fn finish(name: String, shape: Shape, parameters: Parameters, data: TensorData) -> Option<Tensor> {
-    super::check_element_count(&name, &shape, data.len()).ok()?;
+    check_element_count(&name, &shape, data.len()).ok()?;
     Some(Tensor {
         name,
         shape,
@@ -553,7 +555,7 @@ mod tests {
     use super::*;
 
     fn serde(body: &str) -> std::result::Result<InferenceRequest, String> {
-        serde_json::from_str(body).map_err(|e| e.to_string())
+        super::super::json::decode_request(body.as_bytes()).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -621,7 +623,8 @@ mod tests {
     ) -> (Option<InferenceRequest>, Result<InferenceRequest, String>) {
         (
             parse_binary_request(json.as_bytes(), binary),
-            InferenceRequest::from_binary_parts(json.as_bytes(), binary).map_err(|e| e.to_string()),
+            super::super::binary::decode_request(json.as_bytes(), binary)
+                .map_err(|e| e.to_string()),
         )
     }
 
@@ -645,7 +648,7 @@ mod tests {
             fast.inputs[0].parameters.is_empty(),
             "the size describes the wire"
         );
-        assert!(fast.wants_binary("anything"));
+        assert!(super::super::wants_binary(&fast, "anything"));
         assert_eq!(Ok(fast), general);
     }
 
@@ -820,11 +823,13 @@ mod tests {
             request in request(),
             binary in prop::collection::vec(any::<bool>(), 4),
         ) {
-            let (body, json_len) = request
-                .to_body(|name| binary[name[1..].parse::<usize>().unwrap_or(0) % 4])
-                .expect("encodes");
+            let (body, json_len) = super::super::encode_request(
+                &request,
+                |name| binary[name[1..].parse::<usize>().unwrap_or(0) % 4],
+            )
+            .expect("encodes");
             let (json, bytes) = body.split_at(json_len.unwrap_or(body.len()));
-            let general = InferenceRequest::from_binary_parts(json, bytes).map_err(|e| e.to_string());
+            let general = super::super::binary::decode_request(json, bytes).map_err(|e| e.to_string());
             prop_assert_eq!(&general, &Ok(request.clone()));
             // Our encoder writes keys in alphabetical order: `data` before
             // `datatype` sends a tensor with data in the JSON to the general

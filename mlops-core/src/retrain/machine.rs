@@ -1,38 +1,16 @@
-//! [`RetrainLoop`]: drift- and quality-triggered retraining with a safe rollout,
-//! written against the SDK's traits only.
-//!
-//! Each [`RetrainLoop::tick`]:
-//! - while a canary runs: compares the challenger's live quality with the
-//!   champion's; ramps the canary up a step when it holds, promotes it (moves the
-//!   `champion` alias, routes all traffic to it) at full weight, or rolls it back
-//!   when it falls behind by more than the tolerance;
-//! - otherwise: checks the triggers (drift of served inputs or predictions, live
-//!   quality below a threshold, a schedule, enough new labelled rows) and the
-//!   guard rails (cool-down, at most N retrains per period, minimum data); builds
-//!   the training set with the feature store's point-in-time join over labelled
-//!   rows; holds out the most recent rows; trains a challenger; evaluates champion
-//!   and challenger on the same hold-out; registers the challenger with its
-//!   lineage; and starts a canary only if it wins by the configured margin.
-//!
-//! Every decision is returned, appended to the audit log, and recorded in the
-//! experiment tracker (one run per retrain).
-//!
-//! Training is CPU-bound and runs inside `tick`: drive the loop from its own task
-//! on a multi-threaded runtime (or a dedicated thread), not from a latency-critical
-//! one.
+//! [`RetrainLoop`]: the state machine (watching, or running a canary) and the
+//! steps of a tick.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::TimestampMicrosecondType;
-use arrow_array::{Array, RecordBatch, UInt32Array};
+use arrow_array::RecordBatch;
 use chrono::{DateTime, Utc};
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::error::{Error, Result};
-use crate::feature::{FeatureRef, FeatureStore, HistoricalOptions};
+use crate::exec::{BlockingExecutor, run_blocking};
+use crate::feature::{HistoricalOptions, OfflineFeatureStore};
 use crate::metrics;
 use crate::model::{Lineage, ModelRegistry, VersionSelector};
 use crate::monitoring::{DatasetSnapshots, LabelSource, ModelHealth, TrafficControl};
@@ -40,254 +18,9 @@ use crate::predict::ModelLoader;
 use crate::tracking::{ExperimentTracker, MetricPoint, RunStatus};
 use crate::train::Trainer;
 
-/// What starts a retrain.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Triggers {
-    /// The champion's last window of served inputs or predictions drifted.
-    pub on_drift: bool,
-    /// The champion's live value of the loop's metric crossed this (below for
-    /// higher-is-better metrics, above otherwise), over at least
-    /// `min_live_rows` labelled predictions.
-    pub quality_threshold: Option<f64>,
-    /// At least this long since the last retrain (or since the loop started).
-    pub every: Option<Duration>,
-    /// At least this many labelled rows since the last retrain.
-    pub min_new_rows: Option<usize>,
-}
-
-/// Limits on retraining.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Guardrails {
-    /// Fewest labelled rows a training set needs.
-    pub min_rows: usize,
-    /// Shortest time between two retrains.
-    pub cooldown: Duration,
-    /// At most this many retrains ...
-    pub max_retrains: usize,
-    /// ... in this period.
-    pub per: Duration,
-}
-
-impl Default for Guardrails {
-    fn default() -> Self {
-        Self {
-            min_rows: 1000,
-            cooldown: Duration::from_secs(3600),
-            max_retrains: 4,
-            per: Duration::from_secs(86_400),
-        }
-    }
-}
-
-/// How a challenger that won offline reaches all traffic.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CanaryPolicy {
-    /// Its first share of traffic.
-    pub initial_weight: f64,
-    /// Added at each tick while it holds up.
-    pub step: f64,
-    /// Labelled live predictions the challenger needs before each step.
-    pub min_live_rows: usize,
-    /// Rolled back when its live metric is worse than the champion's by more
-    /// than this.
-    pub tolerance: f64,
-}
-
-impl Default for CanaryPolicy {
-    fn default() -> Self {
-        Self {
-            initial_weight: 0.1,
-            step: 0.3,
-            min_live_rows: 100,
-            tolerance: 0.02,
-        }
-    }
-}
-
-/// The loop's settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetrainConfig {
-    /// The model's name in the registry.
-    pub model: String,
-    /// The deployment serving it.
-    pub deployment: String,
-    /// The features joined onto labelled rows.
-    pub features: Vec<FeatureRef>,
-    /// The label column of the labelled rows.
-    pub label: String,
-    /// The metric that decides (`roc_auc`, `rmse`, ...): offline on the hold-out
-    /// and live on feedback.
-    pub metric: String,
-    /// How much better (offline) a challenger must be.
-    pub margin: f64,
-    /// What starts a retrain.
-    pub triggers: Triggers,
-    /// Limits.
-    pub guardrails: Guardrails,
-    /// Labelled rows of this recent period make the training set.
-    pub training_window: Duration,
-    /// The most recent share of them is the hold-out both models are judged on.
-    pub holdout_fraction: f64,
-    /// The rollout.
-    pub canary: CanaryPolicy,
-    /// Fewest labelled live predictions for a quality trigger.
-    pub min_live_rows: usize,
-    /// The tracker experiment retrains are recorded in.
-    pub experiment: String,
-    /// Who the audit log names.
-    pub actor: String,
-}
-
-impl RetrainConfig {
-    /// Settings for `model` served as `deployment`, judged by `metric`, with the
-    /// default guard rails and canary policy, a drift trigger, 7 days of training
-    /// data and a 20% hold-out.
-    pub fn new(
-        model: impl Into<String>,
-        deployment: impl Into<String>,
-        features: Vec<FeatureRef>,
-        label: impl Into<String>,
-        metric: impl Into<String>,
-    ) -> Self {
-        let model = model.into();
-        Self {
-            experiment: format!("{model}-retrain"),
-            deployment: deployment.into(),
-            model,
-            features,
-            label: label.into(),
-            metric: metric.into(),
-            margin: 0.0,
-            triggers: Triggers {
-                on_drift: true,
-                ..Triggers::default()
-            },
-            guardrails: Guardrails::default(),
-            training_window: Duration::from_secs(7 * 86_400),
-            holdout_fraction: 0.2,
-            canary: CanaryPolicy::default(),
-            min_live_rows: 100,
-            actor: "retrain-loop".into(),
-        }
-    }
-}
-
-/// One decision of the loop, with its reason.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    /// Triggers fired.
-    Triggered {
-        /// Why.
-        reasons: Vec<String>,
-    },
-    /// Triggers fired but a guard rail held.
-    Skipped {
-        /// Which and why.
-        reason: String,
-    },
-    /// A challenger was trained and evaluated next to the champion.
-    Evaluated {
-        /// The champion's version.
-        champion: u64,
-        /// The champion's hold-out metric.
-        champion_metric: f64,
-        /// The challenger's hold-out metric.
-        challenger_metric: f64,
-        /// Rows trained on and held out.
-        rows: (usize, usize),
-        /// The tracker run.
-        run_id: String,
-    },
-    /// The challenger did not win by the margin; nothing was registered.
-    Rejected {
-        /// Why.
-        reason: String,
-    },
-    /// The challenger was registered and sent a share of traffic.
-    CanaryStarted {
-        /// Its version.
-        version: u64,
-        /// Its share.
-        weight: f64,
-    },
-    /// The canary held up live and got more traffic.
-    CanaryRamped {
-        /// Its version.
-        version: u64,
-        /// Its new share.
-        weight: f64,
-    },
-    /// The canary took all traffic and the `champion` alias.
-    Promoted {
-        /// The new champion.
-        version: u64,
-        /// The one it replaced.
-        previous: u64,
-    },
-    /// The canary fell behind live and lost its traffic.
-    RolledBack {
-        /// Its version.
-        version: u64,
-        /// Why.
-        reason: String,
-    },
-}
-
-impl Decision {
-    fn action(&self) -> &'static str {
-        match self {
-            Self::Triggered { .. } => "retrain.trigger",
-            Self::Skipped { .. } => "retrain.skip",
-            Self::Evaluated { .. } => "retrain.evaluate",
-            Self::Rejected { .. } => "retrain.reject",
-            Self::CanaryStarted { .. } => "rollout.canary_start",
-            Self::CanaryRamped { .. } => "rollout.canary_ramp",
-            Self::Promoted { .. } => "rollout.promote",
-            Self::RolledBack { .. } => "rollout.rollback",
-        }
-    }
-}
-
-impl std::fmt::Display for Decision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Triggered { reasons } => write!(f, "retrain triggered: {}", reasons.join("; ")),
-            Self::Skipped { reason } => write!(f, "retrain skipped: {reason}"),
-            Self::Evaluated {
-                champion,
-                champion_metric,
-                challenger_metric,
-                rows,
-                ..
-            } => write!(
-                f,
-                "challenger trained on {} rows; on the {} most recent: champion v{champion} {champion_metric:.4}, challenger {challenger_metric:.4}",
-                rows.0, rows.1
-            ),
-            Self::Rejected { reason } => write!(f, "challenger rejected: {reason}"),
-            Self::CanaryStarted { version, weight } => {
-                write!(
-                    f,
-                    "v{version} registered; canary at {:.0}% of traffic",
-                    weight * 100.0
-                )
-            }
-            Self::CanaryRamped { version, weight } => {
-                write!(
-                    f,
-                    "canary v{version} holds up live; now {:.0}% of traffic",
-                    weight * 100.0
-                )
-            }
-            Self::Promoted { version, previous } => {
-                write!(f, "v{version} promoted to champion (replacing v{previous})")
-            }
-            Self::RolledBack { version, reason } => {
-                write!(f, "canary v{version} rolled back: {reason}")
-            }
-        }
-    }
-}
+use super::decision::Decision;
+use super::holdout::split_recent;
+use super::policy::RetrainConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -302,8 +35,8 @@ enum Phase {
 /// The services the loop works through.
 #[derive(Debug, Clone)]
 pub struct RetrainServices {
-    /// Feature definitions and point-in-time joins.
-    pub feature_store: Arc<dyn FeatureStore>,
+    /// Point-in-time joins of the training sets (any [`FeatureStore`](crate::FeatureStore) coerces to it).
+    pub feature_store: Arc<dyn OfflineFeatureStore>,
     /// Labelled rows.
     pub labels: Arc<dyn LabelSource>,
     /// Fits challengers and evaluates both models.
@@ -321,6 +54,10 @@ pub struct RetrainServices {
     /// Snapshots of each training set and hold-out, named in the challenger's
     /// lineage; `None` records no snapshot.
     pub snapshots: Option<Arc<dyn DatasetSnapshots>>,
+    /// Where fitting and evaluation run, off the async runtime that drives
+    /// [`RetrainLoop::tick`] ([`ThreadExecutor`](crate::exec::ThreadExecutor)
+    /// works under any runtime).
+    pub executor: Arc<dyn BlockingExecutor>,
 }
 
 /// Drift- and quality-triggered retraining with a canary rollout: see the module
@@ -333,37 +70,6 @@ pub struct RetrainLoop {
     started: Option<DateTime<Utc>>,
     last_retrain: Option<DateTime<Utc>>,
     retrains: VecDeque<DateTime<Utc>>,
-}
-
-fn event_times(batch: &RecordBatch) -> Result<Vec<i64>> {
-    let col = batch.column_by_name("event_timestamp").ok_or_else(|| {
-        Error::schema_mismatch(
-            "labelled rows",
-            "event_timestamp",
-            "a timestamp column",
-            "missing",
-        )
-    })?;
-    let ts = arrow_cast::cast(
-        col,
-        &arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into())),
-    )
-    .map_err(|e| {
-        Error::schema_mismatch(
-            "labelled rows",
-            "event_timestamp",
-            "a timestamp",
-            e.to_string(),
-        )
-    })?;
-    let ts = ts.as_primitive::<TimestampMicrosecondType>();
-    if ts.null_count() > 0 {
-        return Err(Error::invalid_input(
-            "labelled rows",
-            "event_timestamp has nulls",
-        ));
-    }
-    Ok(ts.values().to_vec())
 }
 
 impl RetrainLoop {
@@ -666,18 +372,7 @@ impl RetrainLoop {
         let cfg = self.config.clone();
         let s = self.services.clone();
         // The most recent rows are the hold-out.
-        let times = event_times(&labelled)?;
-        let mut order: Vec<u32> = (0..labelled.num_rows() as u32).collect();
-        order.sort_by_key(|&i| times[i as usize]);
-        let holdout_rows = ((order.len() as f64) * cfg.holdout_fraction)
-            .round()
-            .max(1.0) as usize;
-        let split = order.len() - holdout_rows.min(order.len() - 1);
-        let take = |idx: &[u32]| {
-            arrow_select::take::take_record_batch(&labelled, &UInt32Array::from(idx.to_vec()))
-                .map_err(|e| Error::backend("arrow", e))
-        };
-        let (train_rows, holdout_rows) = (take(&order[..split])?, take(&order[split..])?);
+        let (train_rows, holdout_rows) = split_recent(&labelled, cfg.holdout_fraction)?;
         let options = HistoricalOptions::default();
         let train_set = s
             .feature_store
@@ -755,18 +450,21 @@ impl RetrainLoop {
             ),
             None => (None, None),
         };
-        let trained = s.trainer.fit(&train_set, &cfg.label)?;
-        let challenger_report =
-            s.trainer
-                .evaluate(trained.predictor.as_ref(), &holdout, &cfg.label)?;
         let (_, artifact) = s
             .registry
             .load_artifact(&cfg.model, &VersionSelector::Number(champion))
             .await?;
-        let champion_model = s.loader.load(&artifact)?;
-        let champion_report = s
-            .trainer
-            .evaluate(champion_model.as_ref(), &holdout, &cfg.label)?;
+        // Fitting and evaluating are CPU-bound: off the async runtime.
+        let (trainer, loader, label) = (s.trainer.clone(), s.loader.clone(), cfg.label.clone());
+        let (trained, challenger_report, champion_report) =
+            run_blocking(s.executor.as_ref(), move || {
+                let trained = trainer.fit(&train_set, &label)?;
+                let challenger = trainer.evaluate(trained.predictor.as_ref(), &holdout, &label)?;
+                let champion_model = loader.load(&artifact)?;
+                let champion = trainer.evaluate(champion_model.as_ref(), &holdout, &label)?;
+                Ok((trained, challenger, champion))
+            })
+            .await?;
         let metric_of = |r: &crate::train::EvaluationReport, who: &str| {
             r.metrics.get(&cfg.metric).copied().ok_or_else(|| {
                 Error::invalid_input(

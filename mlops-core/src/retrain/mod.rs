@@ -1,0 +1,31 @@
+//! [`RetrainLoop`]: drift- and quality-triggered retraining with a safe rollout,
+//! written against the SDK's traits only.
+//!
+//! Each [`RetrainLoop::tick`]:
+//! - while a canary runs: compares the challenger's live quality with the
+//!   champion's; ramps the canary up a step when it holds, promotes it (moves the
+//!   `champion` alias, routes all traffic to it) at full weight, or rolls it back
+//!   when it falls behind by more than the tolerance;
+//! - otherwise: checks the triggers (drift of served inputs or predictions, live
+//!   quality below a threshold, a schedule, enough new labelled rows) and the
+//!   guard rails (cool-down, at most N retrains per period, minimum data); builds
+//!   the training set with the feature store's point-in-time join over labelled
+//!   rows; holds out the most recent rows; trains a challenger; evaluates champion
+//!   and challenger on the same hold-out; registers the challenger with its
+//!   lineage; and starts a canary only if it wins by the configured margin.
+//!
+//! Every decision is returned, appended to the audit log, and recorded in the
+//! experiment tracker (one run per retrain).
+//!
+//! Training and evaluation are CPU-bound: `tick` hands them to the services'
+//! [`BlockingExecutor`] and awaits them, so the loop can be driven from any task of
+//! an async runtime without stalling it.
+
+mod decision;
+mod holdout;
+mod machine;
+mod policy;
+
+pub use decision::Decision;
+pub use machine::{RetrainLoop, RetrainServices};
+pub use policy::{CanaryPolicy, Guardrails, RetrainConfig, Triggers};

@@ -1,0 +1,139 @@
+//! The loop's configuration: what triggers a retrain ([`Triggers`]), what holds
+//! one back ([`Guardrails`]), how a challenger is rolled out ([`CanaryPolicy`]), and
+//! the whole [`RetrainConfig`].
+
+use std::time::Duration;
+
+use crate::feature::FeatureRef;
+
+/// What starts a retrain.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Triggers {
+    /// The champion's last window of served inputs or predictions drifted.
+    pub on_drift: bool,
+    /// The champion's live value of the loop's metric crossed this (below for
+    /// higher-is-better metrics, above otherwise), over at least
+    /// `min_live_rows` labelled predictions.
+    pub quality_threshold: Option<f64>,
+    /// At least this long since the last retrain (or since the loop started).
+    pub every: Option<Duration>,
+    /// At least this many labelled rows since the last retrain.
+    pub min_new_rows: Option<usize>,
+}
+
+/// Limits on retraining.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guardrails {
+    /// Fewest labelled rows a training set needs.
+    pub min_rows: usize,
+    /// Shortest time between two retrains.
+    pub cooldown: Duration,
+    /// At most this many retrains ...
+    pub max_retrains: usize,
+    /// ... in this period.
+    pub per: Duration,
+}
+
+impl Default for Guardrails {
+    fn default() -> Self {
+        Self {
+            min_rows: 1000,
+            cooldown: Duration::from_secs(3600),
+            max_retrains: 4,
+            per: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// How a challenger that won offline reaches all traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryPolicy {
+    /// Its first share of traffic.
+    pub initial_weight: f64,
+    /// Added at each tick while it holds up.
+    pub step: f64,
+    /// Labelled live predictions the challenger needs before each step.
+    pub min_live_rows: usize,
+    /// Rolled back when its live metric is worse than the champion's by more
+    /// than this.
+    pub tolerance: f64,
+}
+
+impl Default for CanaryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_weight: 0.1,
+            step: 0.3,
+            min_live_rows: 100,
+            tolerance: 0.02,
+        }
+    }
+}
+
+/// The loop's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrainConfig {
+    /// The model's name in the registry.
+    pub model: String,
+    /// The deployment serving it.
+    pub deployment: String,
+    /// The features joined onto labelled rows.
+    pub features: Vec<FeatureRef>,
+    /// The label column of the labelled rows.
+    pub label: String,
+    /// The metric that decides (`roc_auc`, `rmse`, ...): offline on the hold-out
+    /// and live on feedback.
+    pub metric: String,
+    /// How much better (offline) a challenger must be.
+    pub margin: f64,
+    /// What starts a retrain.
+    pub triggers: Triggers,
+    /// Limits.
+    pub guardrails: Guardrails,
+    /// Labelled rows of this recent period make the training set.
+    pub training_window: Duration,
+    /// The most recent share of them is the hold-out both models are judged on.
+    pub holdout_fraction: f64,
+    /// The rollout.
+    pub canary: CanaryPolicy,
+    /// Fewest labelled live predictions for a quality trigger.
+    pub min_live_rows: usize,
+    /// The tracker experiment retrains are recorded in.
+    pub experiment: String,
+    /// Who the audit log names.
+    pub actor: String,
+}
+
+impl RetrainConfig {
+    /// Settings for `model` served as `deployment`, judged by `metric`, with the
+    /// default guard rails and canary policy, a drift trigger, 7 days of training
+    /// data and a 20% hold-out.
+    pub fn new(
+        model: impl Into<String>,
+        deployment: impl Into<String>,
+        features: Vec<FeatureRef>,
+        label: impl Into<String>,
+        metric: impl Into<String>,
+    ) -> Self {
+        let model = model.into();
+        Self {
+            experiment: format!("{model}-retrain"),
+            deployment: deployment.into(),
+            model,
+            features,
+            label: label.into(),
+            metric: metric.into(),
+            margin: 0.0,
+            triggers: Triggers {
+                on_drift: true,
+                ..Triggers::default()
+            },
+            guardrails: Guardrails::default(),
+            training_window: Duration::from_secs(7 * 86_400),
+            holdout_fraction: 0.2,
+            canary: CanaryPolicy::default(),
+            min_live_rows: 100,
+            actor: "retrain-loop".into(),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Configuration, at the bottom of the crate: plain data that every layer above
+//! (runtime, server, HTTP face) reads and none of them defines.
+//!
+//! - [`routing`](Routing): [`Routing`], [`Arm`], [`CanaryRamp`];
+//! - deployment: [`DeploymentConfig`], [`BatchConfig`], [`CacheConfig`],
+//!   [`Enrichment`];
+//! - monitoring: [`MonitorConfig`], [`FeedbackConfig`], [`LogConfig`];
+//! - HTTP: [`HttpConfig`].
+
+mod deployment;
+mod http;
+mod monitoring;
+mod routing;
+
+pub use deployment::{BatchConfig, CacheConfig, DeploymentConfig, Enrichment};
+pub use http::HttpConfig;
+pub use monitoring::{FeedbackConfig, LogConfig, MonitorConfig};
+pub(crate) use routing::check_canary_weight;
+pub use routing::{Arm, CanaryRamp, Routing};

@@ -1,0 +1,101 @@
+//! Watching served traffic: drift monitoring ([`MonitorConfig`]), feedback and
+//! live quality ([`FeedbackConfig`]) and the inference log ([`LogConfig`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlops_core::Task;
+use mlops_core::drift::{DriftDetector, Window};
+
+/// Drift monitoring of a deployment's versions.
+///
+/// Each served version is watched with the detectors its model carries
+/// ([`Predictor::input_drift`](mlops_core::Predictor::input_drift) and
+/// [`prediction_drift`](mlops_core::Predictor::prediction_drift)), unless
+/// `inputs` or `predictions` names another: any [`DriftDetector`], such as an
+/// [`MmdDriftDetector`](mlops_core::drift::MmdDriftDetector) fitted on the training
+/// data.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// The windows compared with the reference.
+    pub window: Window,
+    /// Fewest rows a window needs to be compared.
+    pub min_rows: usize,
+    /// Requests waiting to be observed, at most (beyond: dropped and counted).
+    pub queue: usize,
+    /// The detector of served inputs, instead of the model's own.
+    pub inputs: Option<Arc<dyn DriftDetector>>,
+    /// The detector of served predictions, instead of the model's own.
+    pub predictions: Option<Arc<dyn DriftDetector>>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            window: Window::TumblingRows(1000),
+            min_rows: 100,
+            queue: 10_000,
+            inputs: None,
+            predictions: None,
+        }
+    }
+}
+
+impl MonitorConfig {
+    /// Watches served inputs with `detector` instead of the model's own.
+    pub fn with_input_detector(mut self, detector: Arc<dyn DriftDetector>) -> Self {
+        self.inputs = Some(detector);
+        self
+    }
+
+    /// Watches served predictions with `detector` instead of the model's own.
+    pub fn with_prediction_detector(mut self, detector: Arc<dyn DriftDetector>) -> Self {
+        self.predictions = Some(detector);
+        self
+    }
+}
+
+/// Feedback: true outcomes joined to served predictions by request id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedbackConfig {
+    /// The task, which decides the live metrics: for classification the first
+    /// output is the positive class's probability and outcomes are 0 or 1.
+    pub task: Task,
+    /// Labelled predictions per version the live metrics are computed over.
+    pub window: usize,
+    /// Predictions awaiting their outcome, at most (oldest forgotten first).
+    pub max_pending: usize,
+}
+
+impl FeedbackConfig {
+    /// Live quality of a `task` over the last 1,000 labelled predictions, with up to
+    /// 100,000 awaiting feedback.
+    pub fn new(task: Task) -> Self {
+        Self {
+            task,
+            window: 1000,
+            max_pending: 100_000,
+        }
+    }
+}
+
+/// The inference log's batching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Records per written batch, at most.
+    pub flush_rows: usize,
+    /// Longest time a record waits before being written.
+    pub flush_interval: Duration,
+    /// Records waiting, at most (beyond: dropped and counted).
+    pub max_buffered: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            flush_rows: 10_000,
+            flush_interval: Duration::from_secs(5),
+            max_buffered: 100_000,
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! API-key scopes, enforced once per route group by a middleware layer: every
+//! route of a group needs the group's [`Scope`], and a handler never checks keys
+//! itself.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use crate::auth::{ApiKeys, Scope};
+
+/// The keys and the scope a route group requires.
+#[derive(Debug, Clone)]
+struct Guard {
+    keys: Arc<ApiKeys>,
+    scope: Scope,
+}
+
+async fn require_scope(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match guard.keys.authorize(value, guard.scope) {
+        Ok(_) => next.run(request).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `routes` with `scope` required of every request that matches one of them
+/// (401 without a valid key, 403 with a key that lacks the scope). Without keys
+/// nothing is checked and no layer is added.
+pub(super) fn with_scope<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    keys: &Arc<ApiKeys>,
+    scope: Scope,
+) -> Router<S> {
+    if keys.is_empty() {
+        return routes;
+    }
+    routes.route_layer(from_fn_with_state(
+        Guard {
+            keys: keys.clone(),
+            scope,
+        },
+        require_scope,
+    ))
+}

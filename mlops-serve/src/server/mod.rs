@@ -1,0 +1,291 @@
+//! [`ModelServer`]: the in-process implementation of [`Server`](mlops_core::Server),
+//! assembled from the runtime pieces below it.
+//!
+//! - `state`: a deployment's loaded versions and routing, swapped as one;
+//! - `lifecycle`: deploy, resolve and load versions, reload, route, unload;
+//! - `routing`: which version answers a request;
+//! - `enrich`: inputs looked up in the online feature store;
+//! - `infer`: the request path and the [`Server`](mlops_core::Server) impl;
+//! - `traffic`: [`TrafficControl`](mlops_core::monitoring::TrafficControl), for the
+//!   retraining loop.
+
+mod enrich;
+mod infer;
+mod lifecycle;
+mod routing;
+mod state;
+mod traffic;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use mlops_core::error::ResourceKind;
+use mlops_core::monitoring::{DriftSummary, InferenceLogSink, LiveQuality};
+use mlops_core::{Error, ModelLoader, ModelRegistry, Result};
+
+pub use routing::ROUTING_KEY;
+use state::Deployment;
+
+use crate::config::{DeploymentConfig, LogConfig, Routing};
+use crate::runtime::cache::{CacheStats, PredictionCache};
+use crate::runtime::feedback::FeedbackBook;
+use crate::runtime::inference_log::InferenceLogger;
+use crate::runtime::metrics::ServerMetrics;
+use crate::runtime::monitor::DriftEvent;
+use crate::runtime::shadow::ShadowRecord;
+
+/// The latest drift verdicts of one served version.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VersionDrift {
+    /// Of its served inputs against the training reference.
+    pub inputs: Option<DriftSummary>,
+    /// Of its predictions against the validation reference.
+    pub predictions: Option<DriftSummary>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReloadReport {
+    /// Each selector of the deployment and the version it resolved to.
+    pub resolved: BTreeMap<String, u64>,
+    /// Versions loaded by this reload.
+    pub loaded: Vec<u64>,
+    /// Versions no longer served.
+    pub unloaded: Vec<u64>,
+}
+
+/// A deployment's state, for admin views.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentStatus {
+    /// The served name.
+    pub name: String,
+    /// The registry model.
+    pub model: String,
+    /// Current routing.
+    pub routing: Routing,
+    /// Selectors and the versions they resolve to.
+    pub resolved: BTreeMap<String, u64>,
+    /// Loaded versions.
+    pub versions: Vec<u64>,
+    /// The shadow versions.
+    pub shadows: Vec<u64>,
+    /// Prediction cache counters, when caching.
+    pub cache: Option<CacheStats>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    version: String,
+    registry: Arc<dyn ModelRegistry>,
+    loaders: Vec<Arc<dyn ModelLoader>>,
+    deployments: RwLock<BTreeMap<String, Arc<Deployment>>>,
+    /// Configs of unloaded deployments, for the repository `load` call.
+    parked: Mutex<BTreeMap<String, DeploymentConfig>>,
+    metrics: Arc<ServerMetrics>,
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    rng: AtomicU64,
+    drift_events: tokio::sync::broadcast::Sender<DriftEvent>,
+    logger: Mutex<Option<InferenceLogger>>,
+}
+
+/// The in-process model server: named deployments of registry models, each with
+/// its routing (fixed, A/B split, canary), optional shadow, dynamic batching,
+/// prediction cache, hot reload and feature enrichment. Implements [`Server`].
+///
+/// Cloning is cheap and shares the server. Background work (batch queues, alias
+/// polling, canary ramps) runs on the tokio runtime that called
+/// [`ModelServer::deploy`].
+#[derive(Debug, Clone)]
+pub struct ModelServer {
+    inner: Arc<Inner>,
+}
+
+impl ModelServer {
+    /// A server loading models from `registry` with `loaders` (the first that
+    /// reads an artifact's flavor is used).
+    pub fn new(registry: Arc<dyn ModelRegistry>, loaders: Vec<Arc<dyn ModelLoader>>) -> Self {
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            inner: Arc::new(Inner {
+                name: "mlops".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                registry,
+                loaders,
+                deployments: RwLock::new(BTreeMap::new()),
+                parked: Mutex::new(BTreeMap::new()),
+                metrics: Arc::new(ServerMetrics::new()),
+                draining: AtomicBool::new(false),
+                in_flight: AtomicUsize::new(0),
+                rng: AtomicU64::new(seed),
+                drift_events: tokio::sync::broadcast::channel(1024).0,
+                logger: Mutex::new(None),
+            }),
+        }
+    }
+
+    fn deployment(&self, name: &str) -> Result<Arc<Deployment>> {
+        let map = self
+            .inner
+            .deployments
+            .read()
+            .map_err(|_| Error::backend("model server", "deployment table poisoned"))?;
+        map.get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(ResourceKind::Model, name))
+    }
+
+    /// Whether `name` is deployed.
+    pub fn has_model(&self, name: &str) -> bool {
+        self.inner
+            .deployments
+            .read()
+            .is_ok_and(|map| map.contains_key(name))
+    }
+
+    /// The deployment's routing, versions, shadow and cache counters.
+    pub fn status(&self, name: &str) -> Result<DeploymentStatus> {
+        let d = self.deployment(name)?;
+        let s = d.state();
+        Ok(DeploymentStatus {
+            name: d.config.name.clone(),
+            model: d.config.model.clone(),
+            routing: s.routing.clone(),
+            resolved: s
+                .resolved
+                .iter()
+                .map(|(sel, n)| (sel.to_string(), *n))
+                .collect(),
+            versions: s.versions.keys().copied().collect(),
+            shadows: s.shadows.clone(),
+            cache: d.cache.as_ref().map(PredictionCache::stats),
+        })
+    }
+
+    /// The most recent mirrored requests of `name` (up to 1000), oldest first.
+    pub fn shadow_records(&self, name: &str) -> Result<Vec<ShadowRecord>> {
+        let d = self.deployment(name)?;
+        Ok(d.shadow_log.records())
+    }
+
+    /// The prediction cache counters of `name` (`None` without a cache).
+    pub fn cache_stats(&self, name: &str) -> Result<Option<CacheStats>> {
+        Ok(self
+            .deployment(name)?
+            .cache
+            .as_ref()
+            .map(PredictionCache::stats))
+    }
+
+    /// Records the true outcomes (one per row) of the request `id` served by
+    /// deployment `name`; they feed the version's live quality. An id never
+    /// served, already labelled or forgotten is [`Error::NotFound`].
+    pub fn record_feedback(&self, name: &str, id: &str, outcomes: &[f64]) -> Result<u64> {
+        let d = self.deployment(name)?;
+        let book = d.feedback.as_ref().ok_or_else(|| {
+            Error::conflict(
+                format!("deployment {name}"),
+                "it was deployed without feedback",
+            )
+        })?;
+        let version = book.record_outcomes(name, id, outcomes)?;
+        if let Some(q) = book.quality().get(&version) {
+            self.inner.metrics.record_quality(name, version, q);
+        }
+        Ok(version)
+    }
+
+    /// Live quality per version of `name` (empty without feedback).
+    pub fn live_quality(&self, name: &str) -> Result<BTreeMap<u64, LiveQuality>> {
+        let d = self.deployment(name)?;
+        Ok(d.feedback
+            .as_ref()
+            .map(FeedbackBook::quality)
+            .unwrap_or_default())
+    }
+
+    /// The latest drift summaries (inputs, predictions) per version of `name`.
+    pub fn drift_status(&self, name: &str) -> Result<BTreeMap<u64, VersionDrift>> {
+        let d = self.deployment(name)?;
+        Ok(d.state()
+            .versions
+            .iter()
+            .filter_map(|(n, l)| {
+                let m = l.monitor.as_ref()?;
+                let s = m.state.lock().ok()?;
+                Some((
+                    *n,
+                    VersionDrift {
+                        inputs: s.inputs.clone(),
+                        predictions: s.predictions.clone(),
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    /// Drift verdicts as they happen, for every deployment.
+    pub fn subscribe_drift(&self) -> tokio::sync::broadcast::Receiver<DriftEvent> {
+        self.inner.drift_events.subscribe()
+    }
+
+    /// Writes an inference log of every served request (request id, time, model,
+    /// version, inputs, outputs, latency) to `sink` in the background.
+    pub fn set_inference_log(&self, sink: Arc<dyn InferenceLogSink>, config: LogConfig) {
+        let logger = InferenceLogger::start(sink, config, self.inner.metrics.clone());
+        if let Ok(mut slot) = self.inner.logger.lock() {
+            *slot = Some(logger);
+        }
+    }
+
+    /// Writes the queued inference log records now; returns how many records were
+    /// written since the log was set.
+    pub async fn flush_inference_log(&self) -> Result<u64> {
+        let logger = self.inner.logger.lock().ok().and_then(|l| l.clone());
+        match logger {
+            Some(l) => l.flush().await,
+            None => Ok(0),
+        }
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.render()
+    }
+
+    /// Stops taking requests (they get [`Error::Unavailable`]; readiness turns
+    /// false) and waits up to `timeout` for those in flight to finish; returns
+    /// how many were still running at the end.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        let left = loop {
+            let n = self.inner.in_flight.load(Ordering::SeqCst);
+            if n == 0 || Instant::now() >= deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        // The inference log keeps every served request: write what is queued.
+        let _ = self.flush_inference_log().await;
+        left
+    }
+
+    /// Whether the server was told to drain.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Records an HTTP-level outcome (used by the HTTP face for requests refused
+    /// before reaching a model, e.g. undecodable bodies).
+    pub(crate) fn record(&self, model: &str, version: &str, status: u16, took: Duration) {
+        self.inner
+            .metrics
+            .observe_request(model, version, status, took);
+    }
+}
