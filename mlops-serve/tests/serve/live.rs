@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
-use mlops_core::drift::Window;
+use mlops_core::drift::{DriftMethod, MmdConfig, MmdDriftDetector, Window};
 use mlops_core::inference::{InferenceRequest, Tensor, TensorData};
 use mlops_core::model::VersionSelector;
 use mlops_core::monitoring::TrafficControl;
@@ -126,6 +126,62 @@ async fn served_inputs_and_predictions_are_watched_for_drift() {
     let health = s.health("m").await.unwrap();
     assert_eq!(health.champion, Some(1));
     assert!(health.versions[&1].input_drift.as_ref().unwrap().drifted);
+}
+
+/// The deployment names its own detector (MMD over the inputs) instead of the
+/// table profile the model carries: any `DriftDetector` serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_watches_inputs_with_the_detector_it_names() {
+    let root = StoreRoot::open("memory://").unwrap();
+    let s = trained_server(&root).await;
+    let (x, _) = rows(500, 0.0, 1);
+    let reference =
+        RecordBatch::try_from_iter([("x", Arc::new(Float64Array::from(x)) as ArrayRef)]).unwrap();
+    let mmd = MmdDriftDetector::fit(&reference, None, MmdConfig::default()).unwrap();
+    let mut d = DeploymentConfig::new("m", "m", Routing::Fixed(VersionSelector::Latest));
+    d.monitoring = Some(
+        MonitorConfig {
+            window: Window::TumblingRows(200),
+            min_rows: 50,
+            queue: 1000,
+            ..MonitorConfig::default()
+        }
+        .with_input_detector(Arc::new(mmd)),
+    );
+    s.deploy(d).await.unwrap();
+    let mut events = s.subscribe_drift();
+    for (shift, seed) in [(0.0, 2), (1.5, 3)] {
+        let (x, _) = rows(200, shift, seed);
+        for (i, chunk) in x.chunks(20).enumerate() {
+            s.infer("m", None, request(chunk, &format!("{seed}-{i}")))
+                .await
+                .unwrap();
+        }
+    }
+    let mut inputs = Vec::new();
+    while inputs.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.kind == "inputs" {
+            inputs.push(e);
+        }
+    }
+    for e in &inputs {
+        assert_eq!(e.window.report.features.len(), 1);
+        assert_eq!(
+            e.window.report.features[0].method,
+            DriftMethod::MaximumMeanDiscrepancy
+        );
+    }
+    assert!(
+        !inputs[0].window.report.overall.drifted,
+        "like the reference"
+    );
+    assert!(inputs[1].window.report.overall.drifted, "shifted by 1.5");
+    // The model's own prediction detector still watches the predictions.
+    assert!(s.drift_status("m").unwrap()[&1].predictions.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
