@@ -99,7 +99,8 @@ fn four_processes_on(root: &StoreRoot) {
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..4)
         .map(|p| {
-            std::process::Command::new(&exe)
+            let mut child = std::process::Command::new(&exe);
+            child
                 .args([
                     "--exact",
                     "concurrency::worker_process",
@@ -107,9 +108,14 @@ fn four_processes_on(root: &StoreRoot) {
                     "--test-threads=1",
                 ])
                 .env("MLOPS_TEST_WORKER_ROOT", &url)
-                .env("MLOPS_TEST_WORKER_NAME", format!("proc{p}"))
-                .spawn()
-                .unwrap()
+                .env("MLOPS_TEST_WORKER_NAME", format!("proc{p}"));
+            // The workers use the S3 server this process found or started.
+            if let Some((endpoint, bucket)) = crate::services::s3() {
+                child
+                    .env("MLOPS_TEST_S3_ENDPOINT", endpoint)
+                    .env("MLOPS_TEST_S3_BUCKET", bucket);
+            }
+            child.spawn().unwrap()
         })
         .collect();
     for mut c in children {

@@ -1,8 +1,11 @@
 //! Integration tests of mlops-store, in one binary. Suites are written once and run
 //! against every backend available: `memory://` and `file://` always, an
 //! S3-compatible server when `MLOPS_TEST_S3_ENDPOINT` is set (with
-//! `MLOPS_TEST_S3_BUCKET`, default `mlops-test`), and an Azure Blob-compatible
-//! server (Azurite) when `MLOPS_TEST_AZURE_CONTAINER` is set. `.ci/run` starts both.
+//! `MLOPS_TEST_S3_BUCKET`, default `mlops-test`) or `moto_server` is installed
+//! (then started here), and an Azure Blob-compatible server (Azurite) when
+//! `MLOPS_TEST_AZURE_CONTAINER` is set. `.ci/run` starts both. A backend that is
+//! not available shows as an ignored `storage_suites_ran_on_*` test, with the
+//! reason: see `services.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
@@ -13,6 +16,7 @@ mod large;
 mod offline;
 mod online;
 mod registry;
+mod services;
 mod snapshots;
 mod tracking;
 
@@ -40,11 +44,10 @@ fn unique(name: &str) -> String {
 /// Fresh roots on the S3- and Azure-compatible test servers, when configured.
 pub fn cloud_roots(name: &str) -> Vec<StoreRoot> {
     let mut out = Vec::new();
-    if std::env::var("MLOPS_TEST_S3_ENDPOINT").is_ok() {
-        let bucket = std::env::var("MLOPS_TEST_S3_BUCKET").unwrap_or_else(|_| "mlops-test".into());
+    if let Some((_, bucket)) = services::s3() {
         out.push(open_root(&format!("s3://{bucket}/{}", unique(name))));
     }
-    if let Ok(container) = std::env::var("MLOPS_TEST_AZURE_CONTAINER") {
+    if let Some(container) = services::azure_container() {
         out.push(open_root(&format!("az://{container}/{}", unique(name))));
     }
     out
@@ -53,7 +56,7 @@ pub fn cloud_roots(name: &str) -> Vec<StoreRoot> {
 /// Opens `url` with the test servers' options (endpoint, credentials, plain HTTP).
 pub fn open_root(url: &str) -> StoreRoot {
     let options: Vec<(String, String)> = if url.starts_with("s3://") {
-        let endpoint = std::env::var("MLOPS_TEST_S3_ENDPOINT").unwrap();
+        let (endpoint, _) = services::s3().expect("an S3 root without an S3 server");
         [
             ("aws_endpoint", endpoint.as_str()),
             ("aws_region", "us-east-1"),
@@ -92,4 +95,27 @@ pub fn local_dir(root: &StoreRoot) -> Option<std::path::PathBuf> {
     root.url()
         .strip_prefix("file://")
         .map(std::path::PathBuf::from)
+}
+
+/// The storage suites above ran on an S3-compatible server too.
+#[test]
+#[cfg_attr(
+    not(mlops_s3),
+    ignore = "no S3-compatible server: the storage suites ran on memory:// and file:// only \
+              (install moto[server] so moto_server is on PATH, or set MLOPS_TEST_S3_ENDPOINT; \
+              see CONTRIBUTING.md)"
+)]
+fn storage_suites_ran_on_s3() {
+    assert!(services::cloud_backends().contains(&"s3"));
+}
+
+/// The storage suites above ran on an Azure Blob-compatible server too.
+#[test]
+#[cfg_attr(
+    not(mlops_azure),
+    ignore = "no Azure Blob-compatible server: the storage suites ran on memory:// and file:// \
+              only (start Azurite and set MLOPS_TEST_AZURE_CONTAINER; see CONTRIBUTING.md)"
+)]
+fn storage_suites_ran_on_azure() {
+    assert!(services::cloud_backends().contains(&"azure"));
 }

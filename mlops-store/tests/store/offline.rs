@@ -533,16 +533,15 @@ proptest! {
 }
 
 /// A view's files are plain Hive-partitioned Parquet: DuckDB reads them and gets
-/// the rows that were ingested. Needs a Python with duckdb in `MLOPS_TEST_PYTHON`
-/// (`.ci/run` sets one up); without it the test says so and does nothing.
+/// the rows that were ingested. Needs a Python with duckdb (`MLOPS_TEST_PYTHON`,
+/// else `python3`).
 #[tokio::test]
+#[cfg_attr(
+    not(mlops_duckdb),
+    ignore = "needs a Python with duckdb: pip install duckdb, or set MLOPS_TEST_PYTHON (see CONTRIBUTING.md)"
+)]
 async fn duckdb_reads_the_view_files() {
-    let Ok(python) = std::env::var("MLOPS_TEST_PYTHON") else {
-        eprintln!(
-            "SKIPPED duckdb_reads_the_view_files: set MLOPS_TEST_PYTHON to a python with duckdb (.ci/run does)"
-        );
-        return;
-    };
+    let python = crate::services::duckdb_python();
     let root = local_root("offline-duckdb");
     let s = ObjectOfflineStore::new(&root);
     s.apply_view(card_view(None), ApplyOptions::default())
