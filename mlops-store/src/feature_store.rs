@@ -139,7 +139,7 @@ impl ObjectFeatureStore {
         self.online.write(&def, &latest).await
     }
 
-    /// [`FeatureStore::get_online_features`] at a given time (the TTL is judged
+    /// [`OnlineFeatureStore::get_online_features`] at a given time (the TTL is judged
     /// against `now`).
     pub async fn get_online_features_at(
         &self,

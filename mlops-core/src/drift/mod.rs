@@ -215,8 +215,8 @@ impl DriftReport {
 /// Contract for implementations:
 /// - fitting happens at construction; `detect` never changes the reference;
 /// - a current batch missing a reference column, or with a column whose type
-///   changed, gives [`Error::SchemaMismatch`](crate::Error::SchemaMismatch); an
-///   empty sample gives [`Error::InvalidInput`](crate::Error::InvalidInput);
+///   changed, gives [`Error::SchemaMismatch`]; an
+///   empty sample gives [`Error::InvalidInput`];
 ///   nulls are counted and reported, not compared; NaN and infinities never
 ///   produce a NaN verdict;
 /// - the same inputs always give the same report (subsampling is seeded).

@@ -18,7 +18,7 @@
 //! experiment tracker (one run per retrain).
 //!
 //! Training and evaluation are CPU-bound: `tick` hands them to the services'
-//! [`BlockingExecutor`] and awaits them, so the loop can be driven from any task of
+//! [`BlockingExecutor`](crate::exec::BlockingExecutor) and awaits them, so the loop can be driven from any task of
 //! an async runtime without stalling it.
 
 mod decision;

@@ -94,7 +94,7 @@ struct Inner {
 
 /// The in-process model server: named deployments of registry models, each with
 /// its routing (fixed, A/B split, canary), optional shadow, dynamic batching,
-/// prediction cache, hot reload and feature enrichment. Implements [`Server`].
+/// prediction cache, hot reload and feature enrichment. Implements [`Server`](mlops_core::Server).
 ///
 /// Cloning is cheap and shares the server. Background work (batch queues, alias
 /// polling, canary ramps) runs on the tokio runtime that called
