@@ -59,6 +59,8 @@ pub mod predict;
 pub mod retrain;
 pub mod rng;
 pub mod server;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod tracking;
 pub mod train;
 

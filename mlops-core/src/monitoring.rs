@@ -124,6 +124,8 @@ pub trait LabelSource: Send + Sync + std::fmt::Debug {
 /// was trained on (`mlops-store`'s `ObjectSnapshotStore` implements it).
 #[async_trait]
 pub trait DatasetSnapshots: Send + Sync + std::fmt::Debug {
-    /// Stores `batches` immutably; returns the snapshot's id.
+    /// Stores `batches` immutably; returns the snapshot's id, which depends only on
+    /// the data (the same rows give the same id, other rows another). No batches
+    /// at all is [`Error::InvalidInput`](crate::Error::InvalidInput).
     async fn snapshot(&self, batches: &[RecordBatch], description: &str) -> Result<String>;
 }

@@ -123,10 +123,19 @@ struct LocalServer {
 }
 
 impl LocalServer {
-    fn model(&self, name: &str) -> Result<&Arc<dyn Predictor>> {
-        self.models
+    /// The model `name`; each model has one version, `1`.
+    fn model(&self, name: &str, version: Option<&str>) -> Result<&Arc<dyn Predictor>> {
+        let model = self
+            .models
             .get(name)
-            .ok_or_else(|| Error::not_found(ResourceKind::Model, name))
+            .ok_or_else(|| Error::not_found(ResourceKind::Model, name))?;
+        match version {
+            None | Some("1") => Ok(model),
+            Some(v) => Err(Error::not_found(
+                ResourceKind::ModelVersion,
+                format!("{name}/{v}"),
+            )),
+        }
     }
 }
 
@@ -151,9 +160,9 @@ impl Server for LocalServer {
     async fn model_metadata(
         &self,
         model: &str,
-        _version: Option<&str>,
+        version: Option<&str>,
     ) -> Result<ModelMetadataResponse> {
-        let p = self.model(model)?;
+        let p = self.model(model, version)?;
         Ok(ModelMetadataResponse {
             name: model.into(),
             versions: None,
@@ -162,16 +171,16 @@ impl Server for LocalServer {
             outputs: p.signature().outputs.clone(),
         })
     }
-    async fn model_ready(&self, model: &str, _version: Option<&str>) -> Result<bool> {
-        self.model(model).map(|_| true)
+    async fn model_ready(&self, model: &str, version: Option<&str>) -> Result<bool> {
+        self.model(model, version).map(|_| true)
     }
     async fn infer(
         &self,
         model: &str,
-        _version: Option<&str>,
+        version: Option<&str>,
         request: InferenceRequest,
     ) -> Result<InferenceResponse> {
-        let mut outputs = self.model(model)?.predict(&request.inputs)?;
+        let mut outputs = self.model(model, version)?.predict(&request.inputs)?;
         if let Some(wanted) = &request.outputs {
             if let Some(unknown) = wanted
                 .iter()
@@ -315,4 +324,41 @@ async fn an_audit_log_through_dyn_chains_and_verifies() {
         ChainVerdict::Intact { entries: 3, .. }
     ));
     assert_eq!(log.entries(2, 10).await.unwrap().len(), 2);
+}
+
+/// The conformance kit's self-test: the fakes above keep the contracts the kit
+/// checks (and the kit's suites run on these small implementations as written).
+mod kit {
+    use super::*;
+    use mlops_core::testkit;
+
+    fn served() -> (LocalServer, Arc<dyn Predictor>, ModelArtifact) {
+        let artifact = ModelArtifact::new(
+            "linear-json",
+            br#"{"weights": [1.0, -1.0], "bias": 0.5}"#.to_vec(),
+        );
+        let predictor = LinearLoader.load(&artifact).unwrap();
+        let server = LocalServer {
+            models: BTreeMap::from([("m".to_owned(), predictor.clone())]),
+        };
+        (server, predictor, artifact)
+    }
+
+    #[tokio::test]
+    async fn the_fake_server_passes_the_server_suite() {
+        testkit::server::conformance(&served().0, "m").await;
+    }
+
+    #[test]
+    fn the_fake_loader_passes_the_round_trip_suite() {
+        let (_, predictor, artifact) = served();
+        let inputs =
+            [Tensor::new("x", vec![2, 2], TensorData::Fp32(vec![3.0, 1.0, 0.0, 2.0])).unwrap()];
+        testkit::predictor::round_trip(&LinearLoader, predictor.as_ref(), &artifact, &inputs);
+    }
+
+    #[tokio::test]
+    async fn the_fake_audit_log_passes_the_audit_suite() {
+        testkit::audit::conformance(&VecAuditLog::default()).await;
+    }
 }

@@ -3,6 +3,7 @@
 
 mod codec;
 mod common;
+mod conformance;
 mod core;
 mod enrichment;
 mod http;

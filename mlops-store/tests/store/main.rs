@@ -11,6 +11,7 @@
 mod audit;
 mod cloud;
 mod concurrency;
+mod conformance;
 mod faults;
 mod large;
 mod offline;

@@ -273,3 +273,28 @@ fn one_row_and_batched_predictions_agree() {
         }
     }
 }
+
+/// The conformance kit's round trip on our loader: a saved model loads back and
+/// answers as it did, for each task and model shape.
+#[test]
+fn the_tabular_loader_keeps_the_round_trip_contract() {
+    for (task, spec) in [
+        (Task::BinaryClassification, ModelSpec::Linear),
+        (Task::BinaryClassification, ModelSpec::mlp([8])),
+        (Task::Regression, ModelSpec::mlp([8])),
+    ] {
+        let data = data::binary(300, 21);
+        let label = "is_fraud";
+        let trained = TabularTrainer::new(config(task, spec))
+            .fit(&data, label)
+            .unwrap();
+        let inputs =
+            tensors_from_batch(&trained.predictor.signature().inputs, &requests()).unwrap();
+        mlops_core::testkit::predictor::round_trip(
+            &TabularLoader::default(),
+            trained.predictor.as_ref(),
+            &trained.artifact,
+            &inputs,
+        );
+    }
+}
