@@ -80,3 +80,9 @@ pub mod prelude {
     };
     pub use mlops_train::{ModelSpec, TabularLoader, TabularTrainer, TrainConfig, TrainDevice};
 }
+
+/// The README's Rust snippets, compiled (and the self-contained ones run) as doc
+/// tests of the facade, so the README cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
