@@ -6,6 +6,9 @@
 #[path = "../examples/quickstart/scenario.rs"]
 #[allow(dead_code)]
 mod scenario;
+#[path = "../examples/quickstart/world.rs"]
+#[allow(dead_code)]
+mod world;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_detected_and_a_retrained_challenger_restores_quality() {
