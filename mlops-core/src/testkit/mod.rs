@@ -8,10 +8,11 @@
 //! servers; the in-process and the remote model server); an implementation of your
 //! own passes the same suite:
 //!
-//! ```ignore
-//! #[tokio::test]
-//! async fn my_registry_keeps_the_contract() {
-//!     mlops_core::testkit::registry::conformance(&MyRegistry::new()).await;
+//! ```
+//! # use mlops_core::ModelRegistry;
+//! // In a `#[tokio::test]` of your crate, on a fresh instance of your registry:
+//! async fn my_registry_keeps_the_contract(my_registry: &dyn ModelRegistry) {
+//!     mlops_core::testkit::registry::conformance(my_registry).await;
 //! }
 //! ```
 //!
