@@ -6,6 +6,9 @@
 #[path = "../examples/quickstart/scenario.rs"]
 #[allow(dead_code)]
 mod scenario;
+#[path = "../examples/quickstart/stack.rs"]
+#[allow(dead_code)]
+mod stack;
 #[path = "../examples/quickstart/world.rs"]
 #[allow(dead_code)]
 mod world;

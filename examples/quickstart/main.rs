@@ -16,6 +16,7 @@
 //! `target/mlops-quickstart`.
 
 mod scenario;
+mod stack;
 mod world;
 
 use std::time::Instant;

@@ -1,5 +1,7 @@
-//! The closed loop on a fraud-detection case, shared by `examples/quickstart` and
-//! its integration test (`tests/closed_loop.rs`, on a smaller run).
+//! The story of the quickstart: the closed loop on a fraud-detection case, day by
+//! day, shared by `examples/quickstart` and its integration test
+//! (`tests/closed_loop.rs`, on a smaller run). The world it plays is in
+//! `world.rs`, the stack it wires in `stack.rs`.
 //!
 //! Simulated days of card transactions with a concept drift half-way: before it,
 //! fraud follows large amounts; after it, amounts grow for everyone and fraud
@@ -9,25 +11,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use arrow_schema::DataType;
 use chrono::Utc;
 use mlops::core::audit::ChainVerdict;
-use mlops::core::drift::Window;
-use mlops::core::feature::{ApplyOptions, FeatureView};
 use mlops::core::inference::{InferenceRequest, ParameterValue, Tensor, TensorData};
 use mlops::core::monitoring::TrafficControl;
-use mlops::core::retrain::{
-    CanaryPolicy, Decision, Guardrails, RetrainConfig, RetrainLoop, RetrainServices, Triggers,
-};
+use mlops::core::retrain::Decision;
 use mlops::prelude::*;
-use mlops::serve::HttpConfig;
-use mlops::serve::http::{router, serve};
-use mlops::serve::{Enrichment, FeedbackConfig, LogConfig, MonitorConfig, ROUTING_KEY};
-use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore, ObjectInferenceLog};
-use mlops::train::{ClassWeights, Progress};
+use mlops::serve::ROUTING_KEY;
 
+use crate::stack;
 use crate::world::{Chargebacks, DAY_US, Rng, World, at, tx_batch};
 
 /// The size of a run.
@@ -85,20 +78,6 @@ pub(crate) struct Outcome {
     pub(crate) logged: u64,
 }
 
-fn trainer() -> TabularTrainer {
-    let mut c = TrainConfig::new(Task::BinaryClassification, ModelSpec::mlp([32, 16]));
-    c.exclude = vec!["card_id".into(), "event_timestamp".into()];
-    c.class_weights = ClassWeights::Balanced;
-    c.epochs = 8;
-    c.batch_size = 256;
-    c.learning_rate = 3e-3;
-    c.progress = Progress::Hidden;
-    if let Some(e) = c.early_stopping.as_mut() {
-        e.metric = "roc_auc".into();
-    }
-    TabularTrainer::new(c)
-}
-
 /// Runs the scenario; `say` receives each timeline line as it happens.
 pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
     let mut out = Outcome::default();
@@ -115,21 +94,7 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
 
     // 1. Features: the card view, its history ingested offline.
     let audit = Arc::new(ObjectAuditLog::new(&root));
-    let online = Arc::new(InMemoryOnlineStore::new());
-    let store = Arc::new(ObjectFeatureStore::new(&root, online));
-    let view = FeatureView::builder("card")
-        .join_key("card_id", DataType::Int64)
-        .event_time("event_ts")
-        .feature("spend_7d", DataType::Float64)
-        .feature("tx_7d", DataType::Float64)
-        .build()?;
-    store
-        .apply_view(
-            view,
-            // A rerun on the same root redefines the view.
-            ApplyOptions { force: true },
-        )
-        .await?;
+    let store = stack::feature_store(&root).await?;
     for day in 0..=s.history_days {
         store.ingest("card", world.card_rows(day)?).await?;
     }
@@ -154,11 +119,11 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
     );
 
     // 2. Training set point-in-time; champion trained and registered.
-    let features: Vec<FeatureRef> = vec!["card:spend_7d".parse()?, "card:tx_7d".parse()?];
+    let features = stack::features()?;
     let training = store
         .get_historical_features(tx_batch(&history)?, &features, HistoricalOptions::default())
         .await?;
-    let trainer = Arc::new(trainer());
+    let trainer = Arc::new(stack::trainer());
     let fitted = {
         let t = trainer.clone();
         tokio::task::spawn_blocking(move || t.fit(&training, "is_fraud"))
@@ -184,47 +149,9 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
     );
 
     // 3. Served over HTTP on loopback, with monitoring, feedback and an inference log.
-    let server = ModelServer::new(registry.clone(), vec![Arc::new(TabularLoader::default())]);
-    let mut deployment =
-        DeploymentConfig::new("fraud", "fraud", Routing::Fixed("@champion".parse()?));
-    deployment.enrichment = Some(Enrichment {
-        store: store.clone(),
-        features: features.clone(),
-        entity_keys: vec!["card_id".into()],
-    });
-    deployment.monitoring = Some(MonitorConfig {
-        window: Window::TumblingRows(s.tx_per_day / 2),
-        min_rows: 100,
-        queue: 100_000,
-        ..MonitorConfig::default()
-    });
-    deployment.feedback = Some(FeedbackConfig {
-        task: Task::BinaryClassification,
-        window: s.tx_per_day,
-        max_pending: 1_000_000,
-    });
-    deployment.inline_max_rows = 64;
-    server.deploy(deployment).await?;
-    let inference_log = Arc::new(ObjectInferenceLog::new(&root));
-    server.set_inference_log(inference_log.clone(), LogConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| Error::backend("listener", e))?;
-    let base = format!(
-        "http://{}",
-        listener
-            .local_addr()
-            .map_err(|e| Error::backend("listener", e))?
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(serve(
-        listener,
-        router(server.clone(), HttpConfig::default()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let client = RemoteServer::new(&base)?;
+    let serving =
+        stack::serve_champion(&s, &root, registry.clone(), store.clone(), &features).await?;
+    let (client, base) = (&serving.client, &serving.base);
     log(
         format!(
             "day {:>2}: serving at {base}/v2/models/fraud (HTTP, v2 protocol)",
@@ -234,50 +161,16 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
     );
 
     // 4. The retraining loop, against the traits.
-    let tracker = Arc::new(
-        ObjectTracker::new(&root)
-            .with_audit(audit.clone())
-            .with_actor("quickstart"),
-    );
-    let mut config = RetrainConfig::new("fraud", "fraud", features.clone(), "is_fraud", "roc_auc");
-    config.triggers = Triggers {
-        on_drift: true,
-        quality_threshold: Some(0.75),
-        ..Triggers::default()
-    };
-    config.guardrails = Guardrails {
-        min_rows: s.tx_per_day,
-        cooldown: Duration::from_secs(3 * 86_400),
-        max_retrains: 3,
-        per: Duration::from_secs(30 * 86_400),
-    };
-    config.training_window = Duration::from_secs(2 * 86_400);
-    config.margin = 0.01;
-    config.canary = CanaryPolicy {
-        initial_weight: 0.2,
-        step: 0.4,
-        min_live_rows: s.tx_per_day / 10,
-        tolerance: 0.02,
-    };
-    config.min_live_rows = s.tx_per_day / 2;
-    let services = RetrainServices {
-        feature_store: store.clone(),
-        labels: chargebacks.clone(),
-        trainer: trainer.clone(),
-        loader: Arc::new(TabularLoader::default()),
-        registry: registry.clone(),
-        traffic: Arc::new(client.clone()),
-        tracker: tracker.clone(),
-        audit: audit.clone(),
-        snapshots: Some(Arc::new(
-            mlops::store::ObjectSnapshotStore::new(&root)
-                .with_audit(audit.clone())
-                .with_actor("retrain-loop"),
-        )),
-        // Fitting and evaluation run on threads of their own, off the runtime.
-        executor: Arc::new(ThreadExecutor),
-    };
-    let mut retrain = RetrainLoop::new(config, services)?;
+    let mut retrain = stack::retrain_loop(
+        &s,
+        &root,
+        store.clone(),
+        chargebacks.clone(),
+        registry.clone(),
+        client,
+        audit.clone(),
+        &features,
+    )?;
 
     // 5. Simulated days of traffic and feedback.
     let first = s.history_days;
@@ -355,7 +248,7 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
             .map_err(|_| Error::backend("chargebacks", "poisoned"))?
             .extend(txs.iter().copied());
 
-        let health = TrafficControl::health(&client, "fraud").await?;
+        let health = TrafficControl::health(client, "fraud").await?;
         let champion = health.champion.unwrap_or(0);
         let (y, p) = day_scores.get(&champion).cloned().unwrap_or_default();
         let auc = mlops::core::metrics::roc_auc(&y, &p).unwrap_or(f64::NAN);
@@ -409,12 +302,8 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
     }
 
     // 6. Shut down gracefully: the inference log keeps every request.
-    server.drain(Duration::from_secs(5)).await;
-    let _ = stop.send(());
-    http.await
-        .map_err(|e| Error::backend("http", e.to_string()))?
-        .map_err(|e| Error::backend("http", e))?;
-    out.logged = server.flush_inference_log().await?;
+    let inference_log = serving.inference_log.clone();
+    out.logged = serving.shut_down().await?;
     let verdict = audit.verify().await?;
     let audit_ok = matches!(verdict, ChainVerdict::Intact { .. });
     let entries = audit.entries(0, usize::MAX).await?.len();

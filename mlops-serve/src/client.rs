@@ -11,6 +11,11 @@ use reqwest::{Method, StatusCode};
 
 use crate::codec::{self, ErrorResponse, HEADER_CONTENT_LENGTH};
 
+/// `message` without a leading `prefix`.
+fn strip(message: &str, prefix: &str) -> String {
+    message.strip_prefix(prefix).unwrap_or(message).to_owned()
+}
+
 /// A remote v2 server, reached over HTTP.
 ///
 /// ```no_run
@@ -102,8 +107,13 @@ impl RemoteServer {
         let what = format!("{} {path}", self.base);
         match status.as_u16() {
             400 | 413 | 422 => Error::invalid_input(what, message),
-            401 => Error::Unauthorized { reason: message },
-            403 => Error::Forbidden { reason: message },
+            // The server's message is the error's own text: keep its reason only.
+            401 => Error::Unauthorized {
+                reason: strip(&message, "unauthorized: "),
+            },
+            403 => Error::Forbidden {
+                reason: strip(&message, "forbidden: "),
+            },
             404 => Error::not_found(ResourceKind::Model, format!("{path}: {message}")),
             409 => Error::conflict(what, message),
             429 | 503 | 504 => Error::Unavailable {

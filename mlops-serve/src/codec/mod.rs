@@ -240,4 +240,32 @@ mod tests {
         body.extend_from_slice(&[9, 0, 0, 0, 1]);
         check(&body, Some(s.len()), "claims 9 bytes");
     }
+
+    /// What our own encoder writes for a plain request is what the scanner reads,
+    /// so our client's requests (and the serving benchmark's) take the fast path.
+    #[test]
+    fn our_own_encoding_takes_the_fast_path() {
+        let mut request = InferenceRequest::new(
+            (0..20)
+                .map(|f| {
+                    Tensor::new(
+                        format!("x{f}"),
+                        vec![1],
+                        TensorData::Fp32(vec![f as f32 / 13.0]),
+                    )
+                    .unwrap()
+                })
+                .collect(),
+        );
+        request.id = Some("1".into());
+        let (body, json_len) = super::encode_request(&request, |_| false).unwrap();
+        assert_eq!(json_len, None);
+        let fast = super::scan::parse_request(&body);
+        assert_eq!(
+            fast.as_ref(),
+            Some(&request),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
 }

@@ -334,6 +334,11 @@ async fn api_keys_scopes_and_admin_endpoints() {
     )
     .await;
     assert_eq!(status, 200, "{text}");
+    // Through the client, a refused key is the same error as in process, worded once.
+    let keyless = RemoteServer::new(b).unwrap().with_api_key("wrong-key");
+    let err = keyless.list_models().await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
+    assert_eq!(err.to_string().matches("unauthorized").count(), 1, "{err}");
     let remote = RemoteServer::new(b).unwrap().with_api_key("infer-key");
     assert_eq!(
         remote

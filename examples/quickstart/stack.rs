@@ -1,0 +1,205 @@
+//! The stack the quickstart wires: a feature store, the trainer, the model server
+//! on HTTP with monitoring, feedback and an inference log, and the retraining loop,
+//! each part from the SDK and connected only through its traits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_schema::DataType;
+use mlops::core::drift::Window;
+use mlops::core::feature::{ApplyOptions, FeatureView};
+use mlops::core::retrain::{
+    CanaryPolicy, Guardrails, RetrainConfig, RetrainLoop, RetrainServices, Triggers,
+};
+use mlops::prelude::*;
+use mlops::serve::HttpConfig;
+use mlops::serve::http::{router, serve};
+use mlops::serve::{Enrichment, FeedbackConfig, LogConfig, MonitorConfig};
+use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore, ObjectInferenceLog};
+use mlops::train::{ClassWeights, Progress};
+
+use crate::scenario::Scenario;
+use crate::world::Chargebacks;
+
+/// The card features the model uses.
+pub(crate) fn features() -> Result<Vec<FeatureRef>> {
+    Ok(vec!["card:spend_7d".parse()?, "card:tx_7d".parse()?])
+}
+
+/// The feature store on `root`, with the card view defined.
+pub(crate) async fn feature_store(root: &StoreRoot) -> Result<Arc<ObjectFeatureStore>> {
+    let online = Arc::new(InMemoryOnlineStore::new());
+    let store = Arc::new(ObjectFeatureStore::new(root, online));
+    let view = FeatureView::builder("card")
+        .join_key("card_id", DataType::Int64)
+        .event_time("event_ts")
+        .feature("spend_7d", DataType::Float64)
+        .feature("tx_7d", DataType::Float64)
+        .build()?;
+    store
+        .apply_view(
+            view,
+            // A rerun on the same root redefines the view.
+            ApplyOptions { force: true },
+        )
+        .await?;
+    Ok(store)
+}
+
+/// The trainer of champions and challengers: a small MLP, balanced classes.
+pub(crate) fn trainer() -> TabularTrainer {
+    let mut c = TrainConfig::new(Task::BinaryClassification, ModelSpec::mlp([32, 16]));
+    c.exclude = vec!["card_id".into(), "event_timestamp".into()];
+    c.class_weights = ClassWeights::Balanced;
+    c.epochs = 8;
+    c.batch_size = 256;
+    c.learning_rate = 3e-3;
+    c.progress = Progress::Hidden;
+    if let Some(e) = c.early_stopping.as_mut() {
+        e.metric = "roc_auc".into();
+    }
+    TabularTrainer::new(c)
+}
+
+/// The model server and its HTTP face on loopback.
+pub(crate) struct Serving {
+    pub(crate) server: ModelServer,
+    /// A client of the HTTP face: traffic, feedback and the loop go through it.
+    pub(crate) client: RemoteServer,
+    pub(crate) base: String,
+    pub(crate) inference_log: Arc<ObjectInferenceLog>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Deploys the `@champion` of model `fraud`, enriched from `store`, with drift
+/// monitoring, feedback and an inference log, and serves it over HTTP.
+pub(crate) async fn serve_champion(
+    s: &Scenario,
+    root: &StoreRoot,
+    registry: Arc<ObjectRegistry>,
+    store: Arc<ObjectFeatureStore>,
+    features: &[FeatureRef],
+) -> Result<Serving> {
+    let server = ModelServer::new(registry, vec![Arc::new(TabularLoader::default())]);
+    let mut deployment =
+        DeploymentConfig::new("fraud", "fraud", Routing::Fixed("@champion".parse()?));
+    deployment.enrichment = Some(Enrichment {
+        store: store.clone(),
+        features: features.to_vec(),
+        entity_keys: vec!["card_id".into()],
+    });
+    deployment.monitoring = Some(MonitorConfig {
+        window: Window::TumblingRows(s.tx_per_day / 2),
+        min_rows: 100,
+        queue: 100_000,
+        ..MonitorConfig::default()
+    });
+    deployment.feedback = Some(FeedbackConfig {
+        task: Task::BinaryClassification,
+        window: s.tx_per_day,
+        max_pending: 1_000_000,
+    });
+    deployment.inline_max_rows = 64;
+    server.deploy(deployment).await?;
+    let inference_log = Arc::new(ObjectInferenceLog::new(root));
+    server.set_inference_log(inference_log.clone(), LogConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::backend("listener", e))?;
+    let base = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .map_err(|e| Error::backend("listener", e))?
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(serve(
+        listener,
+        router(server.clone(), HttpConfig::default()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let client = RemoteServer::new(&base)?;
+    Ok(Serving {
+        server,
+        client,
+        base,
+        inference_log,
+        stop,
+        http,
+    })
+}
+
+impl Serving {
+    /// Drains the server (the inference log keeps every request), stops the HTTP
+    /// face and returns how many requests the inference log wrote.
+    pub(crate) async fn shut_down(self) -> Result<u64> {
+        self.server.drain(Duration::from_secs(5)).await;
+        let _ = self.stop.send(());
+        self.http
+            .await
+            .map_err(|e| Error::backend("http", e.to_string()))?
+            .map_err(|e| Error::backend("http", e))?;
+        self.server.flush_inference_log().await
+    }
+}
+
+/// The retraining loop over these services, with the quickstart's policy.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn retrain_loop(
+    s: &Scenario,
+    root: &StoreRoot,
+    store: Arc<ObjectFeatureStore>,
+    chargebacks: Arc<Chargebacks>,
+    registry: Arc<ObjectRegistry>,
+    client: &RemoteServer,
+    audit: Arc<ObjectAuditLog>,
+    features: &[FeatureRef],
+) -> Result<RetrainLoop> {
+    let tracker = Arc::new(
+        ObjectTracker::new(root)
+            .with_audit(audit.clone())
+            .with_actor("quickstart"),
+    );
+    let mut config = RetrainConfig::new("fraud", "fraud", features.to_vec(), "is_fraud", "roc_auc");
+    config.triggers = Triggers {
+        on_drift: true,
+        quality_threshold: Some(0.75),
+        ..Triggers::default()
+    };
+    config.guardrails = Guardrails {
+        min_rows: s.tx_per_day,
+        cooldown: Duration::from_secs(3 * 86_400),
+        max_retrains: 3,
+        per: Duration::from_secs(30 * 86_400),
+    };
+    config.training_window = Duration::from_secs(2 * 86_400);
+    config.margin = 0.01;
+    config.canary = CanaryPolicy {
+        initial_weight: 0.2,
+        step: 0.4,
+        min_live_rows: s.tx_per_day / 10,
+        tolerance: 0.02,
+    };
+    config.min_live_rows = s.tx_per_day / 2;
+    let services = RetrainServices {
+        feature_store: store,
+        labels: chargebacks,
+        trainer: Arc::new(trainer()),
+        loader: Arc::new(TabularLoader::default()),
+        registry,
+        traffic: Arc::new(client.clone()),
+        tracker: tracker.clone(),
+        audit: audit.clone(),
+        snapshots: Some(Arc::new(
+            mlops::store::ObjectSnapshotStore::new(root)
+                .with_audit(audit.clone())
+                .with_actor("retrain-loop"),
+        )),
+        // Fitting and evaluation run on threads of their own, off the runtime.
+        executor: Arc::new(ThreadExecutor),
+    };
+    RetrainLoop::new(config, services)
+}
