@@ -70,8 +70,10 @@ impl Default for CanaryPolicy {
     }
 }
 
-/// The loop's settings.
+/// The loop's settings: made by [`RetrainConfig::new`], then set field by field
+/// (`#[non_exhaustive]`: new settings may be added in minor releases).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct RetrainConfig {
     /// The model's name in the registry.
     pub model: String,

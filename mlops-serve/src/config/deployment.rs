@@ -58,8 +58,11 @@ pub struct Enrichment {
     pub entity_keys: Vec<String>,
 }
 
-/// One deployment of a registry model.
+/// One deployment of a registry model: made by [`DeploymentConfig::new`], then
+/// set field by field (`#[non_exhaustive]`: new settings may be added in minor
+/// releases).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DeploymentConfig {
     /// The name clients use (`/v2/models/{name}`).
     pub name: String,

@@ -35,12 +35,12 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// Runs `predictor` on `inputs`. When `checked` (they passed this predictor's
-/// signature on the request path) the call goes through `predict_checked` with
-/// the [`CheckedInputs`](mlops_core::CheckedInputs) only a check makes; the check
-/// is a few comparisons per input, repeated here rather than carried across the
-/// move to the blocking pool. Otherwise (a shadow, checked against the primary's
-/// signature only) it is `predict`.
+/// Runs `predictor` on `inputs`. For the primary version (`checked`) the inputs
+/// are checked against its signature here, the one check of an unbatched request,
+/// and the call goes through `predict_checked` with the
+/// [`CheckedInputs`](mlops_core::CheckedInputs) that check made. A shadow (its
+/// inputs were made for the primary's signature) goes through `predict`, which
+/// checks them against its own.
 pub(crate) fn call_model(
     predictor: &dyn Predictor,
     inputs: &[Tensor],

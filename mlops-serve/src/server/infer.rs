@@ -24,9 +24,9 @@ use crate::runtime::shadow::ShadowRecord;
 use crate::status::http_status;
 
 impl ModelServer {
-    /// Runs `loaded` on `inputs`; `checked` says they already passed its
-    /// signature's check (the primary's inputs do, a shadow's were checked
-    /// against the primary's signature only).
+    /// Runs `loaded` on `inputs`; `checked` for the primary version, whose
+    /// signature `call_model` checks the inputs against (a shadow's inputs were
+    /// made for the primary's signature: `predict` checks them against its own).
     pub(super) async fn run_model(
         &self,
         name: &str,
@@ -76,7 +76,13 @@ impl ModelServer {
             Some(e) => enrich(name, e, &loaded.version, signature, inputs).await?,
             None => inputs,
         };
-        signature.check_inputs(&inputs)?;
+        // A batched request is checked here, before it joins a batch, so a bad one
+        // fails alone. An unbatched one is checked where it runs (`call_model`), once:
+        // until then it is only hashed for the cache (no invalid input was ever
+        // cached) and copied for shadows (mirrored only after the primary answered).
+        if loaded.batcher.is_some() {
+            signature.check_inputs(&inputs)?;
+        }
         if let Some(wanted) = &wanted
             && let Some(unknown) = wanted
                 .iter()

@@ -95,8 +95,11 @@ pub enum Progress {
     Hidden,
 }
 
-/// Everything about a training run; [`TrainConfig::new`] gives sensible defaults.
+/// Everything about a training run; [`TrainConfig::new`] gives sensible defaults,
+/// then set field by field (`#[non_exhaustive]`: new settings may be added in
+/// minor releases).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TrainConfig {
     /// What to predict.
     pub task: Task,
