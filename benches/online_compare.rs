@@ -22,7 +22,10 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::DataType;
 use chrono::Utc;
-use mlops::core::feature::{ApplyOptions, FeatureRef, FeatureStore, FeatureView};
+use mlops::core::feature::{
+    ApplyOptions, FeatureDefinitions, FeatureRef, FeatureView, OfflineFeatureStore,
+    OnlineFeatureStore,
+};
 use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore, OnlineStore, StoreRoot};
 
 // As in the serving bench, the bench runs on mimalloc, as a latency-minded Rust
