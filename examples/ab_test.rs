@@ -94,10 +94,7 @@ async fn main() -> Result<()> {
             weight: 0.1,
         },
     );
-    config.feedback = Some(FeedbackConfig {
-        window: 3000,
-        ..FeedbackConfig::new(Task::BinaryClassification)
-    });
+    config.feedback = Some(FeedbackConfig::new(Task::BinaryClassification).with_window(3000));
     server.deploy(config).await?;
 
     let mut weight = 0.1;

@@ -47,10 +47,11 @@ async fn main() -> Result<()> {
         DeploymentConfig::new("sign", "sign", Routing::Fixed("@champion".parse()?));
     deployment.reload_interval = Some(Duration::from_secs(10)); // follow the alias
     server.deploy(deployment).await?;
-    let http_config = HttpConfig {
-        keys: ApiKeys::new().with_key("example", "s3cret", &[Scope::Infer]),
-        ..HttpConfig::default()
-    };
+    let http_config = HttpConfig::default().with_keys(ApiKeys::new().with_key(
+        "example",
+        "s3cret",
+        &[Scope::Infer],
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| Error::backend("listener", e))?;

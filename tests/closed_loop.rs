@@ -59,9 +59,7 @@ mod rollout {
     use mlops::core::monitoring::{
         DriftSummary, LabelSource, LiveQuality, ModelHealth, TrafficControl, VersionHealth,
     };
-    use mlops::core::retrain::{
-        CanaryPolicy, Decision, Guardrails, RetrainConfig, RetrainLoop, RetrainServices, Triggers,
-    };
+    use mlops::core::retrain::{Decision, RetrainConfig, RetrainLoop, RetrainServices, Triggers};
     use mlops::prelude::*;
     use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore};
     use mlops::train::Progress;
@@ -248,32 +246,27 @@ mod rollout {
 
         let mut config = RetrainConfig::new("m", "m", vec!["e:f".parse().unwrap()], "y", "roc_auc");
         config.margin = -1.0; // any challenger wins offline: the live check must catch it
-        config.guardrails = Guardrails {
-            min_rows: 100,
-            cooldown: Duration::from_secs(86_400),
-            max_retrains: 5,
-            per: Duration::from_secs(7 * 86_400),
-        };
-        config.canary = CanaryPolicy {
-            initial_weight: 0.1,
-            step: 0.5,
-            min_live_rows: 100,
-            tolerance: 0.05,
-        };
-        let services = RetrainServices {
-            feature_store: store.clone(),
-            labels: Arc::new(Labels(labelled)),
-            trainer: trainer.clone(),
-            loader: Arc::new(TabularLoader::default()),
-            registry: registry.clone(),
-            traffic: traffic.clone(),
-            tracker: Arc::new(ObjectTracker::new(&root).with_actor("test")),
-            audit: audit.clone(),
-            snapshots: Some(Arc::new(
-                mlops::store::ObjectSnapshotStore::new(&root).with_actor("test"),
-            )),
-            executor: Arc::new(mlops::core::exec::ThreadExecutor),
-        };
+        config.guardrails.min_rows = 100;
+        config.guardrails.cooldown = Duration::from_secs(86_400);
+        config.guardrails.max_retrains = 5;
+        config.guardrails.per = Duration::from_secs(7 * 86_400);
+        config.canary.initial_weight = 0.1;
+        config.canary.step = 0.5;
+        config.canary.min_live_rows = 100;
+        config.canary.tolerance = 0.05;
+        let services = RetrainServices::new(
+            store.clone(),
+            Arc::new(Labels(labelled)),
+            trainer.clone(),
+            Arc::new(TabularLoader::default()),
+            registry.clone(),
+            traffic.clone(),
+            Arc::new(ObjectTracker::new(&root).with_actor("test")),
+            audit.clone(),
+        )
+        .with_snapshots(Arc::new(
+            mlops::store::ObjectSnapshotStore::new(&root).with_actor("test"),
+        ));
         let mut retrain = RetrainLoop::new(config.clone(), services.clone()).unwrap();
         let at = |d: i64| Utc.timestamp_micros(start + d * DAY).single().unwrap();
 
@@ -420,16 +413,12 @@ mod rollout {
         // the margin is rejected; the retrain budget then holds.
         *traffic.health.lock().unwrap() = health(3, None, 0.9, false);
         let mut budget = config.clone();
-        budget.triggers = Triggers {
-            min_new_rows: Some(1000),
-            ..Triggers::default()
-        };
-        budget.guardrails = Guardrails {
-            min_rows: 100,
-            cooldown: Duration::ZERO,
-            max_retrains: 1,
-            per: Duration::from_secs(30 * 86_400),
-        };
+        budget.triggers = Triggers::default(); // no drift trigger
+        budget.triggers.min_new_rows = Some(1000);
+        budget.guardrails.min_rows = 100;
+        budget.guardrails.cooldown = Duration::ZERO;
+        budget.guardrails.max_retrains = 1;
+        budget.guardrails.per = Duration::from_secs(30 * 86_400);
         budget.margin = 1.0;
         let mut l = RetrainLoop::new(budget, services.clone()).unwrap();
         let d = l.tick(at(6)).await.unwrap();
@@ -446,10 +435,8 @@ mod rollout {
 
         // A schedule triggers once its period has passed.
         let mut scheduled = config.clone();
-        scheduled.triggers = Triggers {
-            every: Some(Duration::from_secs(2 * 86_400)),
-            ..Triggers::default()
-        };
+        scheduled.triggers = Triggers::default(); // no drift trigger
+        scheduled.triggers.every = Some(Duration::from_secs(2 * 86_400));
         scheduled.margin = 1.0;
         let mut l = RetrainLoop::new(scheduled, services).unwrap();
         assert!(l.tick(at(6)).await.unwrap().is_empty(), "the clock starts");

@@ -8,9 +8,7 @@ use std::time::Duration;
 use arrow_schema::DataType;
 use mlops::core::drift::Window;
 use mlops::core::feature::{ApplyOptions, FeatureView};
-use mlops::core::retrain::{
-    CanaryPolicy, Guardrails, RetrainConfig, RetrainLoop, RetrainServices, Triggers,
-};
+use mlops::core::retrain::{RetrainConfig, RetrainLoop, RetrainServices};
 use mlops::prelude::*;
 use mlops::serve::HttpConfig;
 use mlops::serve::http::{router, serve};
@@ -40,7 +38,7 @@ pub(crate) async fn feature_store(root: &StoreRoot) -> Result<Arc<ObjectFeatureS
         .apply_view(
             view,
             // A rerun on the same root redefines the view.
-            ApplyOptions { force: true },
+            ApplyOptions::forced(),
         )
         .await?;
     Ok(store)
@@ -89,17 +87,17 @@ pub(crate) async fn serve_champion(
         features: features.to_vec(),
         entity_keys: vec!["card_id".into()],
     });
-    deployment.monitoring = Some(MonitorConfig {
-        window: Window::TumblingRows(s.tx_per_day / 2),
-        min_rows: 100,
-        queue: 100_000,
-        ..MonitorConfig::default()
-    });
-    deployment.feedback = Some(FeedbackConfig {
-        task: Task::BinaryClassification,
-        window: s.tx_per_day,
-        max_pending: 1_000_000,
-    });
+    deployment.monitoring = Some(
+        MonitorConfig::default()
+            .with_window(Window::TumblingRows(s.tx_per_day / 2))
+            .with_min_rows(100)
+            .with_queue(100_000),
+    );
+    deployment.feedback = Some(
+        FeedbackConfig::new(Task::BinaryClassification)
+            .with_window(s.tx_per_day)
+            .with_max_pending(1_000_000),
+    );
     deployment.inline_max_rows = 64;
     server.deploy(deployment).await?;
     let inference_log = Arc::new(ObjectInferenceLog::new(root));
@@ -164,42 +162,35 @@ pub(crate) fn retrain_loop(
             .with_actor("quickstart"),
     );
     let mut config = RetrainConfig::new("fraud", "fraud", features.to_vec(), "is_fraud", "roc_auc");
-    config.triggers = Triggers {
-        on_drift: true,
-        quality_threshold: Some(0.75),
-        ..Triggers::default()
-    };
-    config.guardrails = Guardrails {
-        min_rows: s.tx_per_day,
-        cooldown: Duration::from_secs(3 * 86_400),
-        max_retrains: 3,
-        per: Duration::from_secs(30 * 86_400),
-    };
+    config.triggers.on_drift = true;
+    config.triggers.quality_threshold = Some(0.75);
+    config.guardrails.min_rows = s.tx_per_day;
+    config.guardrails.cooldown = Duration::from_secs(3 * 86_400);
+    config.guardrails.max_retrains = 3;
+    config.guardrails.per = Duration::from_secs(30 * 86_400);
     config.training_window = Duration::from_secs(2 * 86_400);
     config.margin = 0.01;
-    config.canary = CanaryPolicy {
-        initial_weight: 0.2,
-        step: 0.4,
-        min_live_rows: s.tx_per_day / 10,
-        tolerance: 0.02,
-    };
+    config.canary.initial_weight = 0.2;
+    config.canary.step = 0.4;
+    config.canary.min_live_rows = s.tx_per_day / 10;
+    config.canary.tolerance = 0.02;
     config.min_live_rows = s.tx_per_day / 2;
-    let services = RetrainServices {
-        feature_store: store,
-        labels: chargebacks,
-        trainer: Arc::new(trainer()),
-        loader: Arc::new(TabularLoader::default()),
+    let services = RetrainServices::new(
+        store,
+        chargebacks,
+        Arc::new(trainer()),
+        Arc::new(TabularLoader::default()),
         registry,
-        traffic: Arc::new(client.clone()),
-        tracker: tracker.clone(),
-        audit: audit.clone(),
-        snapshots: Some(Arc::new(
-            mlops::store::ObjectSnapshotStore::new(root)
-                .with_audit(audit.clone())
-                .with_actor("retrain-loop"),
-        )),
-        // Fitting and evaluation run on threads of their own, off the runtime.
-        executor: Arc::new(ThreadExecutor),
-    };
+        Arc::new(client.clone()),
+        tracker.clone(),
+        audit.clone(),
+    )
+    .with_snapshots(Arc::new(
+        mlops::store::ObjectSnapshotStore::new(root)
+            .with_audit(audit.clone())
+            .with_actor("retrain-loop"),
+    ))
+    // Fitting and evaluation run on threads of their own, off the runtime.
+    .with_executor(Arc::new(ThreadExecutor));
     RetrainLoop::new(config, services)
 }

@@ -427,15 +427,28 @@ impl<'de> Deserialize<'de> for FeatureRef {
 }
 
 /// Options of [`FeatureDefinitions::apply_view`].
+///
+/// `#[non_exhaustive]`: start from `default()` and set the fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ApplyOptions {
     /// Replace an existing view even when the change is incompatible with the data
     /// already stored (a removed key, a changed type). Off by default.
     pub force: bool,
 }
 
+impl ApplyOptions {
+    /// Options that replace the view even when the change is incompatible.
+    pub fn forced() -> Self {
+        Self { force: true }
+    }
+}
+
 /// Options of [`OfflineFeatureStore::get_historical_features`].
+///
+/// `#[non_exhaustive]`: start from `default()` and set the fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HistoricalOptions {
     /// The entity dataframe's timestamp column. Default `event_timestamp`.
     pub event_timestamp_column: String,

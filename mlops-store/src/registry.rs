@@ -47,7 +47,10 @@ const MAX_ATTEMPTS: u32 = 1000;
 const AUDIT_RETRIES: u32 = 3;
 
 /// How a [`ObjectRegistry`] behaves.
+///
+/// `#[non_exhaustive]`: start from `default()` and set the fields.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct RegistryOptions {
     /// Who is recorded as creator and in the audit log. Default `"unknown"`.
     pub actor: Option<String>,

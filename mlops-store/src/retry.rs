@@ -12,11 +12,11 @@
 //! use std::time::Duration;
 //! use mlops_store::{RetryPolicy, StoreRoot};
 //!
-//! let root = StoreRoot::open("memory://")?.with_retry(RetryPolicy {
-//!     max_retries: 5,
-//!     base_delay: Duration::from_millis(20),
-//!     max_delay: Duration::from_secs(2),
-//! });
+//! let mut policy = RetryPolicy::default();
+//! policy.max_retries = 5;
+//! policy.base_delay = Duration::from_millis(20);
+//! policy.max_delay = Duration::from_secs(2);
+//! let root = StoreRoot::open("memory://")?.with_retry(policy);
 //! # Ok::<(), mlops_core::Error>(())
 //! ```
 
@@ -36,7 +36,10 @@ use object_store::{
 };
 
 /// How transient storage failures are retried.
+///
+/// `#[non_exhaustive]`: start from `default()` and set the fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Retries after the first attempt, at most (0: no retries).
     pub max_retries: u32,

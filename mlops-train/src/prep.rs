@@ -41,7 +41,10 @@ use mlops_core::{Error, Result, Tensor, TensorSpec};
 use serde::{Deserialize, Serialize};
 
 /// How categorical columns are encoded.
+///
+/// `#[non_exhaustive]`: start from `default()` and set the fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PrepConfig {
     /// At most this many categories per column keep their own one-hot slot (the
     /// most frequent ones); the rest share the unknown bucket. Default 64.

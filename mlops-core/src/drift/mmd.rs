@@ -12,7 +12,10 @@ use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
 /// How an MMD test runs.
+///
+/// `#[non_exhaustive]`: start from `default()` and set the fields.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct MmdConfig {
     /// Each sample is subsampled (deterministically) to at most this many rows;
     /// the cost is quadratic in it. Default 500.

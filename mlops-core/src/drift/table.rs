@@ -62,7 +62,10 @@ pub struct ColumnOverride {
 }
 
 /// How a [`TableDriftDetector`] is fitted.
+///
+/// `#[non_exhaustive]`: start from `default()` and set the fields.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct TableDriftConfig {
     /// The columns to compare; `None` takes every column of a supported type
     /// (integers, floats, booleans, strings, string dictionaries).

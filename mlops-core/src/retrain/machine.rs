@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::error::{Error, Result};
-use crate::exec::{BlockingExecutor, run_blocking};
+use crate::exec::{BlockingExecutor, ThreadExecutor, run_blocking};
 use crate::feature::{HistoricalOptions, OfflineFeatureStore};
 use crate::metrics;
 use crate::model::{Lineage, ModelRegistry, VersionSelector};
@@ -32,8 +32,12 @@ enum Phase {
     },
 }
 
-/// The services the loop works through.
+/// The services the loop works through: made by [`RetrainServices::new`] with the
+/// required ones, then [`with_snapshots`](Self::with_snapshots) and
+/// [`with_executor`](Self::with_executor) (`#[non_exhaustive]`: optional services
+/// may be added in minor releases).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RetrainServices {
     /// Point-in-time joins of the training sets (any [`FeatureStore`](crate::FeatureStore) coerces to it).
     pub feature_store: Arc<dyn OfflineFeatureStore>,
@@ -58,6 +62,49 @@ pub struct RetrainServices {
     /// [`RetrainLoop::tick`] ([`ThreadExecutor`](crate::exec::ThreadExecutor)
     /// works under any runtime).
     pub executor: Arc<dyn BlockingExecutor>,
+}
+
+impl RetrainServices {
+    /// The required services; no snapshots, and fitting on a [`ThreadExecutor`].
+    ///
+    /// Each argument is a different trait object, so arguments in the wrong order
+    /// do not compile.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        feature_store: Arc<dyn OfflineFeatureStore>,
+        labels: Arc<dyn LabelSource>,
+        trainer: Arc<dyn Trainer>,
+        loader: Arc<dyn ModelLoader>,
+        registry: Arc<dyn ModelRegistry>,
+        traffic: Arc<dyn TrafficControl>,
+        tracker: Arc<dyn ExperimentTracker>,
+        audit: Arc<dyn AuditLog>,
+    ) -> Self {
+        Self {
+            feature_store,
+            labels,
+            trainer,
+            loader,
+            registry,
+            traffic,
+            tracker,
+            audit,
+            snapshots: None,
+            executor: Arc::new(ThreadExecutor),
+        }
+    }
+
+    /// Snapshots each training set and hold-out into `snapshots`.
+    pub fn with_snapshots(mut self, snapshots: Arc<dyn DatasetSnapshots>) -> Self {
+        self.snapshots = Some(snapshots);
+        self
+    }
+
+    /// Fits and evaluates on `executor`.
+    pub fn with_executor(mut self, executor: Arc<dyn BlockingExecutor>) -> Self {
+        self.executor = executor;
+        self
+    }
 }
 
 /// Drift- and quality-triggered retraining with a canary rollout: see the module

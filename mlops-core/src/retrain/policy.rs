@@ -7,7 +7,10 @@ use std::time::Duration;
 use crate::feature::FeatureRef;
 
 /// What starts a retrain.
+///
+/// `#[non_exhaustive]`: start from `default()` and set the fields.
 #[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
 pub struct Triggers {
     /// The champion's last window of served inputs or predictions drifted.
     pub on_drift: bool,
@@ -22,7 +25,10 @@ pub struct Triggers {
 }
 
 /// Limits on retraining.
+///
+/// `#[non_exhaustive]`: start from `default()` and set the fields.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Guardrails {
     /// Fewest labelled rows a training set needs.
     pub min_rows: usize,
@@ -46,7 +52,10 @@ impl Default for Guardrails {
 }
 
 /// How a challenger that won offline reaches all traffic.
+///
+/// `#[non_exhaustive]`: start from `default()` and set the fields.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct CanaryPolicy {
     /// Its first share of traffic.
     pub initial_weight: f64,

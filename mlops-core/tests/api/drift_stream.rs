@@ -178,10 +178,8 @@ fn mmd_detects_a_shift_in_one_of_several_features() {
         "{shifted:?}"
     );
     // Deterministic for a seed; the subsample is bounded.
-    let capped = MmdConfig {
-        max_samples: 100,
-        ..config
-    };
+    let mut capped = config;
+    capped.max_samples = 100;
     let a = mmd_test(matrix(1000, 0.0).view(), matrix(1000, 0.3).view(), &capped).unwrap();
     let b = mmd_test(matrix(1000, 0.0).view(), matrix(1000, 0.3).view(), &capped).unwrap();
     assert_eq!(a, b);
@@ -263,9 +261,7 @@ fn mmd_bad_input() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("row 3, column 1 is NaN"), "{msg}");
-    let bad = MmdConfig {
-        permutations: 0,
-        ..c
-    };
+    let mut bad = c;
+    bad.permutations = 0;
     assert!(mmd_test(matrix(10, 0.0).view(), matrix(10, 0.0).view(), &bad).is_err());
 }

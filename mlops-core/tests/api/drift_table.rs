@@ -227,10 +227,8 @@ fn corrections_follow_bonferroni_and_benjamini_hochberg() {
         OverallRule::Bonferroni { alpha: 0.05 },
         OverallRule::BenjaminiHochberg { fdr: 0.05 },
     ] {
-        let config = TableDriftConfig {
-            rule,
-            ..Default::default()
-        };
+        let mut config = TableDriftConfig::default();
+        config.rule = rule;
         let r = TableDriftDetector::fit(&reference, &config)
             .unwrap()
             .detect(&current)
@@ -260,10 +258,8 @@ fn corrections_follow_bonferroni_and_benjamini_hochberg() {
         }
         assert_eq!(r.overall.drifted, r.features.iter().any(|f| f.drifted));
     }
-    let bad = TableDriftConfig {
-        rule: OverallRule::ShareOfDrifted { share: 0.0 },
-        ..Default::default()
-    };
+    let mut bad = TableDriftConfig::default();
+    bad.rule = OverallRule::ShareOfDrifted { share: 0.0 };
     assert!(
         TableDriftDetector::fit(&reference, &bad)
             .unwrap_err()
@@ -369,10 +365,8 @@ fn bad_references_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("no rows"), "{msg}");
-    let config = TableDriftConfig {
-        columns: Some(vec!["nope".into()]),
-        ..Default::default()
-    };
+    let mut config = TableDriftConfig::default();
+    config.columns = Some(vec!["nope".into()]);
     let msg = TableDriftDetector::fit(&table(10, 1, 0.0, 0.2), &config)
         .unwrap_err()
         .to_string();
@@ -389,11 +383,9 @@ fn bad_references_are_refused() {
 #[test]
 fn the_reference_serializes_is_bounded_and_deterministic() {
     let big = table(50_000, 1, 0.0, 0.2);
-    let config = TableDriftConfig {
-        max_numeric_sample: 2_000,
-        max_categories: 2,
-        ..Default::default()
-    };
+    let mut config = TableDriftConfig::default();
+    config.max_numeric_sample = 2_000;
+    config.max_categories = 2;
     let d = TableDriftDetector::fit(&big, &config).unwrap();
     let json = serde_json::to_string(d.reference()).unwrap();
     assert!(json.len() < 200_000, "reference is {} bytes", json.len());

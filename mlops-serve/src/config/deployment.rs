@@ -12,8 +12,10 @@ use mlops_core::{Error, OnlineFeatureStore, Result, validate_name};
 use super::monitoring::{FeedbackConfig, MonitorConfig};
 use super::routing::{CanaryRamp, Routing, check_canary_weight};
 
-/// Dynamic batching, as Triton's `max_batch_size` / `max_queue_delay`.
+/// Dynamic batching, as Triton's `max_batch_size` / `max_queue_delay`:
+/// [`BatchConfig::default`], then the `with_*` setters (`#[non_exhaustive]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BatchConfig {
     /// Rows per model call, at most (a single larger request runs alone).
     pub max_batch_size: usize,
@@ -37,13 +39,48 @@ impl Default for BatchConfig {
     }
 }
 
-/// The prediction cache: bounded in entries and age.
+/// The prediction cache: bounded in entries and age; made by [`CacheConfig::new`]
+/// (`#[non_exhaustive]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CacheConfig {
     /// Entries kept, at most (least recently used go first).
     pub max_entries: u64,
     /// How long an entry is served.
     pub ttl: Duration,
+}
+
+impl BatchConfig {
+    /// At most `rows` rows per model call.
+    pub fn with_max_batch_size(mut self, rows: usize) -> Self {
+        self.max_batch_size = rows;
+        self
+    }
+
+    /// The first request of a batch waits at most `delay` for company.
+    pub fn with_max_queue_delay(mut self, delay: Duration) -> Self {
+        self.max_queue_delay = delay;
+        self
+    }
+
+    /// At most `requests` waiting; more are shed.
+    pub fn with_max_queue(mut self, requests: usize) -> Self {
+        self.max_queue = requests;
+        self
+    }
+
+    /// `instances` batches run at once.
+    pub fn with_instances(mut self, instances: usize) -> Self {
+        self.instances = instances;
+        self
+    }
+}
+
+impl CacheConfig {
+    /// At most `max_entries` entries, each served for `ttl`.
+    pub fn new(max_entries: u64, ttl: Duration) -> Self {
+        Self { max_entries, ttl }
+    }
 }
 
 /// Feature enrichment: requests may carry entity keys instead of feature values;

@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use crate::auth::ApiKeys;
 
-/// Limits and keys of the HTTP face.
+/// Limits and keys of the HTTP face: [`HttpConfig::default`], then the `with_*`
+/// setters (`#[non_exhaustive]`: new limits may be added in minor releases).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HttpConfig {
     /// Largest request body, in bytes (413 beyond). Default 64 MiB.
     pub max_body_bytes: usize,
@@ -25,5 +27,31 @@ impl Default for HttpConfig {
             max_concurrency: 1024,
             keys: ApiKeys::new(),
         }
+    }
+}
+
+impl HttpConfig {
+    /// Accepts these keys.
+    pub fn with_keys(mut self, keys: ApiKeys) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Refuses bodies above `bytes` with 413.
+    pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Answers 504 to an inference that takes longer than `timeout`.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Handles at most `requests` inference requests at once (503 beyond).
+    pub fn with_max_concurrency(mut self, requests: usize) -> Self {
+        self.max_concurrency = requests;
+        self
     }
 }

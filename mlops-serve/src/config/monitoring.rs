@@ -14,8 +14,10 @@ use mlops_core::drift::{DriftDetector, Window};
 /// [`prediction_drift`](mlops_core::Predictor::prediction_drift)), unless
 /// `inputs` or `predictions` names another: any [`DriftDetector`], such as an
 /// [`MmdDriftDetector`](mlops_core::drift::MmdDriftDetector) fitted on the training
-/// data.
+/// data. Made by [`MonitorConfig::default`] and the `with_*` setters
+/// (`#[non_exhaustive]`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MonitorConfig {
     /// The windows compared with the reference.
     pub window: Window,
@@ -42,6 +44,24 @@ impl Default for MonitorConfig {
 }
 
 impl MonitorConfig {
+    /// Compares `window`s of served traffic with the reference.
+    pub fn with_window(mut self, window: Window) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Compares only windows of at least `rows` rows.
+    pub fn with_min_rows(mut self, rows: usize) -> Self {
+        self.min_rows = rows;
+        self
+    }
+
+    /// At most `requests` waiting to be observed.
+    pub fn with_queue(mut self, requests: usize) -> Self {
+        self.queue = requests;
+        self
+    }
+
     /// Watches served inputs with `detector` instead of the model's own.
     pub fn with_input_detector(mut self, detector: Arc<dyn DriftDetector>) -> Self {
         self.inputs = Some(detector);
@@ -55,8 +75,10 @@ impl MonitorConfig {
     }
 }
 
-/// Feedback: true outcomes joined to served predictions by request id.
+/// Feedback: true outcomes joined to served predictions by request id; made by
+/// [`FeedbackConfig::new`] and the `with_*` setters (`#[non_exhaustive]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FeedbackConfig {
     /// The task, which decides the live metrics: for classification the first
     /// output is the positive class's probability and outcomes are 0 or 1.
@@ -77,10 +99,24 @@ impl FeedbackConfig {
             max_pending: 100_000,
         }
     }
+
+    /// Live metrics over the last `predictions` labelled predictions per version.
+    pub fn with_window(mut self, predictions: usize) -> Self {
+        self.window = predictions;
+        self
+    }
+
+    /// At most `predictions` awaiting their outcome.
+    pub fn with_max_pending(mut self, predictions: usize) -> Self {
+        self.max_pending = predictions;
+        self
+    }
 }
 
-/// The inference log's batching.
+/// The inference log's batching: [`LogConfig::default`] and the `with_*` setters
+/// (`#[non_exhaustive]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LogConfig {
     /// Records per written batch, at most.
     pub flush_rows: usize,
@@ -97,5 +133,25 @@ impl Default for LogConfig {
             flush_interval: Duration::from_secs(5),
             max_buffered: 100_000,
         }
+    }
+}
+
+impl LogConfig {
+    /// Writes batches of at most `rows` records.
+    pub fn with_flush_rows(mut self, rows: usize) -> Self {
+        self.flush_rows = rows;
+        self
+    }
+
+    /// Writes a record at most `interval` after it arrived.
+    pub fn with_flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+
+    /// Keeps at most `records` waiting.
+    pub fn with_max_buffered(mut self, records: usize) -> Self {
+        self.max_buffered = records;
+        self
     }
 }

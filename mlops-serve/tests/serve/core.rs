@@ -163,12 +163,13 @@ async fn hot_reload_swaps_without_failed_requests() {
     let mut config =
         DeploymentConfig::new("fraud", "m", Routing::Fixed("@champion".parse().unwrap()));
     config.reload_interval = Some(Duration::from_millis(20));
-    config.batching = Some(BatchConfig {
-        max_batch_size: 8,
-        max_queue_delay: Duration::from_millis(1),
-        max_queue: 4096,
-        instances: 2,
-    });
+    config.batching = Some(
+        BatchConfig::default()
+            .with_max_batch_size(8)
+            .with_max_queue_delay(Duration::from_millis(1))
+            .with_max_queue(4096)
+            .with_instances(2),
+    );
     s.deploy(config).await.unwrap();
 
     // Clients hammer the server until every swap has been seen by their traffic,
@@ -288,12 +289,13 @@ async fn dynamic_batching_combines_and_sheds() {
     let loader = Arc::new(LinearLoader::default());
     let s = ModelServer::new(registry, vec![loader.clone()]);
     let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
-    config.batching = Some(BatchConfig {
-        max_batch_size: 16,
-        max_queue_delay: Duration::from_millis(20),
-        max_queue: 256,
-        instances: 1,
-    });
+    config.batching = Some(
+        BatchConfig::default()
+            .with_max_batch_size(16)
+            .with_max_queue_delay(Duration::from_millis(20))
+            .with_max_queue(256)
+            .with_instances(1),
+    );
     s.deploy(config).await.unwrap();
     let tasks: Vec<_> = (0..48)
         .map(|i| {
@@ -341,12 +343,13 @@ async fn dynamic_batching_combines_and_sheds() {
     let registry = crate::common::registry(&[slow]).await;
     let s = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
     let mut config = DeploymentConfig::new("tiny", "m", Routing::Fixed(v(1)));
-    config.batching = Some(BatchConfig {
-        max_batch_size: 1,
-        max_queue_delay: Duration::ZERO,
-        max_queue: 2,
-        instances: 1,
-    });
+    config.batching = Some(
+        BatchConfig::default()
+            .with_max_batch_size(1)
+            .with_max_queue_delay(Duration::ZERO)
+            .with_max_queue(2)
+            .with_instances(1),
+    );
     s.deploy(config).await.unwrap();
     let tasks: Vec<_> = (0..12)
         .map(|_| {
@@ -371,12 +374,9 @@ async fn dynamic_batching_combines_and_sheds() {
 async fn prediction_cache_counts_hits_and_expires() {
     let (s, _, loader) = server(2).await;
     let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
-    config.cache = Some(CacheConfig {
-        max_entries: 100,
-        // Long enough that a stalled CI machine does not expire entries between
-        // the calls that expect hits.
-        ttl: Duration::from_millis(1000),
-    });
+    // A ttl long enough that a stalled CI machine does not expire entries between
+    // the calls that expect hits.
+    config.cache = Some(CacheConfig::new(100, Duration::from_millis(1000)));
     s.deploy(config).await.unwrap();
     for _ in 0..3 {
         s.infer("fraud", None, request(&[[1.0, 2.0]]))
@@ -523,16 +523,10 @@ async fn bad_deployment_configs_are_named() {
         "bad name!",
     ));
     let mut c = base();
-    c.batching = Some(BatchConfig {
-        max_batch_size: 0,
-        ..BatchConfig::default()
-    });
+    c.batching = Some(BatchConfig::default().with_max_batch_size(0));
     cases.push((c, "max_batch_size"));
     let mut c = base();
-    c.cache = Some(CacheConfig {
-        max_entries: 0,
-        ttl: Duration::from_secs(1),
-    });
+    c.cache = Some(CacheConfig::new(0, Duration::from_secs(1)));
     cases.push((c, "cache"));
     let mut c = base();
     c.canary_ramp = Some(CanaryRamp {

@@ -150,10 +150,7 @@ async fn the_remote_client_speaks_to_the_http_face() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_4xx_with_a_message() {
-    let config = HttpConfig {
-        max_body_bytes: 4096,
-        ..HttpConfig::default()
-    };
+    let config = HttpConfig::default().with_max_body_bytes(4096);
     let running = start(&[version_model(1)], config, None).await;
     let infer = format!("{}/v2/models/fraud/infer", running.base);
     type Case<'a> = (Vec<u8>, Vec<(&'a str, &'a str)>, u16, &'a str);
@@ -250,10 +247,7 @@ async fn api_keys_scopes_and_admin_endpoints() {
         .with_key("ops", "admin-key", &[Scope::Admin]);
     let running = start(
         &[version_model(1), version_model(2)],
-        HttpConfig {
-            keys,
-            ..HttpConfig::default()
-        },
+        HttpConfig::default().with_keys(keys),
         None,
     )
     .await;
@@ -434,11 +428,9 @@ async fn overload_timeouts_and_graceful_shutdown() {
         b: 0.0,
         delay_ms: 300,
     };
-    let config = HttpConfig {
-        max_concurrency: 2,
-        request_timeout: Duration::from_secs(5),
-        ..HttpConfig::default()
-    };
+    let config = HttpConfig::default()
+        .with_max_concurrency(2)
+        .with_request_timeout(Duration::from_secs(5));
     let mut running = start(std::slice::from_ref(&slow), config, None).await;
     let remote = RemoteServer::new(&running.base).unwrap();
     // Four at once against a limit of two: two are refused with 503 + Retry-After.
@@ -482,10 +474,7 @@ async fn overload_timeouts_and_graceful_shutdown() {
     assert!(remote.live().await.is_err(), "the listener is closed");
 
     // A request timeout answers 504.
-    let config = HttpConfig {
-        request_timeout: Duration::from_millis(50),
-        ..HttpConfig::default()
-    };
+    let config = HttpConfig::default().with_request_timeout(Duration::from_millis(50));
     let running = start(&[slow], config, None).await;
     let (status, _, text) = raw(
         "POST",

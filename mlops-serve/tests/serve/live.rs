@@ -64,12 +64,12 @@ async fn served_inputs_and_predictions_are_watched_for_drift() {
     let root = StoreRoot::open("memory://").unwrap();
     let s = trained_server(&root).await;
     let mut d = DeploymentConfig::new("m", "m", Routing::Fixed(VersionSelector::Latest));
-    d.monitoring = Some(MonitorConfig {
-        window: Window::TumblingRows(300),
-        min_rows: 50,
-        queue: 1000,
-        ..MonitorConfig::default()
-    });
+    d.monitoring = Some(
+        MonitorConfig::default()
+            .with_window(Window::TumblingRows(300))
+            .with_min_rows(50)
+            .with_queue(1000),
+    );
     s.deploy(d).await.unwrap();
     let mut events = s.subscribe_drift();
 
@@ -140,13 +140,11 @@ async fn a_deployment_watches_inputs_with_the_detector_it_names() {
     let mmd = MmdDriftDetector::fit(&reference, None, MmdConfig::default()).unwrap();
     let mut d = DeploymentConfig::new("m", "m", Routing::Fixed(VersionSelector::Latest));
     d.monitoring = Some(
-        MonitorConfig {
-            window: Window::TumblingRows(200),
-            min_rows: 50,
-            queue: 1000,
-            ..MonitorConfig::default()
-        }
-        .with_input_detector(Arc::new(mmd)),
+        MonitorConfig::default()
+            .with_window(Window::TumblingRows(200))
+            .with_min_rows(50)
+            .with_queue(1000)
+            .with_input_detector(Arc::new(mmd)),
     );
     s.deploy(d).await.unwrap();
     let mut events = s.subscribe_drift();
@@ -316,11 +314,10 @@ async fn the_inference_log_keeps_every_request_through_shutdown() {
     let log = Arc::new(ObjectInferenceLog::new(&root));
     s.set_inference_log(
         log.clone(),
-        LogConfig {
-            flush_rows: 10,
-            flush_interval: Duration::from_secs(3600),
-            max_buffered: 1000,
-        },
+        LogConfig::default()
+            .with_flush_rows(10)
+            .with_flush_interval(Duration::from_secs(3600))
+            .with_max_buffered(1000),
     );
     for i in 0..25 {
         s.infer("m", None, request(&[0.5], &format!("q{i}")))

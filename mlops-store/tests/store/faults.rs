@@ -28,10 +28,8 @@ async fn a_registration_interrupted_at_any_step_leaves_no_partial_version() {
             let faulty = Arc::new(FaultyStore::new(base.store().clone()));
             let root = base.with_store(faulty.clone());
             let audit = Arc::new(ObjectAuditLog::new(&root));
-            let options = RegistryOptions {
-                audit: Some(audit.clone()),
-                ..Default::default()
-            };
+            let mut options = RegistryOptions::default();
+            options.audit = Some(audit.clone());
             let r = ObjectRegistry::new(&root).with_options(options);
             let mut seed = 0u8;
             let mut next_artifact = || {
@@ -119,11 +117,10 @@ async fn idempotent_requests_are_retried_within_the_policy() {
 
     let base = StoreRoot::open("memory://").unwrap();
     let faulty = Arc::new(FaultyStore::new(base.store().clone()));
-    let policy = RetryPolicy {
-        max_retries: 3,
-        base_delay: Duration::from_millis(1),
-        max_delay: Duration::from_millis(5),
-    };
+    let mut policy = RetryPolicy::default();
+    policy.max_retries = 3;
+    policy.base_delay = Duration::from_millis(1);
+    policy.max_delay = Duration::from_millis(5);
     let root = base.with_store(faulty.clone()).with_retry(policy);
     root.put("a", "x".into()).await.unwrap();
     // Two failures in a row are absorbed by the retries.

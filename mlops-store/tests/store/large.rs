@@ -158,10 +158,8 @@ async fn a_query_reads_only_the_footer_and_needed_columns_of_needed_files() {
             ),
         ])
         .unwrap();
-        let options = HistoricalOptions {
-            require_created_before_event: false,
-            ..HistoricalOptions::default()
-        };
+        let mut options = HistoricalOptions::default();
+        options.require_created_before_event = false;
         let before = (faulty.bytes_read(), faulty.calls());
         let refs: Vec<FeatureRef> = vec!["wide:f3".parse().unwrap()];
         let out = s
@@ -209,10 +207,8 @@ async fn ingestion_and_materialization_under_faults_are_all_or_nothing() {
                 ])
                 .unwrap();
                 let refs: Vec<FeatureRef> = vec!["wide:f0".parse().unwrap()];
-                let o = HistoricalOptions {
-                    require_created_before_event: false,
-                    ..HistoricalOptions::default()
-                };
+                let mut o = HistoricalOptions::default();
+                o.require_created_before_event = false;
                 let out = fs
                     .get_historical_features(entities, &refs, o)
                     .await

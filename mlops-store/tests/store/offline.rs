@@ -121,10 +121,8 @@ async fn point_in_time_semantics() {
             ]
         );
         // Feast's behaviour, without the created-time guard: the backfill leaks in.
-        let feast = HistoricalOptions {
-            require_created_before_event: false,
-            ..Default::default()
-        };
+        let mut feast = HistoricalOptions::default();
+        feast.require_created_before_event = false;
         let out = s
             .get_historical_features(query, &spend_ref(), feast)
             .await
@@ -214,10 +212,8 @@ async fn reingesting_does_not_change_results_and_views_join_together() {
         "merchant:risk".parse().unwrap(),
         "card:spend".parse().unwrap(),
     ];
-    let options = HistoricalOptions {
-        full_feature_names: true,
-        ..Default::default()
-    };
+    let mut options = HistoricalOptions::default();
+    options.full_feature_names = true;
     let out = s
         .get_historical_features(query, &refs, options)
         .await
@@ -369,9 +365,7 @@ async fn definitions_refuse_incompatible_changes_unless_forced() {
             && err.to_string().contains("feature 'spend' changed type"),
         "{err}"
     );
-    s.apply_view(changed, ApplyOptions { force: true })
-        .await
-        .unwrap();
+    s.apply_view(changed, ApplyOptions::forced()).await.unwrap();
     // A key type that contradicts the entity.
     let bad = FeatureView::builder("other")
         .join_key("card_id", DataType::Utf8)
@@ -424,10 +418,8 @@ async fn retrieval_bad_input() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }));
-    let opts = HistoricalOptions {
-        event_timestamp_column: "when".into(),
-        ..Default::default()
-    };
+    let mut opts = HistoricalOptions::default();
+    opts.event_timestamp_column = "when".into();
     let err = s
         .get_historical_features(q.clone(), &spend_ref(), opts)
         .await
@@ -524,7 +516,8 @@ proptest! {
                 s.ingest("card", b).await.unwrap();
             }
             let q = entities(query.iter().map(|q| q.0).collect(), query.iter().map(|q| q.1).collect());
-            let options = HistoricalOptions { require_created_before_event: require_created, ..Default::default() };
+            let mut options = HistoricalOptions::default();
+            options.require_created_before_event = require_created;
             let out = s.get_historical_features(q, &spend_ref(), options).await.unwrap();
             prop_assert_eq!(column(&out, "spend"), brute_force(&rows, &query, ttl, require_created));
             Ok(())

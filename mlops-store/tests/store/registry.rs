@@ -33,11 +33,9 @@ fn metadata(auc: f64, team: &str) -> ModelMetadata {
 async fn versions_aliases_and_search() {
     for root in roots("registry") {
         let audit = Arc::new(ObjectAuditLog::new(&root));
-        let options = RegistryOptions {
-            actor: Some("ci".into()),
-            audit: Some(audit.clone()),
-            ..Default::default()
-        };
+        let mut options = RegistryOptions::default();
+        options.actor = Some("ci".into());
+        options.audit = Some(audit.clone());
         let r = ObjectRegistry::new(&root).with_options(options);
         let v1 = r
             .register("fraud", artifact(1), metadata(0.81, "risk"))
@@ -290,10 +288,9 @@ async fn signatures_are_required_when_configured() {
     let root = StoreRoot::open("memory://").unwrap();
     let key_a = SigningKey::from_bytes(&[7u8; 32]);
     let key_b = SigningKey::from_bytes(&[9u8; 32]);
-    let signer = ObjectRegistry::new(&root).with_options(RegistryOptions {
-        signing_key: Some(("a".into(), key_a.clone())),
-        ..Default::default()
-    });
+    let mut signing = RegistryOptions::default();
+    signing.signing_key = Some(("a".into(), key_a.clone()));
+    let signer = ObjectRegistry::new(&root).with_options(signing);
     let plain = ObjectRegistry::new(&root);
     let signed = signer
         .register("m", artifact(1), metadata(0.9, "risk"))
@@ -306,14 +303,13 @@ async fn signatures_are_required_when_configured() {
         .unwrap();
 
     let trusting = |keys: Vec<(&str, &SigningKey)>| {
-        ObjectRegistry::new(&root).with_options(RegistryOptions {
-            trusted_keys: keys
-                .into_iter()
-                .map(|(id, k)| (id.to_owned(), k.verifying_key()))
-                .collect(),
-            require_signatures: true,
-            ..Default::default()
-        })
+        let mut options = RegistryOptions::default();
+        options.trusted_keys = keys
+            .into_iter()
+            .map(|(id, k)| (id.to_owned(), k.verifying_key()))
+            .collect();
+        options.require_signatures = true;
+        ObjectRegistry::new(&root).with_options(options)
     };
     trusting(vec![("a", &key_a)])
         .load_artifact("m", &VersionSelector::Number(1))

@@ -56,11 +56,9 @@ pub(super) fn reference_of(
     columns: Option<Vec<String>>,
     seed: u64,
 ) -> Result<mlops_core::drift::TableReference> {
-    let config = TableDriftConfig {
-        columns,
-        seed,
-        ..TableDriftConfig::default()
-    };
+    let mut config = TableDriftConfig::default();
+    config.columns = columns;
+    config.seed = seed;
     Ok(TableDriftDetector::fit(batch, &config)?.reference().clone())
 }
 /// Metrics of scores against labels.
