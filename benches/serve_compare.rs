@@ -270,11 +270,10 @@ async fn main() {
     let stopped = async move {
         let _ = stopped.await;
     };
-    tokio::spawn(serve(
-        ours,
-        router(server.clone(), HttpConfig::default()),
-        stopped,
-    ));
+    // The peers are compared unauthenticated, as KServe runs by default.
+    let config = HttpConfig::default().allow_unauthenticated();
+    let app = router(server.clone(), config.clone()).unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move { serve(ours, app, &config, stopped).await });
     let floor_app = axum::Router::new().route(
         "/v2/models/fraud/infer",
         post(move || {

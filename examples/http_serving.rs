@@ -59,10 +59,13 @@ async fn main() -> Result<()> {
         .local_addr()
         .map_err(|e| Error::backend("listener", e))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = http::router(server.clone(), http_config);
-    let running = tokio::spawn(http::serve(listener, app, async move {
-        let _ = stopped.await;
-    }));
+    let app = http::router(server.clone(), http_config.clone())?;
+    let running = tokio::spawn(async move {
+        http::serve(listener, app, &http_config, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
     println!("serving at http://{address}/v2/models/sign");
 
     // A client anywhere: the same `Server` trait, over HTTP.

@@ -10,8 +10,8 @@ use mlops::core::drift::Window;
 use mlops::core::feature::{ApplyOptions, FeatureView};
 use mlops::core::retrain::{RetrainConfig, RetrainLoop, RetrainServices};
 use mlops::prelude::*;
-use mlops::serve::HttpConfig;
 use mlops::serve::http::{router, serve};
+use mlops::serve::{ApiKeys, HttpConfig, Scope};
 use mlops::serve::{Enrichment, FeedbackConfig, LogConfig, MonitorConfig};
 use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore, ObjectInferenceLog};
 use mlops::train::{ClassWeights, Progress};
@@ -58,6 +58,10 @@ pub(crate) fn trainer() -> TabularTrainer {
     }
     TabularTrainer::new(c)
 }
+
+/// The API key of the quickstart's own client (a real deployment reads its keys
+/// from a secret, never from code).
+const QUICKSTART_KEY: &str = "quickstart-admin-key";
 
 /// The model server and its HTTP face on loopback.
 pub(crate) struct Serving {
@@ -112,14 +116,20 @@ pub(crate) async fn serve_champion(
             .map_err(|e| Error::backend("listener", e))?
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(serve(
-        listener,
-        router(server.clone(), HttpConfig::default()),
-        async move {
-            let _ = stopped.await;
-        },
+    // One key for the quickstart's client: it serves, and moves canary traffic.
+    let config = HttpConfig::default().with_keys(ApiKeys::new().with_key(
+        "quickstart",
+        QUICKSTART_KEY,
+        &[Scope::Admin],
     ));
-    let client = RemoteServer::new(&base)?;
+    let app = router(server.clone(), config.clone())?;
+    let http = tokio::spawn(async move {
+        serve(listener, app, &config, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let client = RemoteServer::new(&base)?.with_api_key(QUICKSTART_KEY);
     Ok(Serving {
         server,
         client,

@@ -469,6 +469,8 @@ impl VersionQuery {
 ///   Versions are immutable once registered.
 /// - `load_artifact` verifies the digest (and the signature when required) on every
 ///   load: corrupted or unsigned bytes give [`Error::Integrity`], never a model.
+///   It refuses archived versions with [`Error::Conflict`]: an archived version
+///   is never served by accident.
 /// - `set_alias` moves an alias atomically; pointing it at an unknown version gives
 ///   [`Error::NotFound`], at an archived one [`Error::Conflict`].
 /// - Unknown models, versions and aliases give [`Error::NotFound`]; invalid names give

@@ -1,12 +1,15 @@
 //! [`RemoteServer`]: the [`Server`] trait over HTTP, for any Open Inference
 //! Protocol server (ours, Triton, KServe).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use mlops_core::error::ResourceKind;
 use mlops_core::inference::{
     InferenceRequest, InferenceResponse, ModelMetadataResponse, ServerMetadataResponse,
 };
 use mlops_core::{Error, Result, Server};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 
 use crate::codec::{self, ErrorResponse, HEADER_CONTENT_LENGTH};
@@ -16,7 +19,30 @@ fn strip(message: &str, prefix: &str) -> String {
     message.strip_prefix(prefix).unwrap_or(message).to_owned()
 }
 
+/// Bytes escaped in a path segment: all but RFC 3986's unreserved characters.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `value` as one URL path segment: `/`, `?`, `#`, `%` and the rest cannot
+/// reach another route or endpoint.
+fn segment(value: &str) -> String {
+    utf8_percent_encode(value, SEGMENT).to_string()
+}
+
+/// Default limit on a whole request, answer included: 30 s.
+const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default limit on an answer's body: 64 MiB.
+const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
+
 /// A remote v2 server, reached over HTTP.
+///
+/// Model names and versions are percent-encoded into the URL; every request is
+/// bounded in time ([`with_timeout`](Self::with_timeout), 30 s by default, 5 s to
+/// connect) and every answer in size
+/// ([`with_max_response_bytes`](Self::with_max_response_bytes), 64 MiB).
 ///
 /// ```no_run
 /// # async fn demo() -> mlops_core::Result<()> {
@@ -33,6 +59,8 @@ pub struct RemoteServer {
     client: reqwest::Client,
     api_key: Option<String>,
     binary: bool,
+    timeout: Duration,
+    max_response_bytes: usize,
 }
 
 impl RemoteServer {
@@ -47,10 +75,38 @@ impl RemoteServer {
         }
         Ok(Self {
             base,
-            client: reqwest::Client::new(),
+            client: Self::client(DEFAULT_CLIENT_TIMEOUT)?,
             api_key: None,
             binary: false,
+            timeout: DEFAULT_CLIENT_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         })
+    }
+
+    fn client(timeout: Duration) -> Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| Error::backend("HTTP client", e))
+    }
+
+    /// Gives up on a request (connecting, sending and reading the answer) after
+    /// `timeout`, with [`Error::Unavailable`].
+    pub fn with_timeout(mut self, timeout: Duration) -> Result<Self> {
+        if timeout.is_zero() {
+            return Err(Error::invalid_input("client timeout", "must be positive"));
+        }
+        self.client = Self::client(timeout)?;
+        self.timeout = timeout;
+        Ok(self)
+    }
+
+    /// Refuses answers larger than `bytes` (a server that streams without end
+    /// cannot exhaust the client's memory).
+    pub fn with_max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes.max(1);
+        self
     }
 
     /// Sends `Authorization: Bearer <key>` with every request.
@@ -86,17 +142,42 @@ impl RemoteServer {
             };
             req = req.body(bytes);
         }
-        let resp = req.send().await.map_err(|e| Error::Unavailable {
+        let unavailable = |doing: &str, e: reqwest::Error| Error::Unavailable {
             what: format!("server {}", self.base),
-            reason: format!("request to {url} failed: {e}"),
-        })?;
+            reason: if e.is_timeout() {
+                format!("{doing} {url} timed out after {:?}", self.timeout)
+            } else {
+                format!("{doing} {url} failed: {e}")
+            },
+        };
+        let mut resp = req.send().await.map_err(|e| unavailable("request to", e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.map_err(|e| Error::Unavailable {
-            what: format!("server {}", self.base),
-            reason: format!("reading the answer of {url} failed: {e}"),
-        })?;
-        Ok((status, headers, bytes))
+        let limit = self.max_response_bytes;
+        let too_large = || {
+            Error::backend(
+                format!("server {}", self.base),
+                format!("the answer of {url} is larger than the client's limit of {limit} bytes"),
+            )
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+        {
+            return Err(too_large());
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| unavailable("reading the answer of", e))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, headers, body.freeze()))
     }
 
     /// The error a non-success answer stands for.
@@ -170,7 +251,7 @@ impl RemoteServer {
     pub async fn record_feedback(&self, model: &str, id: &str, outcomes: &[f64]) -> Result<u64> {
         let v = self
             .post_json(
-                &format!("/v2/models/{model}/feedback"),
+                &format!("/v2/models/{}/feedback", segment(model)),
                 serde_json::json!({"id": id, "outcomes": outcomes}),
             )
             .await?;
@@ -186,7 +267,7 @@ impl RemoteServer {
 #[async_trait]
 impl mlops_core::monitoring::TrafficControl for RemoteServer {
     async fn health(&self, deployment: &str) -> Result<mlops_core::monitoring::ModelHealth> {
-        self.get_json(&format!("/v2/models/{deployment}/health"))
+        self.get_json(&format!("/v2/models/{}/health", segment(deployment)))
             .await
     }
 
@@ -198,14 +279,17 @@ impl mlops_core::monitoring::TrafficControl for RemoteServer {
         weight: f64,
     ) -> Result<()> {
         let body = serde_json::json!({"canary": {"stable": stable.to_string(), "canary": canary.to_string(), "weight": weight}});
-        self.post_json(&format!("/admin/models/{deployment}/routing"), body)
-            .await
-            .map(|_| ())
+        self.post_json(
+            &format!("/admin/models/{}/routing", segment(deployment)),
+            body,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn set_canary_weight(&self, deployment: &str, weight: f64) -> Result<()> {
         self.post_json(
-            &format!("/admin/models/{deployment}/canary"),
+            &format!("/admin/models/{}/canary", segment(deployment)),
             serde_json::json!({"weight": weight}),
         )
         .await
@@ -214,7 +298,7 @@ impl mlops_core::monitoring::TrafficControl for RemoteServer {
 
     async fn route_all(&self, deployment: &str, version: u64) -> Result<()> {
         self.post_json(
-            &format!("/admin/models/{deployment}/routing"),
+            &format!("/admin/models/{}/routing", segment(deployment)),
             serde_json::json!({"fixed": version.to_string()}),
         )
         .await
@@ -224,8 +308,8 @@ impl mlops_core::monitoring::TrafficControl for RemoteServer {
 
 fn model_path(model: &str, version: Option<&str>) -> String {
     match version {
-        Some(v) => format!("/v2/models/{model}/versions/{v}"),
-        None => format!("/v2/models/{model}"),
+        Some(v) => format!("/v2/models/{}/versions/{}", segment(model), segment(v)),
+        None => format!("/v2/models/{}", segment(model)),
     }
 }
 

@@ -56,9 +56,13 @@ pub struct RegistryOptions {
     pub actor: Option<String>,
     /// Signs every new version's manifest and digest: `(key id, key)`.
     pub signing_key: Option<(String, SigningKey)>,
-    /// Public keys whose signatures are accepted, by key id.
+    /// Public keys whose signatures are accepted, by key id. When any is set,
+    /// only versions signed by one of them load (unsigned ones and ones signed by
+    /// another key are refused).
     pub trusted_keys: BTreeMap<String, VerifyingKey>,
-    /// Refuse to load versions that are unsigned or not signed by a trusted key.
+    /// Refuse to load versions that are unsigned or not signed by a trusted key,
+    /// even with no trusted keys (then nothing loads: a registry that must not
+    /// serve until keys are configured).
     pub require_signatures: bool,
     /// Limit on metadata size; 0 means [`DEFAULT_MAX_METADATA_BYTES`].
     pub max_metadata_bytes: usize,
@@ -346,10 +350,56 @@ impl ObjectRegistry {
         Ok(!self.known_versions(model).await?.is_empty())
     }
 
+    /// Any version's verified artifact, archived ones included: for audits and
+    /// reproductions. Serving goes through
+    /// [`load_artifact`](ModelRegistry::load_artifact), which refuses archived
+    /// versions.
+    pub async fn load_archived_artifact(
+        &self,
+        model: &str,
+        version: u64,
+    ) -> Result<(ModelVersion, ModelArtifact)> {
+        let version = self
+            .get_version(model, &VersionSelector::Number(version))
+            .await?;
+        self.read_artifact(version).await
+    }
+
+    /// `version`'s artifact, its signature checked and its digest verified.
+    async fn read_artifact(&self, version: ModelVersion) -> Result<(ModelVersion, ModelArtifact)> {
+        self.check_signature(&version)?;
+        let model = &version.model;
+        let path = self.root.path(&blob_path(version.digest.hex()));
+        let where_ = self.root.describe(&path);
+        let bytes: Bytes = match self.root.store().get(&path).await {
+            Ok(r) => r.bytes().await.map_err(|e| storage_error(&where_, e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::integrity(
+                    format!("model {model} version {}", version.version),
+                    format!("its artifact {} is missing from storage", version.digest),
+                ));
+            }
+            Err(e) => return Err(storage_error(&where_, e)),
+        };
+        let artifact = ModelArtifact {
+            flavor: version.flavor.clone(),
+            digest: version.digest.clone(),
+            bytes,
+            signature: version.signature.clone(),
+        };
+        version.digest.verify(
+            &format!("model {model} version {} artifact", version.version),
+            &artifact.bytes,
+        )?;
+        Ok((version, artifact))
+    }
+
     fn check_signature(&self, v: &ModelVersion) -> Result<()> {
         let target = format!("model {} version {}", v.model, v.version);
+        // Trusting keys means refusing what they did not sign.
+        let required = self.options.require_signatures || !self.options.trusted_keys.is_empty();
         let Some(sig) = &v.signature else {
-            return if self.options.require_signatures {
+            return if required {
                 Err(Error::integrity(
                     target,
                     "it is not signed and signatures are required",
@@ -359,7 +409,7 @@ impl ObjectRegistry {
             };
         };
         let Some(key) = self.options.trusted_keys.get(&sig.key_id) else {
-            return if self.options.require_signatures {
+            return if required {
                 Err(Error::integrity(
                     target,
                     format!("signed by key '{}', which is not trusted", sig.key_id),
@@ -550,30 +600,14 @@ impl ModelRegistry for ObjectRegistry {
         selector: &VersionSelector,
     ) -> Result<(ModelVersion, ModelArtifact)> {
         let version = self.get_version(model, selector).await?;
-        self.check_signature(&version)?;
-        let path = self.root.path(&blob_path(version.digest.hex()));
-        let where_ = self.root.describe(&path);
-        let bytes: Bytes = match self.root.store().get(&path).await {
-            Ok(r) => r.bytes().await.map_err(|e| storage_error(&where_, e))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::integrity(
-                    format!("model {model} version {}", version.version),
-                    format!("its artifact {} is missing from storage", version.digest),
-                ));
-            }
-            Err(e) => return Err(storage_error(&where_, e)),
-        };
-        let artifact = ModelArtifact {
-            flavor: version.flavor.clone(),
-            digest: version.digest.clone(),
-            bytes,
-            signature: version.signature.clone(),
-        };
-        version.digest.verify(
-            &format!("model {model} version {} artifact", version.version),
-            &artifact.bytes,
-        )?;
-        Ok((version, artifact))
+        if version.status == VersionStatus::Archived {
+            return Err(Error::conflict(
+                format!("model {model} version {}", version.version),
+                "it is archived and cannot be served (ObjectRegistry::load_archived_artifact \
+                 reads it for an audit or a reproduction)",
+            ));
+        }
+        self.read_artifact(version).await
     }
 
     async fn set_alias(&self, model: &str, alias: &str, version: u64) -> Result<()> {

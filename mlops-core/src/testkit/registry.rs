@@ -91,6 +91,13 @@ pub async fn conformance(registry: &dyn ModelRegistry) {
         "an alias to an archived version",
         |e| matches!(e, Error::Conflict { .. }),
     );
+    expect_err(
+        registry
+            .load_artifact(model, &VersionSelector::Number(1))
+            .await,
+        "loading an archived version",
+        |e| matches!(e, Error::Conflict { .. }),
+    );
     registry
         .delete_alias(model, "champion")
         .await

@@ -2,10 +2,17 @@
 
 use std::time::Duration;
 
+use mlops_core::{Error, Result};
+
 use crate::auth::ApiKeys;
 
 /// Limits and keys of the HTTP face: [`HttpConfig::default`], then the `with_*`
 /// setters (`#[non_exhaustive]`: new limits may be added in minor releases).
+///
+/// A face fails closed: without keys, [`router`](crate::http::router) and
+/// [`v2_router`](crate::http::v2_router) refuse to build unless
+/// [`allow_unauthenticated`](Self::allow_unauthenticated) says so, and even then
+/// the admin endpoints answer 403.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct HttpConfig {
@@ -13,10 +20,27 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Longest time an inference may take (504 beyond). Default 30 s.
     pub request_timeout: Duration,
-    /// Inference requests handled at once; more are refused with 503. Default 1024.
+    /// Inference requests handled at once, counted once their body is in; more
+    /// are refused with 503. Default 1024.
     pub max_concurrency: usize,
-    /// Accepted keys; empty: no authentication.
+    /// Accepted keys; empty: refused unless `allow_unauthenticated`.
     pub keys: ApiKeys,
+    /// Serve the infer and metrics endpoints without keys. Default off.
+    pub allow_unauthenticated: bool,
+    /// Time a client has to send a request's line and headers, counted from when
+    /// the connection is ready for the next request: it is also how long an idle
+    /// keep-alive connection stays open. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a whole body (408 beyond). Default 30 s.
+    pub body_timeout: Duration,
+    /// Time a write of the answer may make no progress (a client that stopped
+    /// reading) before the connection is closed. Default 30 s.
+    pub write_timeout: Duration,
+    /// Connections open at once; more are answered 503 and closed. Default 4096.
+    pub max_connections: usize,
+    /// After shutdown starts, how long requests in flight may take to finish
+    /// before their connections are closed. Default 10 s.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for HttpConfig {
@@ -26,6 +50,12 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             max_concurrency: 1024,
             keys: ApiKeys::new(),
+            allow_unauthenticated: false,
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -34,6 +64,14 @@ impl HttpConfig {
     /// Accepts these keys.
     pub fn with_keys(mut self, keys: ApiKeys) -> Self {
         self.keys = keys;
+        self
+    }
+
+    /// Serves the infer and metrics endpoints without keys when none are
+    /// configured (the admin endpoints stay closed). The face logs a warning
+    /// when it is built this way.
+    pub fn allow_unauthenticated(mut self) -> Self {
+        self.allow_unauthenticated = true;
         self
     }
 
@@ -53,5 +91,64 @@ impl HttpConfig {
     pub fn with_max_concurrency(mut self, requests: usize) -> Self {
         self.max_concurrency = requests;
         self
+    }
+
+    /// Gives clients `timeout` to send a request's headers (and closes keep-alive
+    /// connections idle that long).
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// Gives clients `timeout` to send a whole body.
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+
+    /// Closes a connection whose answer makes no progress for `timeout`.
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// Keeps at most `connections` open at once.
+    pub fn with_max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections;
+        self
+    }
+
+    /// Lets requests in flight finish for up to `grace` after shutdown starts.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Checks the limits, and that the face is authenticated unless
+    /// `allow_unauthenticated` says otherwise.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("max_body_bytes", self.max_body_bytes > 0),
+            ("max_concurrency", self.max_concurrency > 0),
+            ("max_connections", self.max_connections > 0),
+            ("request_timeout", !self.request_timeout.is_zero()),
+            ("header_read_timeout", !self.header_read_timeout.is_zero()),
+            ("body_timeout", !self.body_timeout.is_zero()),
+            ("write_timeout", !self.write_timeout.is_zero()),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, ok)| !ok) {
+            return Err(Error::invalid_input(
+                format!("HTTP config {name}"),
+                "must be positive",
+            ));
+        }
+        if self.keys.is_empty() && !self.allow_unauthenticated {
+            return Err(Error::invalid_input(
+                "HTTP config",
+                "no API keys are configured: add keys (with_keys), or serve without \
+                 authentication explicitly (allow_unauthenticated)",
+            ));
+        }
+        Ok(())
     }
 }

@@ -15,26 +15,23 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::with_scope;
-use super::body::read_json;
+use super::body::{BodyLimits, read_json};
 use super::error::{ApiResult, json_response};
 use crate::auth::{ApiKeys, Scope};
 use crate::codec;
 use crate::config::{Arm, Routing};
 use crate::server::{ModelServer, ReloadReport};
 
-/// The server and the body limit, shared by every admin handler.
+/// The server and the body limits, shared by every admin handler.
 #[derive(Debug, Clone)]
 struct AdminState {
     server: ModelServer,
-    max_body_bytes: usize,
+    limits: BodyLimits,
 }
 
 /// The routes for `server`, each group behind its scope.
-pub(super) fn routes(server: ModelServer, max_body_bytes: usize, keys: &Arc<ApiKeys>) -> Router {
-    let state = AdminState {
-        server,
-        max_body_bytes,
-    };
+pub(super) fn routes(server: ModelServer, limits: BodyLimits, keys: &Arc<ApiKeys>) -> Router {
+    let state = AdminState { server, limits };
     let infer = Router::new()
         .route("/v2/models/{model}/feedback", post(feedback))
         .route("/v2/models/{model}/health", get(health_of))
@@ -73,7 +70,7 @@ struct FeedbackBody {
 }
 
 async fn feedback(State(s): State<AdminState>, Path(model): Path<String>, body: Body) -> ApiResult {
-    let parsed: FeedbackBody = read_json(body, s.max_body_bytes, "feedback").await?;
+    let parsed: FeedbackBody = read_json(body, s.limits, "feedback").await?;
     let version = s
         .server
         .record_feedback(&model, &parsed.id, &parsed.outcomes)?;
@@ -162,7 +159,7 @@ async fn admin_routing(
     Path(model): Path<String>,
     body: Body,
 ) -> ApiResult {
-    let parsed: RoutingBody = read_json(body, s.max_body_bytes, "routing").await?;
+    let parsed: RoutingBody = read_json(body, s.limits, "routing").await?;
     let routing = match parsed {
         RoutingBody::Fixed(v) => Routing::Fixed(selector(&v)?),
         RoutingBody::Split(arms) => Routing::Split(
@@ -194,7 +191,7 @@ async fn admin_canary(
     Path(model): Path<String>,
     body: Body,
 ) -> ApiResult {
-    let parsed: CanaryBody = read_json(body, s.max_body_bytes, "canary weight").await?;
+    let parsed: CanaryBody = read_json(body, s.limits, "canary weight").await?;
     s.server.set_canary_weight(&model, parsed.weight)?;
     json_response(&json!({"weight": parsed.weight}))
 }

@@ -10,6 +10,8 @@ use axum::http::header;
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 
+use mlops_core::Error;
+
 use super::error::ApiError;
 use crate::auth::{ApiKeys, Scope};
 
@@ -31,16 +33,31 @@ async fn require_scope(State(guard): State<Guard>, request: Request, next: Next)
     }
 }
 
+async fn admin_disabled(_request: Request) -> Response {
+    ApiError::from(Error::Forbidden {
+        reason: "admin endpoints need an API key with the admin scope, and the server has no keys"
+            .into(),
+    })
+    .into_response()
+}
+
 /// `routes` with `scope` required of every request that matches one of them
-/// (401 without a valid key, 403 with a key that lacks the scope). Without keys
-/// nothing is checked and no layer is added.
+/// (401 without a valid key, 403 with a key that lacks the scope).
+///
+/// Without keys (a face built with `allow_unauthenticated`), infer and metrics
+/// routes are open, and admin routes answer 403: they are never open.
 pub(super) fn with_scope<S: Clone + Send + Sync + 'static>(
     routes: Router<S>,
     keys: &Arc<ApiKeys>,
     scope: Scope,
 ) -> Router<S> {
     if keys.is_empty() {
-        return routes;
+        return match scope {
+            Scope::Admin => routes.route_layer(axum::middleware::from_fn(
+                |request: Request, _next: Next| admin_disabled(request),
+            )),
+            _ => routes,
+        };
     }
     routes.route_layer(from_fn_with_state(
         Guard {

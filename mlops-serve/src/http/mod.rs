@@ -23,8 +23,14 @@
 //!
 //! Errors are `{"error": "..."}` with the status of [`http_status`](crate::http_status); 503 carries
 //! `Retry-After`, 401 carries `WWW-Authenticate: Bearer`. Bodies over the limit get
-//! 413, requests over the time limit 504, requests beyond the concurrency limit
-//! 503. Without keys ([`ApiKeys::is_empty`](crate::ApiKeys::is_empty)) nothing is checked.
+//! 413, bodies that do not arrive in time 408, requests over the time limit 504,
+//! requests beyond the concurrency limit 503.
+//!
+//! The face fails closed: without keys it is not built unless the config says
+//! [`allow_unauthenticated`](HttpConfig::allow_unauthenticated), and then the
+//! admin endpoints still answer 403. [`serve`] bounds every connection: header,
+//! body and write deadlines, a cap on open connections, and a shutdown that ends
+//! within its grace period whatever clients do.
 //!
 //! The face is two routers merged: [`v2_router`] (the protocol's endpoints, for
 //! any `Server`: a [`RemoteServer`](crate::RemoteServer) or your own) and the
@@ -35,50 +41,55 @@ mod admin;
 mod auth;
 mod body;
 mod error;
+mod listener;
 mod v2;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use mlops_core::Server;
-use tokio::net::TcpListener;
+use mlops_core::{Result, Server};
+
+pub use listener::serve;
 
 use crate::config::HttpConfig;
 use crate::server::ModelServer;
 
+/// `config` checked, with a warning when it serves without authentication.
+fn checked(config: &HttpConfig) -> Result<()> {
+    config.validate()?;
+    if config.keys.is_empty() {
+        tracing::warn!(
+            "the HTTP face serves inference and metrics WITHOUT authentication \
+             (allow_unauthenticated, no API keys); admin endpoints answer 403"
+        );
+    }
+    Ok(())
+}
+
 /// The whole HTTP face of `server` with `config`: the v2 endpoints and the model
-/// server's own; serve it with [`serve`] or any axum setup.
-pub fn router(server: ModelServer, config: HttpConfig) -> Router {
+/// server's own; serve it with [`serve`] or any axum setup. Refused when
+/// `config` is invalid, or has no keys and does not
+/// [`allow_unauthenticated`](HttpConfig::allow_unauthenticated).
+pub fn router(server: ModelServer, config: HttpConfig) -> Result<Router> {
+    checked(&config)?;
     let keys = Arc::new(config.keys.clone());
-    let max_body_bytes = config.max_body_bytes;
+    let control = body::BodyLimits::control(&config);
     let shared: Arc<dyn Server> = Arc::new(server.clone());
-    v2::routes(shared, Some(server.clone()), config, &keys)
-        .merge(admin::routes(server, max_body_bytes, &keys))
+    Ok(v2::routes(shared, Some(server.clone()), config, &keys)
+        .merge(admin::routes(server, control, &keys))
         .fallback(error::not_found)
-        .layer(DefaultBodyLimit::disable())
+        .layer(DefaultBodyLimit::disable()))
 }
 
 /// The v2 endpoints (health, metadata, readiness, inference) of any [`Server`]
 /// with `config`: put a [`RemoteServer`](crate::RemoteServer) behind an
-/// authenticating proxy, or serve your own implementation.
-pub fn v2_router(server: Arc<dyn Server>, config: HttpConfig) -> Router {
+/// authenticating proxy, or serve your own implementation. Refused as
+/// [`router`] is.
+pub fn v2_router(server: Arc<dyn Server>, config: HttpConfig) -> Result<Router> {
+    checked(&config)?;
     let keys = Arc::new(config.keys.clone());
-    v2::routes(server, None, config, &keys)
+    Ok(v2::routes(server, None, config, &keys)
         .fallback(error::not_found)
-        .layer(DefaultBodyLimit::disable())
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting
-/// connections and waits for the requests in flight to finish (graceful
-/// shutdown).
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .layer(DefaultBodyLimit::disable()))
 }

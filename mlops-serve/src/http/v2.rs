@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::auth::with_scope;
-use super::body::read_body;
+use super::body::{BodyLimits, read_body};
 use super::error::{ApiError, ApiResult, json_response};
 use crate::auth::{ApiKeys, Scope};
 use crate::codec::{self, HEADER_CONTENT_LENGTH, ModelReadyResponse};
@@ -185,16 +185,7 @@ async fn run_infer(
         && !e.counted
         && let Some(local) = &s.local
     {
-        local.record(
-            if local.has_model(&model) {
-                &model
-            } else {
-                "(unknown)"
-            },
-            version.as_deref().unwrap_or(""),
-            e.code(),
-            started.elapsed(),
-        );
+        local.record(&model, version.as_deref(), e.code(), started.elapsed());
     }
     outcome
 }
@@ -212,16 +203,6 @@ async fn infer_response(
     {
         return Err(Error::not_found(mlops_core::ResourceKind::Model, model).into());
     }
-    let Ok(_permit) = s.permits.try_acquire() else {
-        return Err(Error::Unavailable {
-            what: "model server".into(),
-            reason: format!(
-                "overloaded: {} requests are running (the concurrency limit); retry later",
-                s.config.max_concurrency
-            ),
-        }
-        .into());
-    };
     let json_len = match headers.get(&JSON_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -236,7 +217,19 @@ async fn infer_response(
                 })?,
         ),
     };
-    let bytes = read_body(body, s.config.max_body_bytes).await?;
+    let bytes = read_body(body, BodyLimits::inference(&s.config)).await?;
+    // The permit is taken once the body is in: clients that are slow to send
+    // (or stall) hold a connection, never a place among the requests running.
+    let Ok(_permit) = s.permits.try_acquire() else {
+        return Err(Error::Unavailable {
+            what: "model server".into(),
+            reason: format!(
+                "overloaded: {} requests are running (the concurrency limit); retry later",
+                s.config.max_concurrency
+            ),
+        }
+        .into());
+    };
     let request = codec::decode_request(&bytes, json_len)?;
     // Which outputs go back binary: the request's flags, kept past the move.
     let flags = InferenceRequest {

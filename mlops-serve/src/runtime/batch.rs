@@ -105,10 +105,9 @@ impl Batcher {
                 reason: "the model version is being unloaded; retry".into(),
             },
         })?;
-        self.metrics
-            .queue_depth
-            .get_or_create(&self.labels)
-            .set((self.max_queue - self.tx.capacity()) as i64);
+        self.metrics.queue_depth.with(&self.labels, |m| {
+            m.set((self.max_queue - self.tx.capacity()) as i64)
+        });
         answer.await.map_err(|_| Error::Unavailable {
             what: format!("model {model}"),
             reason: "the batch was dropped while the model version unloaded; retry".into(),
@@ -151,12 +150,8 @@ async fn run(
         }
         metrics
             .queue_depth
-            .get_or_create(&labels)
-            .set(rx.len() as i64);
-        metrics
-            .batch_rows
-            .get_or_create(&labels)
-            .observe(rows as f64);
+            .with(&labels, |m| m.set(rx.len() as i64));
+        metrics.batch_rows.with(&labels, |m| m.observe(rows as f64));
         let Ok(permit) = instances.clone().acquire_owned().await else {
             return;
         };

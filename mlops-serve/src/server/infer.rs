@@ -49,7 +49,7 @@ impl ModelServer {
         name: &str,
         version: Option<&str>,
         request: InferenceRequest,
-        version_label: &mut String,
+        version_label: &mut Option<u64>,
         served: &mut Option<Arc<LoadedVersion>>,
         started: Instant,
     ) -> Result<InferenceResponse> {
@@ -63,7 +63,7 @@ impl ModelServer {
         let state = d.state();
         let loaded = self.choose(name, &state, version, &request)?;
         let number = loaded.version.version;
-        *version_label = number.to_string();
+        *version_label = Some(number);
         let signature = loaded.predictor.signature();
 
         let InferenceRequest {
@@ -309,7 +309,7 @@ impl Server for ModelServer {
         let started = Instant::now();
         self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
         let _guard = InFlight(&self.inner.in_flight);
-        let mut version_label = version.unwrap_or("").to_owned();
+        let mut version_label = None;
         let mut served = None;
         let result = self
             .infer_inner(
@@ -328,14 +328,15 @@ impl Server for ModelServer {
             }
             (result, _) => {
                 let status = result.as_ref().map_or_else(http_status, |_| 200);
-                // Unknown names are not label values: a scan of made-up names must
-                // not grow the metrics without bound.
-                let label = if self.has_model(model) {
-                    model
-                } else {
-                    "(unknown)"
+                // Only names and versions the server has are label values: made-up
+                // ones must neither grow the metrics nor write into them.
+                let (label, version) = match version_label {
+                    Some(n) if self.has_model(model) => (model, n.to_string()),
+                    _ => self.labels_of(model, version),
                 };
-                self.record(label, &version_label, status, started.elapsed());
+                self.inner
+                    .metrics
+                    .observe_request(label, &version, status, started.elapsed());
             }
         }
         result

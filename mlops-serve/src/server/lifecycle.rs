@@ -180,8 +180,8 @@ impl ModelServer {
         number: u64,
     ) -> Result<Arc<LoadedVersion>> {
         let labels = RequestLabels {
-            model: config.name.clone(),
-            version: number.to_string(),
+            model: config.name.as_str().into(),
+            version: number.to_string().into(),
             status: "error".into(),
         };
         let result = async {
@@ -210,26 +210,26 @@ impl ModelServer {
                     predictor.clone(),
                     b,
                     ModelLabels {
-                        model: config.name.clone(),
-                        version: number.to_string(),
+                        model: config.name.as_str().into(),
+                        version: number.to_string().into(),
                     },
                     self.inner.metrics.clone(),
                 )
             });
             let labels = ModelLabels {
-                model: config.name.clone(),
-                version: number.to_string(),
+                model: config.name.as_str().into(),
+                version: number.to_string().into(),
             };
             let metrics = &self.inner.metrics;
-            let ok_requests = metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    model: config.name.clone(),
-                    version: number.to_string(),
+            let ok_requests = metrics.requests.with(
+                &RequestLabels {
+                    model: config.name.as_str().into(),
+                    version: number.to_string().into(),
                     status: "200".into(),
-                })
-                .clone();
-            let latency = metrics.latency.get_or_create(&labels).clone();
+                },
+                Clone::clone,
+            );
+            let latency = metrics.latency.with(&labels, Clone::clone);
             let monitor = match &config.monitoring {
                 Some(m) => VersionMonitor::start(
                     &config.name,
@@ -255,14 +255,13 @@ impl ModelServer {
         }
         .await;
         let status = if result.is_ok() { "ok" } else { "error" };
-        self.inner
-            .metrics
-            .loads
-            .get_or_create(&RequestLabels {
+        self.inner.metrics.loads.with(
+            &RequestLabels {
                 status: status.into(),
                 ..labels
-            })
-            .inc();
+            },
+            |m| m.inc(),
+        );
         result
     }
 

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use mlops_core::error::ResourceKind;
+use mlops_core::model::VersionSelector;
 use mlops_core::monitoring::{DriftSummary, InferenceLogSink, LiveQuality};
 use mlops_core::{Error, ModelLoader, ModelRegistry, Result};
 
@@ -32,7 +33,7 @@ use crate::config::{DeploymentConfig, LogConfig, Routing};
 use crate::runtime::cache::{CacheStats, PredictionCache};
 use crate::runtime::feedback::FeedbackBook;
 use crate::runtime::inference_log::InferenceLogger;
-use crate::runtime::metrics::ServerMetrics;
+use crate::runtime::metrics::{ServerMetrics, UNKNOWN};
 use crate::runtime::monitor::DriftEvent;
 use crate::runtime::shadow::ShadowRecord;
 
@@ -282,10 +283,28 @@ impl ModelServer {
     }
 
     /// Records an HTTP-level outcome (used by the HTTP face for requests refused
-    /// before reaching a model, e.g. undecodable bodies).
-    pub(crate) fn record(&self, model: &str, version: &str, status: u16, took: Duration) {
+    /// before reaching a model, e.g. undecodable bodies). Only names and version
+    /// numbers the server has become label values; anything else is `unknown`.
+    pub(crate) fn record(&self, model: &str, version: Option<&str>, status: u16, took: Duration) {
+        let (model, version) = self.labels_of(model, version);
         self.inner
             .metrics
-            .observe_request(model, version, status, took);
+            .observe_request(model, &version, status, took);
+    }
+
+    /// The metric labels of a request for `model` and `version`: the deployment's
+    /// name and the number of one of its loaded versions, or [`UNKNOWN`] for
+    /// what it does not have (a client's made-up names never become labels).
+    pub(crate) fn labels_of<'a>(&self, model: &'a str, version: Option<&str>) -> (&'a str, String) {
+        let Ok(d) = self.deployment(model) else {
+            return (UNKNOWN, UNKNOWN.to_owned());
+        };
+        let number = version
+            .and_then(|v| v.parse::<VersionSelector>().ok())
+            .and_then(|s| d.state().number_of(&s));
+        (
+            model,
+            number.map_or_else(|| UNKNOWN.to_owned(), |n| n.to_string()),
+        )
     }
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use mlops_core::Server;
 use mlops_core::testkit;
+use mlops_serve::RemoteServer;
 use mlops_serve::http::{serve, v2_router};
-use mlops_serve::{HttpConfig, RemoteServer};
 use tokio::net::TcpListener;
 
 use crate::common::Linear;
-use crate::http::start;
+use crate::http::{open, start};
 
 fn model() -> Linear {
     Linear {
@@ -24,13 +24,13 @@ fn model() -> Linear {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_server_keeps_the_server_contract() {
-    let running = start(&[model()], HttpConfig::default(), None).await;
+    let running = start(&[model()], open(), None).await;
     testkit::server::conformance(&running.server, "fraud").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_server_keeps_the_same_contract() {
-    let running = start(&[model()], HttpConfig::default(), None).await;
+    let running = start(&[model()], open(), None).await;
     let remote = RemoteServer::new(&running.base).unwrap();
     testkit::server::conformance(&remote, "fraud").await;
 }
@@ -39,15 +39,12 @@ async fn a_remote_server_keeps_the_same_contract() {
 /// server, reached by another `RemoteServer`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_v2_router_serves_any_server() {
-    let running = start(&[model()], HttpConfig::default(), None).await;
+    let running = start(&[model()], open(), None).await;
     let upstream: Arc<dyn Server> = Arc::new(RemoteServer::new(&running.base).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(
-        listener,
-        v2_router(upstream, HttpConfig::default()),
-        std::future::pending(),
-    ));
+    let app = v2_router(upstream, open()).unwrap();
+    tokio::spawn(async move { serve(listener, app, &open(), std::future::pending()).await });
     let proxy = RemoteServer::new(&base).unwrap();
     testkit::server::conformance(&proxy, "fraud").await;
 }

@@ -31,6 +31,11 @@ impl Running {
     }
 }
 
+/// A face without keys, explicitly (admin endpoints answer 403).
+pub(crate) fn open() -> HttpConfig {
+    HttpConfig::default().allow_unauthenticated()
+}
+
 pub(crate) async fn start(
     models: &[Linear],
     config: HttpConfig,
@@ -44,10 +49,13 @@ pub(crate) async fn start(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = router(server.clone(), config);
-    let done = tokio::spawn(serve(listener, app, async move {
-        let _ = stopped.await;
-    }));
+    let app = router(server.clone(), config.clone()).unwrap();
+    let done = tokio::spawn(async move {
+        serve(listener, app, &config, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
     Running {
         base,
         server,
@@ -75,12 +83,7 @@ async fn raw(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remote_client_speaks_to_the_http_face() {
-    let mut running = start(
-        &[version_model(1), version_model(2)],
-        HttpConfig::default(),
-        None,
-    )
-    .await;
+    let mut running = start(&[version_model(1), version_model(2)], open(), None).await;
     let remote = RemoteServer::new(&running.base).unwrap();
     assert!(remote.live().await.unwrap());
     assert!(remote.ready().await.unwrap());
@@ -150,7 +153,7 @@ async fn the_remote_client_speaks_to_the_http_face() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_4xx_with_a_message() {
-    let config = HttpConfig::default().with_max_body_bytes(4096);
+    let config = open().with_max_body_bytes(4096);
     let running = start(&[version_model(1)], config, None).await;
     let infer = format!("{}/v2/models/fraud/infer", running.base);
     type Case<'a> = (Vec<u8>, Vec<(&'a str, &'a str)>, u16, &'a str);
@@ -428,7 +431,7 @@ async fn overload_timeouts_and_graceful_shutdown() {
         b: 0.0,
         delay_ms: 300,
     };
-    let config = HttpConfig::default()
+    let config = open()
         .with_max_concurrency(2)
         .with_request_timeout(Duration::from_secs(5));
     let mut running = start(std::slice::from_ref(&slow), config, None).await;
@@ -474,7 +477,7 @@ async fn overload_timeouts_and_graceful_shutdown() {
     assert!(remote.live().await.is_err(), "the listener is closed");
 
     // A request timeout answers 504.
-    let config = HttpConfig::default().with_request_timeout(Duration::from_millis(50));
+    let config = open().with_request_timeout(Duration::from_millis(50));
     let running = start(&[slow], config, None).await;
     let (status, _, text) = raw(
         "POST",

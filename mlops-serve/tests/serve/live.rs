@@ -9,7 +9,6 @@ use mlops_core::inference::{InferenceRequest, Tensor, TensorData};
 use mlops_core::model::VersionSelector;
 use mlops_core::monitoring::TrafficControl;
 use mlops_core::{Error, ModelRegistry, Server, Task, Trainer};
-use mlops_serve::HttpConfig;
 use mlops_serve::http::{router, serve};
 use mlops_serve::{
     DeploymentConfig, FeedbackConfig, LogConfig, ModelServer, MonitorConfig, RemoteServer, Routing,
@@ -236,11 +235,9 @@ async fn feedback_gives_live_quality_locally_and_over_http() {
     // Over HTTP, with the remote client's TrafficControl.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(
-        listener,
-        router(s.clone(), HttpConfig::default()),
-        std::future::pending(),
-    ));
+    let config = crate::http::open();
+    let app = router(s.clone(), config.clone()).unwrap();
+    tokio::spawn(async move { serve(listener, app, &config, std::future::pending()).await });
     let remote = RemoteServer::new(&base).unwrap();
     assert_eq!(
         remote

@@ -1,6 +1,7 @@
 //! Integration tests of mlops-serve, in one binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod codec;
 mod common;
 mod conformance;

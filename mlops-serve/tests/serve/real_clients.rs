@@ -10,7 +10,6 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch};
 use mlops_core::model::VersionSelector;
 use mlops_core::{ModelRegistry, Task, Trainer};
-use mlops_serve::HttpConfig;
 use mlops_serve::http::{router, serve};
 use mlops_serve::{DeploymentConfig, ModelServer, Routing};
 use mlops_store::{ObjectRegistry, StoreRoot};
@@ -56,11 +55,10 @@ async fn serve_trained() -> (String, ModelServer) {
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-    tokio::spawn(serve(
-        listener,
-        router(server.clone(), HttpConfig::default()),
-        std::future::pending(),
-    ));
+    let app = router(server.clone(), crate::http::open()).unwrap();
+    tokio::spawn(async move {
+        serve(listener, app, &crate::http::open(), std::future::pending()).await
+    });
     (base, server)
 }
 

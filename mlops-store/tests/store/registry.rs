@@ -308,7 +308,8 @@ async fn signatures_are_required_when_configured() {
             .into_iter()
             .map(|(id, k)| (id.to_owned(), k.verifying_key()))
             .collect();
-        options.require_signatures = true;
+        // Trusting keys is enough: require_signatures is not needed to refuse
+        // unsigned versions and unknown signers.
         ObjectRegistry::new(&root).with_options(options)
     };
     trusting(vec![("a", &key_a)])
@@ -331,6 +332,34 @@ async fn signatures_are_required_when_configured() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("does not verify"), "{err}");
+}
+
+#[tokio::test]
+async fn archived_versions_do_not_load_unless_asked_for_explicitly() {
+    let root = StoreRoot::open("memory://").unwrap();
+    let r = ObjectRegistry::new(&root);
+    for i in 1..=2u8 {
+        r.register("m", artifact(i), ModelMetadata::default())
+            .await
+            .unwrap();
+    }
+    r.archive_version("m", 1).await.unwrap();
+    let err = r
+        .load_artifact("m", &VersionSelector::Number(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { .. }) && err.to_string().contains("archived"),
+        "{err}"
+    );
+    let (v, a) = r.load_archived_artifact("m", 1).await.unwrap();
+    assert_eq!(
+        (v.version, a.bytes.as_ref()),
+        (1, artifact(1).bytes.as_ref())
+    );
+    r.load_artifact("m", &VersionSelector::Latest)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
