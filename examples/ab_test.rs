@@ -137,7 +137,7 @@ async fn main() -> Result<()> {
         } else {
             "tie: hold"
         };
-        server.set_canary_weight("conversion", weight)?;
+        server.set_canary_weight("conversion", weight).await?;
         println!(
             "round {round}: live log loss A {la:.4}, B {lb:.4} -> {verdict}; B now gets {:.0}% of shoppers",
             weight * 100.0

@@ -192,7 +192,7 @@ async fn admin_canary(
     body: Body,
 ) -> ApiResult {
     let parsed: CanaryBody = read_json(body, s.limits, "canary weight").await?;
-    s.server.set_canary_weight(&model, parsed.weight)?;
+    s.server.set_canary_weight(&model, parsed.weight).await?;
     json_response(&json!({"weight": parsed.weight}))
 }
 

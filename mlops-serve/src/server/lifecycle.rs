@@ -96,7 +96,8 @@ impl ModelServer {
                             return;
                         };
                         let next = (weight + ramp.step).min(ramp.max);
-                        if server.set_canary_weight(&name, next).is_err() || next >= ramp.max {
+                        if server.set_canary_weight(&name, next).await.is_err() || next >= ramp.max
+                        {
                             return;
                         }
                     }
@@ -291,9 +292,13 @@ impl ModelServer {
     }
 
     /// Sets the canary's share of traffic (`[0, 1]`) of a canary deployment.
-    pub fn set_canary_weight(&self, name: &str, weight: f64) -> Result<()> {
+    ///
+    /// Serialized with reloads and routing changes, so a reload that was
+    /// resolving versions meanwhile cannot put the old weight back.
+    pub async fn set_canary_weight(&self, name: &str, weight: f64) -> Result<()> {
         check_canary_weight(weight)?;
         let d = self.deployment(name)?;
+        let _guard = d.reload_lock.lock().await;
         let mut slot = d
             .state
             .write()

@@ -99,7 +99,7 @@ impl TrafficControl for ModelServer {
     }
 
     async fn set_canary_weight(&self, deployment: &str, weight: f64) -> Result<()> {
-        ModelServer::set_canary_weight(self, deployment, weight)
+        ModelServer::set_canary_weight(self, deployment, weight).await
     }
 
     async fn route_all(&self, deployment: &str, version: u64) -> Result<()> {

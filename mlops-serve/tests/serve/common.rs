@@ -101,6 +101,8 @@ impl LinearPredictor {
 #[derive(Debug, Default)]
 pub(crate) struct LinearLoader {
     pub(crate) stats: Arc<Stats>,
+    /// How long each load takes.
+    pub(crate) load_delay: Duration,
 }
 
 impl ModelLoader for LinearLoader {
@@ -109,6 +111,7 @@ impl ModelLoader for LinearLoader {
     }
 
     fn load(&self, artifact: &ModelArtifact) -> Result<Arc<dyn Predictor>> {
+        std::thread::sleep(self.load_delay);
         artifact.verify()?;
         let model: Linear = serde_json::from_slice(&artifact.bytes)
             .map_err(|e| Error::integrity("test artifact", e.to_string()))?;

@@ -118,14 +118,14 @@ async fn fixed_split_and_canary_routing() {
     for _ in 0..20 {
         assert_eq!(version_answering(&s, None).await, 1);
     }
-    s.set_canary_weight("fraud", 1.0).unwrap();
+    s.set_canary_weight("fraud", 1.0).await.unwrap();
     for _ in 0..20 {
         assert_eq!(version_answering(&s, None).await, 2);
     }
-    assert!(s.set_canary_weight("fraud", 1.5).is_err());
+    assert!(s.set_canary_weight("fraud", 1.5).await.is_err());
     s.set_routing("fraud", Routing::Fixed(v(1))).await.unwrap();
     assert!(matches!(
-        s.set_canary_weight("fraud", 0.5).unwrap_err(),
+        s.set_canary_weight("fraud", 0.5).await.unwrap_err(),
         Error::Conflict { .. }
     ));
 
@@ -572,4 +572,73 @@ async fn bad_deployment_configs_are_named() {
             .unwrap_err(),
         Error::NotFound { .. }
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_weight_set_during_a_reload_is_kept() {
+    let models: Vec<Linear> = (1..=3).map(version_model).collect();
+    let registry = registry(&models).await;
+    // Loads take a while, so a reload that moves the canary is still resolving
+    // when the weight is set.
+    let loader = Arc::new(LinearLoader {
+        load_delay: Duration::from_millis(100),
+        ..LinearLoader::default()
+    });
+    let s = ModelServer::new(registry.clone(), vec![loader]);
+    registry.set_alias("m", "next", 2).await.unwrap();
+    s.deploy(DeploymentConfig::new(
+        "fraud",
+        "m",
+        Routing::Canary {
+            stable: v(1),
+            canary: "@next".parse().unwrap(),
+            weight: 0.0,
+        },
+    ))
+    .await
+    .unwrap();
+    for (round, next) in [3, 2, 3].into_iter().enumerate() {
+        registry.set_alias("m", "next", next).await.unwrap();
+        let reloading = {
+            let s = s.clone();
+            tokio::spawn(async move { s.reload("fraud").await.map(|_| ()) })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let weight = 0.25 * (round + 1) as f64;
+        s.set_canary_weight("fraud", weight).await.unwrap();
+        reloading.await.unwrap().unwrap();
+        let status = s.status("fraud").unwrap();
+        let Routing::Canary { weight: now, .. } = status.routing else {
+            panic!("not a canary any more");
+        };
+        assert_eq!(
+            now, weight,
+            "round {round}: the reload put back an old weight"
+        );
+        assert_eq!(status.resolved["@next"], next);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_versions_are_not_served() {
+    let (s, registry, _) = server(2).await;
+    s.deploy(DeploymentConfig::new("fraud", "m", Routing::Fixed(v(2))))
+        .await
+        .unwrap();
+    registry.archive_version("m", 1).await.unwrap();
+    let err = s
+        .set_routing("fraud", Routing::Fixed(v(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { .. }) && err.to_string().contains("archived"),
+        "{err}"
+    );
+    // The deployment still serves what it served.
+    assert_eq!(version_answering(&s, None).await, 2);
+    let err = s
+        .deploy(DeploymentConfig::new("old", "m", Routing::Fixed(v(1))))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("archived"), "{err}");
 }

@@ -489,3 +489,91 @@ async fn overload_timeouts_and_graceful_shutdown() {
     assert_eq!(status, 504, "{text}");
     assert!(text.contains("timed out"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_client_encodes_names_and_bounds_time_and_size() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let running = start(&[version_model(1), version_model(2)], open(), None).await;
+    let remote = RemoteServer::new(&running.base).unwrap();
+    // A name holding a path, a query or a fragment stays one name: it cannot
+    // reach another route (here, version 1 of "fraud").
+    for name in ["fraud/versions/1", "fraud?v=1", "fraud#x", "fraud%2F"] {
+        let err = remote
+            .infer(name, None, request(&[[1.0, 0.0]]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{name}: {err}");
+    }
+    let err = remote
+        .infer("fraud", Some("1/infer"), request(&[[1.0, 0.0]]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+
+    // A server that accepts and never answers: the request times out.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let slow = RemoteServer::new(&format!("http://{silent_addr}"))
+        .unwrap()
+        .with_timeout(Duration::from_millis(300))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = slow.live().await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable { .. }) && err.to_string().contains("timed out"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        RemoteServer::new("http://x")
+            .unwrap()
+            .with_timeout(Duration::ZERO)
+            .is_err()
+    );
+
+    // Answers above the size limit: announced, or streamed without end.
+    let small = RemoteServer::new(&running.base)
+        .unwrap()
+        .with_max_response_bytes(64);
+    let err = small.model_metadata("fraud", None).await.unwrap_err();
+    assert!(
+        err.to_string().contains("larger than the client's limit"),
+        "{err}"
+    );
+    let endless = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endless_addr = endless.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = endless.accept().await {
+            tokio::spawn(async move {
+                // The request first, then an answer that never ends.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read_exact(&mut byte).await.is_ok() {
+                    head.push(byte[0]);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                let chunk = [b"1000\r\n".as_slice(), &[b'x'; 4096], b"\r\n"].concat();
+                while s.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let err = RemoteServer::new(&format!("http://{endless_addr}"))
+        .unwrap()
+        .with_max_response_bytes(1 << 20)
+        .server_metadata()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("larger than the client's limit"),
+        "{err}"
+    );
+}
