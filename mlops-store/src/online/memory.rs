@@ -16,6 +16,8 @@ use super::encode::Codec;
 use super::{OnlineRead, OnlineRow, OnlineStore};
 
 const SHARDS: usize = 64;
+// The read path keeps the shards it needs in a u64 bitmask.
+const _: () = assert!(SHARDS <= 64);
 
 /// Bytes of key and values kept inside the table's slot; longer rows spill to
 /// the heap. 64 holds an `Int64` key with eight `Float64` features.
@@ -223,14 +225,22 @@ impl OnlineStore for InMemoryOnlineStore {
         // of a one-entity request.
         let mut guards: [Option<RwLockReadGuard<'_, HashTable<Entry>>>; SHARDS] =
             std::array::from_fn(|_| None);
+        // The locks are taken in ascending shard order, never in request order:
+        // two readers taking the same shards in opposite orders, each behind a
+        // waiting writer (the lock lets writers go first), would wait for each
+        // other forever.
+        let mut wanted_shards = 0u64;
         for &(_, shard) in &located {
-            if guards[shard].is_none() {
-                guards[shard] = Some(
-                    table.shards[shard]
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner()),
-                );
-            }
+            wanted_shards |= 1 << shard;
+        }
+        while wanted_shards != 0 {
+            let shard = wanted_shards.trailing_zeros() as usize;
+            wanted_shards &= wanted_shards - 1;
+            guards[shard] = Some(
+                table.shards[shard]
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
         }
         // First every probe, in a tight loop whose iterations the processor can
         // overlap; then the copies.

@@ -675,3 +675,67 @@ async fn redis_store_keeps_the_contract() {
             .is_err()
     );
 }
+
+/// Readers asking for the same entities in opposite orders while writers wait
+/// on those shards: with locks taken in request order, two readers could each
+/// hold a shard the other needs, behind writers the lock lets go first, and wait
+/// forever. Threads run on their own and the test gives up after a minute.
+#[test]
+fn readers_in_opposite_orders_and_writers_never_deadlock() {
+    let store = Arc::new(InMemoryOnlineStore::new());
+    let v = view();
+    let ids: Vec<String> = (0..64).map(|k| format!("m{k}")).collect();
+    let all = rows(
+        ids.iter().map(String::as_str).collect(),
+        vec![1; 64],
+        vec![1; 64],
+        vec![1; 64],
+        vec![Some(1.0); 64],
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(store.write(&v, &all)).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let mut threads = Vec::new();
+    for t in 0..6usize {
+        let (store, v, ids, done) = (store.clone(), v.clone(), ids.clone(), done.clone());
+        threads.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let mut forward: Vec<&str> = ids.iter().map(String::as_str).collect();
+            if t % 2 == 1 {
+                forward.reverse();
+            }
+            let query = keys(forward, vec![1; 64]);
+            for i in 0..3000i64 {
+                if t < 4 {
+                    let read = rt
+                        .block_on(store.read(&v, &query, &["risk".into()]))
+                        .unwrap();
+                    assert!(read.rows.iter().all(Option::is_some));
+                } else {
+                    let k = (i as usize * 7 + t) % 64;
+                    let b = rows(
+                        vec![&ids[k]],
+                        vec![1],
+                        vec![i + 2],
+                        vec![i + 2],
+                        vec![Some(2.0)],
+                    );
+                    rt.block_on(store.write(&v, &b)).unwrap();
+                }
+            }
+            let _ = done.send(());
+        }));
+    }
+    for _ in 0..6 {
+        finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("readers and writers deadlocked");
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+}
