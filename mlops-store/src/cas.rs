@@ -8,7 +8,11 @@
 //! - **create-only sequence** (local disk, which has no update-if-unchanged): one
 //!   object per state at `<path>/<sequence>.json`; a write creates the next sequence
 //!   number with `PutMode::Create`, which fails if another writer got there first.
-//!   The highest number is the current state; earlier ones are its history.
+//!   The highest number is the current state; earlier ones are its history (they
+//!   are never deleted: a freed name would let a stale writer's create succeed).
+//!   After each write, `<path>/HEAD` records the number written; a read starts
+//!   there and probes forward, so it costs a few requests however long the history
+//!   is (the hint may lag behind, never run ahead, and only a missing hint lists).
 //!
 //! Either way a lost race surfaces as a conflict and [`CasCell::update`] re-reads
 //! and retries, so no update is ever silently lost.
@@ -62,6 +66,34 @@ impl CasCell {
         self.root.path(&format!("{}/{seq:020}.json", self.path))
     }
 
+    fn head_object(&self) -> Path {
+        self.root.path(&format!("{}/HEAD", self.path))
+    }
+
+    /// The sequence number the hint names, when there is a readable hint.
+    async fn head_hint(&self) -> Option<u64> {
+        let result = self.root.store().get(&self.head_object()).await.ok()?;
+        let bytes = result.bytes().await.ok()?;
+        std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
+    }
+
+    /// The state at `seq`, or `None` when there is none.
+    async fn get_sequence<T: DeserializeOwned>(&self, seq: u64) -> Result<Option<T>> {
+        let path = self.sequence_object(seq);
+        let where_ = self.root.describe(&path);
+        match self.root.store().get(&path).await {
+            Ok(result) => {
+                let bytes = result
+                    .bytes()
+                    .await
+                    .map_err(|e| storage_error(&where_, e))?;
+                Ok(Some(parse(&where_, &bytes)?))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage_error(&where_, e)),
+        }
+    }
+
     /// The current value and the token to write after it.
     pub(crate) async fn read<T: DeserializeOwned>(&self) -> Result<(Option<T>, Token)> {
         let store = self.root.store();
@@ -74,21 +106,26 @@ impl CasCell {
                 Err(e) => Err(storage_error(&where_, e)),
             }
         } else {
+            // From the hint forward; the listing only without a usable hint.
+            if let Some(mut seq) = self.head_hint().await
+                && let Some(mut value) = self.get_sequence::<T>(seq).await?
+            {
+                while let Some(newer) = self.get_sequence::<T>(seq + 1).await? {
+                    (value, seq) = (newer, seq + 1);
+                }
+                return Ok((Some(value), Token::Sequence(seq)));
+            }
             let latest = self.root.list_numbered(&self.path, ".json").await?.pop();
             let Some(seq) = latest else {
                 return Ok((None, Token::Absent));
             };
-            let path = self.sequence_object(seq);
-            let where_ = self.root.describe(&path);
-            let result = store
-                .get(&path)
-                .await
-                .map_err(|e| storage_error(&where_, e))?;
-            let bytes = result
-                .bytes()
-                .await
-                .map_err(|e| storage_error(&where_, e))?;
-            Ok((Some(parse(&where_, &bytes)?), Token::Sequence(seq)))
+            let value = self.get_sequence(seq).await?.ok_or_else(|| {
+                Error::integrity(
+                    self.root.describe(&self.sequence_object(seq)),
+                    "a listed state is gone (states are never deleted)",
+                )
+            })?;
+            Ok((Some(value), Token::Sequence(seq)))
         }
     }
 
@@ -151,13 +188,13 @@ impl CasCell {
     pub(crate) async fn write<T: Serialize>(&self, value: &T, token: &Token) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(value)
             .map_err(|e| Error::invalid_input(format!("state of {}", self.path), e.to_string()))?;
-        let (path, mode) = match token {
+        let (path, mode, sequence) = match token {
             Token::Absent if self.root.supports_conditional_update() => {
-                (self.object(), PutMode::Create)
+                (self.object(), PutMode::Create, None)
             }
-            Token::Absent => (self.sequence_object(1), PutMode::Create),
-            Token::Version(v) => (self.object(), PutMode::Update(v.clone())),
-            Token::Sequence(s) => (self.sequence_object(s + 1), PutMode::Create),
+            Token::Absent => (self.sequence_object(1), PutMode::Create, Some(1)),
+            Token::Version(v) => (self.object(), PutMode::Update(v.clone()), None),
+            Token::Sequence(s) => (self.sequence_object(s + 1), PutMode::Create, Some(s + 1)),
         };
         let opts = PutOptions {
             mode,
@@ -169,7 +206,18 @@ impl CasCell {
             .put_opts(&path, PutPayload::from(bytes), opts)
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let Some(seq) = sequence {
+                    // Only a hint: a failed or late write of it costs readers a
+                    // few probes, never correctness.
+                    let _ = self
+                        .root
+                        .store()
+                        .put(&self.head_object(), PutPayload::from(seq.to_string()))
+                        .await;
+                }
+                Ok(())
+            }
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },

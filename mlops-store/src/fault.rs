@@ -65,6 +65,8 @@ enum Verdict {
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     plan: Mutex<Plan>,
+    /// Objects returned by listings (shared with the listing streams).
+    listed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for FaultyStore {
@@ -87,7 +89,25 @@ impl FaultyStore {
         Self {
             inner,
             plan: Mutex::new(Plan::default()),
+            listed: Arc::default(),
         }
+    }
+
+    /// Objects returned by listings so far: how much a read had to list.
+    pub fn objects_listed(&self) -> u64 {
+        self.listed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn counted(
+        &self,
+        stream: BoxStream<'static, Result<ObjectMeta>>,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let listed = self.listed.clone();
+        stream
+            .inspect(move |_| {
+                listed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .boxed()
     }
 
     fn plan(&self) -> MutexGuard<'_, Plan> {
@@ -262,7 +282,7 @@ impl ObjectStore for FaultyStore {
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         let (verdict, _) = self.next_call();
         match verdict {
-            Verdict::Pass => self.inner.list(prefix),
+            Verdict::Pass => self.counted(self.inner.list(prefix)),
             Verdict::FailBefore(n) | Verdict::FailAfter(n) => {
                 let e = injected(
                     n,
@@ -282,7 +302,7 @@ impl ObjectStore for FaultyStore {
     ) -> BoxStream<'static, Result<ObjectMeta>> {
         let (verdict, _) = self.next_call();
         match verdict {
-            Verdict::Pass => self.inner.list_with_offset(prefix, offset),
+            Verdict::Pass => self.counted(self.inner.list_with_offset(prefix, offset)),
             Verdict::FailBefore(n) | Verdict::FailAfter(n) => {
                 let e = injected(
                     n,

@@ -89,7 +89,7 @@ impl InferenceLogSink for ObjectInferenceLog {
                 now.timestamp_micros(),
                 self.writer_id
             );
-            if self.root.put_if_absent(&path, bytes.clone()).await? {
+            if self.root.put_unique(&path, bytes.clone()).await? {
                 return Ok(());
             }
         }

@@ -470,7 +470,7 @@ impl ObjectRegistry {
         let relative = blob_path(artifact.digest.hex());
         if self
             .root
-            .put_if_absent(&relative, artifact.bytes.clone())
+            .put_unique(&relative, artifact.bytes.clone())
             .await?
         {
             return Ok(());

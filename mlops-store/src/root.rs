@@ -123,7 +123,11 @@ impl StoreRoot {
 
     fn open_local(dir: PathBuf, url: &str) -> Result<Self> {
         std::fs::create_dir_all(&dir).map_err(|e| Error::storage(url, e))?;
-        let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| storage_error(url, e))?;
+        // Every write is fsynced, with its directory: a power loss cannot truncate
+        // a commit or a state and leave a view unreadable.
+        let store = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| storage_error(url, e))?
+            .with_fsync(true);
         Ok(Self {
             url: url.to_owned(),
             store: Arc::new(store),
@@ -269,25 +273,13 @@ impl StoreRoot {
         }
     }
 
-    /// Writes `bytes` at `relative` only if nothing is there (`PutMode::Create`,
-    /// atomic on every backend): `true` when written, `false` when an object
-    /// already existed (it is left untouched).
-    ///
-    /// Objects above the multipart threshold are checked for existence and then
-    /// uploaded in parts (multipart uploads cannot be conditional): use it for them
-    /// only under names no two writers choose for different bytes (content
-    /// addresses, unique file names), as every caller in this crate does.
+    /// Writes `bytes` at `relative` only if nothing is there, in one conditional
+    /// request (`PutMode::Create`, atomic on every backend) whatever the size:
+    /// `true` when written, `false` when an object already existed (it is left
+    /// untouched). Every control object (manifests, commits, audit entries, state
+    /// cells) is written this way.
     pub async fn put_if_absent(&self, relative: &str, bytes: Bytes) -> Result<bool> {
         let path = self.path(relative);
-        if bytes.len() >= self.multipart_threshold {
-            match self.store.head(&path).await {
-                Ok(_) => return Ok(false),
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(storage_error(&self.describe(&path), e)),
-            }
-            self.put_multipart(&path, bytes).await?;
-            return Ok(true);
-        }
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -301,6 +293,25 @@ impl StoreRoot {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(storage_error(&self.describe(&path), e)),
         }
+    }
+
+    /// Writes `bytes` at `relative` unless an object is there: for names no two
+    /// writers choose for different bytes (content addresses, unique file names)
+    /// only. Above the multipart threshold the check and the upload are two steps
+    /// (a multipart upload cannot be conditional), which is safe for such names
+    /// and only for them: anything else uses [`put_if_absent`](Self::put_if_absent).
+    pub async fn put_unique(&self, relative: &str, bytes: Bytes) -> Result<bool> {
+        if bytes.len() < self.multipart_threshold {
+            return self.put_if_absent(relative, bytes).await;
+        }
+        let path = self.path(relative);
+        match self.store.head(&path).await {
+            Ok(_) => return Ok(false),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(storage_error(&self.describe(&path), e)),
+        }
+        self.put_multipart(&path, bytes).await?;
+        Ok(true)
     }
 
     /// The numbers `n` of the objects named `<n><suffix>` under `relative`

@@ -174,7 +174,7 @@ impl ObjectSnapshotStore {
         for (name, bytes) in &contents {
             let digest = ContentDigest::of(bytes);
             self.root
-                .put_if_absent(
+                .put_unique(
                     &format!("snapshots/blobs/sha256/{}", digest.hex()),
                     bytes.clone(),
                 )

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use super::ObjectOfflineStore;
 use super::ts_type;
 
+/// Tries at claiming a commit number before an ingestion gives up (each lost
+/// race means another ingestion committed, so only heavy contention gets here).
+const MAX_COMMIT_ATTEMPTS: u32 = 64;
+
 /// One data file as a commit records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct DataFile {
@@ -99,7 +103,14 @@ impl ObjectOfflineStore {
             );
             let bytes = write_parquet(&part)?;
             let size = bytes.len() as u64;
-            self.root.put_if_absent(&path, bytes.into()).await?;
+            if !self.root.put_unique(&path, bytes.into()).await? {
+                // Its name holds a fresh random id: another object there is not
+                // ours, and committing it would publish someone else's rows.
+                return Err(Error::conflict(
+                    self.root.describe(&self.root.path(&path)),
+                    "a data file already exists under this ingestion's fresh name",
+                ));
+            }
             files.push(DataFile {
                 path,
                 rows: part.num_rows() as u64,
@@ -115,6 +126,7 @@ impl ObjectOfflineStore {
         let body = serde_json::to_vec_pretty(&commit)
             .map_err(|e| Error::invalid_input("commit", e.to_string()))?;
         let dir = format!("features/views/{view}/commits");
+        let mut attempt = 0;
         loop {
             let next = self
                 .root
@@ -131,6 +143,19 @@ impl ObjectOfflineStore {
             {
                 break;
             }
+            // Another ingestion took this number: back off, then claim the next.
+            attempt += 1;
+            if attempt >= MAX_COMMIT_ATTEMPTS {
+                return Err(Error::Unavailable {
+                    what: format!("view {view}"),
+                    reason: format!(
+                        "no commit number could be claimed in {MAX_COMMIT_ATTEMPTS} attempts: \
+                         too many concurrent ingestions; retry (the data files are written, \
+                         uncommitted, and invisible)"
+                    ),
+                });
+            }
+            crate::cas::backoff(attempt).await;
         }
         Ok(IngestReceipt {
             view: view.to_owned(),

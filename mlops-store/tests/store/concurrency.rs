@@ -148,3 +148,37 @@ fn worker_process() {
         .unwrap();
     rt.block_on(register_many(root, name));
 }
+
+/// Create-if-absent stays one conditional request whatever the size: with the
+/// multipart threshold below the object size, racing writers of one name still
+/// see exactly one winner, and the object holds the winner's bytes. (Above the
+/// threshold it used to be a check, then an upload: every writer could win.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_if_absent_has_one_winner_above_the_multipart_threshold() {
+    let local = local_root("create-race");
+    for root in [StoreRoot::open("memory://").unwrap(), local] {
+        let root = root.with_multipart_threshold(16);
+        for round in 0..20 {
+            let name = format!("control/{round}.json");
+            let writers: Vec<_> = (0..8u8)
+                .map(|w| {
+                    let (root, name) = (root.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let bytes = bytes::Bytes::from(vec![w; 4096]);
+                        (w, root.put_if_absent(&name, bytes).await.unwrap())
+                    })
+                })
+                .collect();
+            let mut winners = Vec::new();
+            for w in writers {
+                let (writer, won) = w.await.unwrap();
+                if won {
+                    winners.push(writer);
+                }
+            }
+            assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+            let stored = root.get(&name).await.unwrap();
+            assert!(stored.iter().all(|b| *b == winners[0]) && stored.len() == 4096);
+        }
+    }
+}

@@ -389,3 +389,26 @@ async fn listing_after_many_registrations_sees_them_all() {
         );
     }
 }
+
+/// On local disk (no update-if-unchanged) every state change is a new object:
+/// reading the state must not list them all.
+#[tokio::test]
+async fn local_state_reads_do_not_list_the_history() {
+    let base = crate::local_root("cas-history");
+    let faulty = Arc::new(mlops_store::FaultyStore::new(base.store().clone()));
+    let root = base.with_store(faulty.clone());
+    let r = ObjectRegistry::new(&root);
+    for i in 1..=2u8 {
+        r.register("m", artifact(i), ModelMetadata::default())
+            .await
+            .unwrap();
+    }
+    for i in 0..300u64 {
+        r.set_alias("m", "champion", 1 + i % 2).await.unwrap();
+    }
+    let before = faulty.objects_listed();
+    let fresh = ObjectRegistry::new(&root);
+    assert_eq!(fresh.aliases("m").await.unwrap()["champion"], 2);
+    let listed = faulty.objects_listed() - before;
+    assert!(listed < 20, "one read listed {listed} objects");
+}
