@@ -586,8 +586,11 @@ pub trait OfflineFeatureStore: Send + Sync + std::fmt::Debug {
         end: DateTime<Utc>,
     ) -> Result<MaterializeReport>;
 
-    /// Materializes from the view's stored watermark up to `end` and moves the
-    /// watermark.
+    /// Materializes what changed since the last incremental run: the rows with
+    /// event time from that run's end up to `end`, and every row committed since
+    /// that run with event time before `end`, however late it arrived (progress
+    /// is tracked by commit, not by event time, so the online store agrees with
+    /// the offline join after late data). Then records how far it got.
     async fn materialize_incremental(
         &self,
         view: &str,

@@ -384,15 +384,17 @@ impl OfflineFeatureStore for ObjectFeatureStore {
         view: &str,
         end: DateTime<Utc>,
     ) -> Result<MaterializeReport> {
-        let start_us = self.offline.watermark(view).await?.unwrap_or(i64::MIN);
-        let end_us = micros(end);
-        let written = if end_us > start_us {
-            self.materialize_us(view, start_us, end_us).await?
-        } else {
-            self.offline.get_view(view).await?;
+        let def = self.offline.get_view(view).await?;
+        let (rows, next, previous) = self.offline.incremental_rows(&def, micros(end)).await?;
+        let written = if rows.num_rows() == 0 {
             0
+        } else {
+            self.online.write(&def, &rows).await?
         };
-        self.offline.advance_watermark(view, end_us).await?;
+        // Recorded once the rows are online: a crash in between loads them again
+        // (a row replaces only an older one, so twice is the same as once).
+        self.offline.record_progress(view, next).await?;
+        let start_us = previous.map_or(i64::MIN, |p| p.end_us);
         Ok(MaterializeReport {
             view: view.to_owned(),
             start: DateTime::from_timestamp_micros(start_us).unwrap_or(DateTime::<Utc>::MIN_UTC),

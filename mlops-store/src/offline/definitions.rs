@@ -16,9 +16,23 @@ use super::ObjectOfflineStore;
 pub(super) struct Definitions {
     pub(super) entities: BTreeMap<String, Entity>,
     pub(super) views: BTreeMap<String, FeatureView>,
-    /// Per view, the event time (µs) up to which it was materialized online.
-    #[serde(default)]
+    /// Per view, the event time (µs) up to which it was materialized online, as
+    /// stores before commit-based progress recorded it (read only to carry on).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) watermarks: BTreeMap<String, i64>,
+    /// Per view, how far incremental materialization got.
+    #[serde(default)]
+    pub(super) materialized: BTreeMap<String, Progress>,
+}
+
+/// How far a view was materialized incrementally: every row of the commits up to
+/// `commit` with event time before `end_us` is online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Progress {
+    /// The event time (µs) the last run went up to.
+    pub(crate) end_us: i64,
+    /// The last commit the last run read.
+    pub(crate) commit: u64,
 }
 
 impl ObjectOfflineStore {
@@ -101,18 +115,27 @@ impl ObjectOfflineStore {
             .into_values()
             .collect())
     }
-    /// The materialization watermark of `view` (µs), if it was ever materialized
-    /// incrementally.
-    pub(crate) async fn watermark(&self, view: &str) -> Result<Option<i64>> {
-        Ok(self.read_definitions().await?.watermarks.get(view).copied())
+    /// How far `view` was materialized incrementally, if it ever was. A store
+    /// that recorded only an event-time watermark carries on from it with no
+    /// commit read: the next run re-reads every commit (writing online is
+    /// idempotent), so no late row is missed.
+    pub(crate) async fn progress(&self, view: &str) -> Result<Option<Progress>> {
+        let d = self.read_definitions().await?;
+        Ok(d.materialized.get(view).copied().or_else(|| {
+            d.watermarks
+                .get(view)
+                .map(|&end_us| Progress { end_us, commit: 0 })
+        }))
     }
-    /// Moves the watermark of `view` forward to `to_us` (never back).
-    pub(crate) async fn advance_watermark(&self, view: &str, to_us: i64) -> Result<()> {
+    /// Records `progress` for `view`, never moving it back.
+    pub(crate) async fn record_progress(&self, view: &str, progress: Progress) -> Result<()> {
         self.definitions()
             .update(|d: Option<Definitions>| {
                 let mut d = d.unwrap_or_default();
-                let w = d.watermarks.entry(view.to_owned()).or_insert(to_us);
-                *w = (*w).max(to_us);
+                let p = d.materialized.entry(view.to_owned()).or_insert(progress);
+                p.end_us = p.end_us.max(progress.end_us);
+                p.commit = p.commit.max(progress.commit);
+                d.watermarks.remove(view);
                 Ok((d, ()))
             })
             .await

@@ -165,6 +165,16 @@ impl ObjectOfflineStore {
     }
     /// Every commit of `view`, in order (read once, then cached).
     pub(super) async fn commits(&self, view: &str) -> Result<Vec<Commit>> {
+        Ok(self
+            .numbered_commits(view)
+            .await?
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// Every commit of `view` with its number, in order.
+    pub(super) async fn numbered_commits(&self, view: &str) -> Result<Vec<(u64, Commit)>> {
         let dir = format!("features/views/{view}/commits");
         let numbers = self.root.list_numbered(&dir, ".json").await?;
         let known: Vec<u64> = {
@@ -193,7 +203,7 @@ impl ObjectOfflineStore {
         let cache = self.commits.lock().unwrap_or_else(|p| p.into_inner());
         Ok(cache
             .get(view)
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.iter().map(|(n, c)| (*n, c.clone())).collect())
             .unwrap_or_default())
     }
 }

@@ -503,6 +503,61 @@ mod materialization {
             .unwrap();
         assert_eq!(out.columns[0].statuses, vec![FeatureStatus::Present; 2]);
 
+        // Late data: rows with event times before the last run's end, ingested
+        // after it. Progress is by commit, so the next run loads them, and the
+        // online store then agrees with the offline join. (With an event-time
+        // watermark they were never loaded.)
+        s.ingest(
+            "card",
+            card(
+                vec![3, 1, 2],
+                vec![H / 2, 2 * H, H / 4],
+                vec![Some(30.0), Some(10.0), Some(99.0)],
+            ),
+        )
+        .await
+        .unwrap();
+        let r = s.materialize_incremental("card", at(3 * H)).await.unwrap();
+        assert_eq!(
+            r.entities_written, 2,
+            "cards 3 (new) and 1 (a newer row); card 2's late row is older than its stored one"
+        );
+        let online = s
+            .get_online_features_at(request(vec![1, 2, 3]), &refs, at(3 * H))
+            .await
+            .unwrap();
+        let online: Vec<f64> = online
+            .batch
+            .column(1)
+            .as_primitive::<Float64Type>()
+            .values()
+            .to_vec();
+        let mut options = mlops_core::feature::HistoricalOptions::default();
+        options.require_created_before_event = false;
+        let entities = RecordBatch::try_from_iter([
+            (
+                "card_id",
+                Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef,
+            ),
+            ("event_timestamp", ts(vec![3 * H; 3])),
+        ])
+        .unwrap();
+        let offline = s
+            .get_historical_features(entities, &refs, options)
+            .await
+            .unwrap();
+        let offline: Vec<f64> = offline
+            .column_by_name("spend")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .values()
+            .to_vec();
+        assert_eq!(online, vec![10.0, 2.0, 30.0]);
+        assert_eq!(online, offline, "online = offline after late arrivals");
+        // Nothing new: nothing written, and the progress holds.
+        let r = s.materialize_incremental("card", at(3 * H)).await.unwrap();
+        assert_eq!(r.entities_written, 0);
+
         assert!(matches!(
             s.get_online_features(request(vec![]), &refs)
                 .await
