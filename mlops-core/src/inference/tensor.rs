@@ -198,6 +198,19 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// The bytes the elements hold in memory (a `BYTES` element counts its
+    /// length and its vector's header): what byte budgets of queues and caches
+    /// charge for a tensor.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Bytes(v) => v
+                .iter()
+                .map(|b| b.len() + std::mem::size_of::<Vec<u8>>())
+                .sum(),
+            other => for_each_variant!(other, v => std::mem::size_of_val(v.as_slice())),
+        }
+    }
+
     /// An empty vector of the given datatype with room for `capacity` elements.
     pub fn with_capacity(datatype: Datatype, capacity: usize) -> Self {
         match datatype {
@@ -439,6 +452,12 @@ pub type RequestInput = Tensor;
 pub type ResponseOutput = Tensor;
 
 impl Tensor {
+    /// The bytes the tensor holds in memory, approximately: its elements
+    /// ([`TensorData::heap_bytes`]), name and shape.
+    pub fn heap_bytes(&self) -> usize {
+        self.data.heap_bytes() + self.name.len() + self.shape.len() * 8 + 64
+    }
+
     /// A tensor, checked: the shape must hold exactly `data.len()` elements.
     pub fn new(name: impl Into<String>, shape: impl Into<Shape>, data: TensorData) -> Result<Self> {
         let name = name.into();

@@ -125,8 +125,10 @@ pub(super) enum WireDatatype {
 pub(super) enum WireData {
     /// Read straight into typed elements.
     Typed(TensorData),
-    /// Read before the datatype was known.
-    Deferred(serde_json::Value),
+    /// Read before the datatype was known: kept as its JSON text (a generic
+    /// value tree would take many times the body's size), typed once the
+    /// datatype is.
+    Deferred(Box<serde_json::value::RawValue>),
 }
 
 impl WireDatatype {
@@ -292,10 +294,11 @@ impl WireTensor {
         let data = match self.data {
             None => return Err(format!("input '{name}': missing \"data\"")),
             Some(WireData::Typed(d)) => d,
-            Some(WireData::Deferred(value)) => {
+            Some(WireData::Deferred(raw)) => {
                 let mut out = TensorData::with_capacity(datatype, 0);
+                let mut de = serde_json::Deserializer::from_str(raw.get());
                 DataSeed { out: &mut out }
-                    .deserialize(&value)
+                    .deserialize(&mut de)
                     .map_err(|e| format!("input '{name}': data: {e}"))?;
                 out
             }

@@ -48,6 +48,11 @@ pub struct CacheConfig {
     pub max_entries: u64,
     /// How long an entry is served.
     pub ttl: Duration,
+    /// Bytes the entries may hold (keys and outputs), at most. Default 256 MiB.
+    pub max_bytes: u64,
+    /// Requests whose inputs hold more bytes than this are not cached. Default
+    /// 64 KiB.
+    pub max_key_bytes: usize,
 }
 
 impl BatchConfig {
@@ -77,9 +82,27 @@ impl BatchConfig {
 }
 
 impl CacheConfig {
-    /// At most `max_entries` entries, each served for `ttl`.
+    /// At most `max_entries` entries (and 256 MiB), each served for `ttl`;
+    /// requests with inputs above 64 KiB are not cached.
     pub fn new(max_entries: u64, ttl: Duration) -> Self {
-        Self { max_entries, ttl }
+        Self {
+            max_entries,
+            ttl,
+            max_bytes: 256 << 20,
+            max_key_bytes: 64 << 10,
+        }
+    }
+
+    /// At most `bytes` held by the entries.
+    pub fn with_max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// Caches only requests whose inputs hold at most `bytes`.
+    pub fn with_max_key_bytes(mut self, bytes: usize) -> Self {
+        self.max_key_bytes = bytes;
+        self
     }
 }
 
@@ -169,11 +192,11 @@ impl DeploymentConfig {
             ));
         }
         if let Some(c) = &self.cache
-            && (c.max_entries == 0 || c.ttl.is_zero())
+            && (c.max_entries == 0 || c.ttl.is_zero() || c.max_bytes == 0)
         {
             return Err(Error::invalid_input(
                 format!("cache of {}", self.name),
-                "max_entries and ttl must be positive",
+                "max_entries, max_bytes and ttl must be positive",
             ));
         }
         if self.reload_interval.is_some_and(|d| d.is_zero()) {

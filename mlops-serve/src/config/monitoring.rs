@@ -25,6 +25,9 @@ pub struct MonitorConfig {
     pub min_rows: usize,
     /// Requests waiting to be observed, at most (beyond: dropped and counted).
     pub queue: usize,
+    /// Bytes the requests waiting may hold (inputs and outputs), at most
+    /// (beyond: dropped and counted). Default 64 MiB.
+    pub max_queued_bytes: usize,
     /// The detector of served inputs, instead of the model's own.
     pub inputs: Option<Arc<dyn DriftDetector>>,
     /// The detector of served predictions, instead of the model's own.
@@ -37,6 +40,7 @@ impl Default for MonitorConfig {
             window: Window::TumblingRows(1000),
             min_rows: 100,
             queue: 10_000,
+            max_queued_bytes: 64 << 20,
             inputs: None,
             predictions: None,
         }
@@ -59,6 +63,12 @@ impl MonitorConfig {
     /// At most `requests` waiting to be observed.
     pub fn with_queue(mut self, requests: usize) -> Self {
         self.queue = requests;
+        self
+    }
+
+    /// At most `bytes` of requests waiting to be observed.
+    pub fn with_max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes;
         self
     }
 
@@ -87,6 +97,12 @@ pub struct FeedbackConfig {
     pub window: usize,
     /// Predictions awaiting their outcome, at most (oldest forgotten first).
     pub max_pending: usize,
+    /// Bytes the predictions awaiting their outcome may hold (ids and scores),
+    /// at most (oldest forgotten first). Default 64 MiB.
+    pub max_pending_bytes: usize,
+    /// Longest request id taken, in bytes; longer ones are refused (400), since
+    /// each is kept until its outcome arrives. Default 256.
+    pub max_id_bytes: usize,
 }
 
 impl FeedbackConfig {
@@ -97,6 +113,8 @@ impl FeedbackConfig {
             task,
             window: 1000,
             max_pending: 100_000,
+            max_pending_bytes: 64 << 20,
+            max_id_bytes: 256,
         }
     }
 
@@ -109,6 +127,18 @@ impl FeedbackConfig {
     /// At most `predictions` awaiting their outcome.
     pub fn with_max_pending(mut self, predictions: usize) -> Self {
         self.max_pending = predictions;
+        self
+    }
+
+    /// At most `bytes` held by the predictions awaiting their outcome.
+    pub fn with_max_pending_bytes(mut self, bytes: usize) -> Self {
+        self.max_pending_bytes = bytes;
+        self
+    }
+
+    /// Request ids of at most `bytes` bytes.
+    pub fn with_max_id_bytes(mut self, bytes: usize) -> Self {
+        self.max_id_bytes = bytes;
         self
     }
 }
@@ -124,6 +154,9 @@ pub struct LogConfig {
     pub flush_interval: Duration,
     /// Records waiting, at most (beyond: dropped and counted).
     pub max_buffered: usize,
+    /// Bytes the records waiting may hold, at most (beyond: dropped and
+    /// counted). Default 256 MiB.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for LogConfig {
@@ -132,6 +165,7 @@ impl Default for LogConfig {
             flush_rows: 10_000,
             flush_interval: Duration::from_secs(5),
             max_buffered: 100_000,
+            max_buffered_bytes: 256 << 20,
         }
     }
 }
@@ -152,6 +186,12 @@ impl LogConfig {
     /// Keeps at most `records` waiting.
     pub fn with_max_buffered(mut self, records: usize) -> Self {
         self.max_buffered = records;
+        self
+    }
+
+    /// Keeps at most `bytes` of records waiting.
+    pub fn with_max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.max_buffered_bytes = bytes;
         self
     }
 }

@@ -22,6 +22,7 @@ pub struct CacheStats {
 #[derive(Debug)]
 pub(crate) struct PredictionCache {
     entries: moka::sync::Cache<(u64, Vec<u8>), Arc<Vec<Tensor>>>,
+    max_key_bytes: usize,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -68,15 +69,33 @@ pub(crate) fn key(inputs: &[Tensor]) -> Vec<u8> {
 }
 
 impl PredictionCache {
+    /// A cache bounded by `config.max_bytes` and `config.max_entries` at once:
+    /// each entry weighs its bytes (key and outputs), but never less than
+    /// `max_bytes / max_entries`, so the total weight limit (`max_bytes`) also
+    /// caps the number of entries.
     pub(crate) fn new(config: CacheConfig) -> Self {
+        let max_bytes = config.max_bytes.max(1);
+        let floor = (max_bytes / config.max_entries.max(1)).max(1);
         Self {
             entries: moka::sync::Cache::builder()
-                .max_capacity(config.max_entries)
+                .max_capacity(max_bytes)
+                .weigher(move |k: &(u64, Vec<u8>), v: &Arc<Vec<Tensor>>| {
+                    let bytes =
+                        (k.1.len() + v.iter().map(Tensor::heap_bytes).sum::<usize>()) as u64;
+                    u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+                })
                 .time_to_live(config.ttl)
                 .build(),
+            max_key_bytes: config.max_key_bytes,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
+    }
+
+    /// Whether requests with `inputs` are cached at all (their encoded key would
+    /// be at most the configured key limit).
+    pub(crate) fn admits(&self, inputs: &[Tensor]) -> bool {
+        inputs.iter().map(Tensor::heap_bytes).sum::<usize>() <= self.max_key_bytes
     }
 
     pub(crate) fn get(&self, version: u64, key: &[u8]) -> Option<Arc<Vec<Tensor>>> {

@@ -27,6 +27,18 @@ struct BookInner {
     pending: HashMap<String, Pending>,
     order: VecDeque<String>,
     labelled: BTreeMap<u64, VecDeque<(f64, f64)>>,
+    /// What `pending` and `order` hold, in bytes (approximately).
+    bytes: usize,
+}
+
+/// The bytes a pending prediction holds (its id, scores and map entry).
+fn pending_cost(id: &str, scores: usize) -> usize {
+    id.len() + scores * 8 + 64
+}
+
+/// The bytes an id in the eviction order holds.
+fn order_cost(id: &str) -> usize {
+    id.len() + 24
 }
 
 impl std::fmt::Debug for BookInner {
@@ -61,22 +73,51 @@ impl FeedbackBook {
         }
     }
 
-    /// Remembers a served prediction under its request id.
+    /// Refuses request ids longer than the configured limit: each is kept until
+    /// its outcome arrives, so their length is memory a client controls.
+    pub(crate) fn check_id(&self, id: &str) -> Result<()> {
+        if id.len() > self.config.max_id_bytes {
+            return Err(Error::invalid_input(
+                "request id",
+                format!(
+                    "{} bytes long; a deployment with feedback takes ids of at most {} bytes",
+                    id.len(),
+                    self.config.max_id_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Remembers a served prediction under its request id, forgetting the oldest
+    /// beyond the count and byte limits.
     pub(crate) fn record_prediction(&self, id: &str, version: u64, outputs: &[Tensor]) {
         let Some(scores) = scores_of(outputs) else {
             return;
         };
-        let Ok(mut b) = self.inner.lock() else { return };
-        if b.pending
-            .insert(id.to_owned(), Pending { version, scores })
-            .is_none()
-        {
-            b.order.push_back(id.to_owned());
+        if id.len() > self.config.max_id_bytes {
+            return;
         }
-        while b.order.len() > self.config.max_pending {
-            if let Some(old) = b.order.pop_front() {
-                b.pending.remove(&old);
+        let Ok(mut b) = self.inner.lock() else { return };
+        let cost = pending_cost(id, scores.len());
+        match b.pending.insert(id.to_owned(), Pending { version, scores }) {
+            Some(old) => {
+                b.bytes = b.bytes.saturating_sub(pending_cost(id, old.scores.len())) + cost;
             }
+            None => {
+                b.order.push_back(id.to_owned());
+                b.bytes += cost + order_cost(id);
+            }
+        }
+        while b.order.len() > self.config.max_pending || b.bytes > self.config.max_pending_bytes {
+            let Some(old) = b.order.pop_front() else {
+                break;
+            };
+            let mut freed = order_cost(&old);
+            if let Some(p) = b.pending.remove(&old) {
+                freed += pending_cost(&old, p.scores.len());
+            }
+            b.bytes = b.bytes.saturating_sub(freed);
         }
     }
 
@@ -127,6 +168,10 @@ impl FeedbackBook {
         let Some(pending) = b.pending.remove(id) else {
             return Err(Error::backend("feedback", "the prediction vanished"));
         };
+        // Its id stays in the eviction order (and is counted there) until popped.
+        b.bytes = b
+            .bytes
+            .saturating_sub(pending_cost(id, pending.scores.len()));
         let window = self.config.window.max(1);
         let labelled = b.labelled.entry(pending.version).or_default();
         for (s, o) in pending.scores.iter().zip(outcomes) {

@@ -2,7 +2,7 @@
 //! background and written to an [`InferenceLogSink`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array};
@@ -25,6 +25,26 @@ struct LogRecord {
     latency_us: u64,
 }
 
+impl LogRecord {
+    /// The bytes the record holds, approximately.
+    fn size(&self) -> usize {
+        self.inputs.len()
+            + self.outputs.len()
+            + self.model.len()
+            + self.request_id.as_ref().map_or(0, String::len)
+            + 96
+    }
+}
+
+/// Writes tried after the server stopped, before the records left are dropped.
+const SHUTDOWN_TRIES: u32 = 5;
+
+/// The wait before the next write after `failures` failed ones in a row: 100 ms,
+/// doubling, at most 30 s.
+fn retry_delay(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(9))).min(Duration::from_secs(30))
+}
+
 enum LogMessage {
     Record(Box<LogRecord>),
     Flush(oneshot::Sender<Result<()>>),
@@ -36,6 +56,9 @@ pub(crate) struct InferenceLogger {
     tx: mpsc::Sender<LogMessage>,
     metrics: Arc<ServerMetrics>,
     written: Arc<AtomicU64>,
+    /// Bytes of the records queued or buffered, not yet written.
+    pending: Arc<AtomicUsize>,
+    max_bytes: usize,
 }
 
 impl std::fmt::Debug for LogMessage {
@@ -106,10 +129,17 @@ impl InferenceLogger {
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<LogMessage>(config.max_buffered.max(1));
         let written = Arc::new(AtomicU64::new(0));
+        let pending = Arc::new(AtomicUsize::new(0));
         let task_written = written.clone();
+        let task_pending = pending.clone();
         let task_metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buffer: Vec<LogRecord> = Vec::new();
+            // After a failed write, automatic writes wait (with growing delays) so
+            // a failing sink is not retried, and the buffer not re-encoded, for
+            // every record that arrives; an explicit flush always tries.
+            let mut failures = 0u32;
+            let mut retry_at: Option<tokio::time::Instant> = None;
             let mut tick = tokio::time::interval(config.flush_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // The first tick is immediate: take it so the first record waits too.
@@ -126,8 +156,10 @@ impl InferenceLogger {
                     },
                     _ = tick.tick() => (!buffer.is_empty(), None),
                 };
+                let explicit = reply.is_some() || rx.is_closed();
+                let waiting = retry_at.is_some_and(|t| tokio::time::Instant::now() < t);
                 let mut result = Ok(());
-                if flush && !buffer.is_empty() {
+                if flush && !buffer.is_empty() && (explicit || !waiting) {
                     result = match records_batch(&buffer) {
                         Ok(batch) => sink.write(batch).await,
                         Err(e) => Err(e),
@@ -135,7 +167,11 @@ impl InferenceLogger {
                     match &result {
                         Ok(()) => {
                             task_written.fetch_add(buffer.len() as u64, Ordering::Relaxed);
+                            let freed: usize = buffer.iter().map(LogRecord::size).sum();
+                            task_pending.fetch_sub(freed, Ordering::Relaxed);
                             buffer.clear();
+                            failures = 0;
+                            retry_at = None;
                         }
                         // Keep the records for the next attempt, within the bound.
                         Err(_) => {
@@ -144,9 +180,12 @@ impl InferenceLogger {
                                 "inference_log",
                                 "write_error",
                             );
+                            retry_at = Some(tokio::time::Instant::now() + retry_delay(failures));
+                            failures = failures.saturating_add(1);
                             if buffer.len() > config.max_buffered {
                                 let excess = buffer.len() - config.max_buffered;
-                                buffer.drain(..excess);
+                                let freed: usize = buffer.drain(..excess).map(|r| r.size()).sum();
+                                task_pending.fetch_sub(freed, Ordering::Relaxed);
                             }
                         }
                     }
@@ -154,8 +193,23 @@ impl InferenceLogger {
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
-                if rx.is_closed() && rx.is_empty() && buffer.is_empty() {
-                    return;
+                if rx.is_closed() && rx.is_empty() {
+                    if buffer.is_empty() {
+                        return;
+                    }
+                    // The server is gone and the sink fails: a few spaced tries,
+                    // then the records are dropped and counted (never a busy loop).
+                    if failures >= SHUTDOWN_TRIES {
+                        for _ in 0..buffer.len() {
+                            ServerMetrics::count(
+                                &task_metrics.dropped,
+                                "inference_log",
+                                "unwritten",
+                            );
+                        }
+                        return;
+                    }
+                    tokio::time::sleep(retry_delay(failures)).await;
                 }
             }
         });
@@ -163,6 +217,8 @@ impl InferenceLogger {
             tx,
             metrics,
             written,
+            pending,
+            max_bytes: config.max_buffered_bytes,
         }
     }
 
@@ -189,11 +245,16 @@ impl InferenceLogger {
             outputs: encode(outputs),
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         };
-        if self
-            .tx
-            .try_send(LogMessage::Record(Box::new(record)))
-            .is_err()
+        // Within the byte budget of everything not yet written, or dropped and
+        // counted (like a full queue).
+        let size = record.size();
+        if self.pending.fetch_add(size, Ordering::Relaxed) + size > self.max_bytes
+            || self
+                .tx
+                .try_send(LogMessage::Record(Box::new(record)))
+                .is_err()
         {
+            self.pending.fetch_sub(size, Ordering::Relaxed);
             ServerMetrics::count(&self.metrics.dropped, model, "inference_log");
         }
     }

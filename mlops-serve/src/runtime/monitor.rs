@@ -2,6 +2,7 @@
 //! to a bounded queue (full: dropped and counted) and a background task compares
 //! windows of them with the version's detectors.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow_array::{ArrayRef, RecordBatch};
@@ -56,7 +57,10 @@ pub(crate) struct DriftState {
 /// The monitor of one served version: a queue and the task behind it.
 #[derive(Debug)]
 pub(crate) struct VersionMonitor {
-    tx: mpsc::Sender<(Vec<Tensor>, Vec<Tensor>)>,
+    tx: mpsc::Sender<(Vec<Tensor>, Vec<Tensor>, usize)>,
+    /// Bytes of the requests queued, not yet observed.
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
     pub(crate) state: Arc<Mutex<DriftState>>,
     metrics: Arc<ServerMetrics>,
     deployment: String,
@@ -109,13 +113,16 @@ impl VersionMonitor {
         if monitors.is_empty() {
             return Ok(None);
         }
-        let (tx, mut rx) = mpsc::channel::<(Vec<Tensor>, Vec<Tensor>)>(config.queue.max(1));
+        let (tx, mut rx) = mpsc::channel::<(Vec<Tensor>, Vec<Tensor>, usize)>(config.queue.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let task_queued = queued.clone();
         let state = Arc::new(Mutex::new(DriftState::default()));
         let task_state = state.clone();
         let task_metrics = metrics.clone();
         let name = deployment.to_owned();
         tokio::spawn(async move {
-            while let Some((inputs, outputs)) = rx.recv().await {
+            while let Some((inputs, outputs, size)) = rx.recv().await {
+                task_queued.fetch_sub(size, Ordering::Relaxed);
                 for (kind, detector, monitor) in &mut monitors {
                     let tensors = if *kind == "inputs" { &inputs } else { &outputs };
                     let Some(batch) = batch_for(detector.as_ref(), tensors) else {
@@ -149,6 +156,8 @@ impl VersionMonitor {
         });
         Ok(Some(Self {
             tx,
+            queued,
+            max_bytes: config.max_queued_bytes,
             state,
             metrics,
             deployment: deployment.to_owned(),
@@ -157,7 +166,11 @@ impl VersionMonitor {
 
     /// Hands a served request to the monitor without waiting.
     pub(crate) fn observe(&self, inputs: Vec<Tensor>, outputs: Vec<Tensor>) {
-        if self.tx.try_send((inputs, outputs)).is_err() {
+        let size: usize = inputs.iter().chain(&outputs).map(Tensor::heap_bytes).sum();
+        if self.queued.fetch_add(size, Ordering::Relaxed) + size > self.max_bytes
+            || self.tx.try_send((inputs, outputs, size)).is_err()
+        {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
             ServerMetrics::count(&self.metrics.dropped, &self.deployment, "monitor");
         }
     }

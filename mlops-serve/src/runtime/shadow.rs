@@ -9,6 +9,8 @@ use mlops_core::inference::Tensor;
 
 /// Shadow records kept per deployment.
 const SHADOW_LOG: usize = 1000;
+/// Bytes the records of one deployment may hold (both answers' tensors).
+const SHADOW_LOG_BYTES: usize = 32 << 20;
 
 /// A request mirrored to the shadow version, with both answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,28 +29,49 @@ pub struct ShadowRecord {
     pub at: SystemTime,
 }
 
-/// The latest [`SHADOW_LOG`] shadow records of one deployment, oldest first.
+impl ShadowRecord {
+    /// The bytes the record holds, approximately.
+    fn heap_bytes(&self) -> usize {
+        let tensors = |t: &[Tensor]| t.iter().map(Tensor::heap_bytes).sum::<usize>();
+        let shadow = match &self.shadow {
+            Ok(t) => tensors(t),
+            Err(e) => e.len(),
+        };
+        tensors(&self.primary) + shadow + self.request_id.as_ref().map_or(0, String::len) + 96
+    }
+}
+
+/// The latest shadow records of one deployment, oldest first: at most
+/// [`SHADOW_LOG`] records and [`SHADOW_LOG_BYTES`] bytes.
 #[derive(Debug, Default)]
-pub(crate) struct ShadowLog(Mutex<VecDeque<ShadowRecord>>);
+pub(crate) struct ShadowLog(Mutex<(VecDeque<ShadowRecord>, usize)>);
 
 impl ShadowLog {
-    /// Appends `record`, forgetting the oldest when full.
+    /// Appends `record`, forgetting the oldest beyond the limits; a record larger
+    /// than the whole byte budget is not kept.
     pub(crate) fn push(&self, record: ShadowRecord) {
-        let mut log = match self.0.lock() {
+        let size = record.heap_bytes();
+        if size > SHADOW_LOG_BYTES {
+            return;
+        }
+        let mut guard = match self.0.lock() {
             Ok(log) => log,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if log.len() == SHADOW_LOG {
-            log.pop_front();
-        }
+        let (log, bytes) = &mut *guard;
         log.push_back(record);
+        *bytes += size;
+        while log.len() > SHADOW_LOG || *bytes > SHADOW_LOG_BYTES {
+            let Some(old) = log.pop_front() else { break };
+            *bytes = bytes.saturating_sub(old.heap_bytes());
+        }
     }
 
     /// The records held, oldest first.
     pub(crate) fn records(&self) -> Vec<ShadowRecord> {
         match self.0.lock() {
-            Ok(log) => log.iter().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
+            Ok(log) => log.0.iter().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().0.iter().cloned().collect(),
         }
     }
 }

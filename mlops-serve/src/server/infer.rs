@@ -60,6 +60,9 @@ impl ModelServer {
             });
         }
         let d = self.deployment(name)?;
+        if let (Some(book), Some(id)) = (&d.feedback, &request.id) {
+            book.check_id(id)?;
+        }
         let state = d.state();
         let loaded = self.choose(name, &state, version, &request)?;
         let number = loaded.version.version;
@@ -95,7 +98,13 @@ impl ModelServer {
             ));
         }
 
-        let key = d.cache.as_ref().map(|_| cache::key(&inputs));
+        // Inputs above the cache's key limit are not cached: their key would copy
+        // them whole, and one such entry could push out thousands of small ones.
+        let key = d
+            .cache
+            .as_ref()
+            .filter(|c| c.admits(&inputs))
+            .map(|_| cache::key(&inputs));
         let cached = match (&d.cache, &key) {
             (Some(c), Some(k)) => {
                 let hit = c.get(number, k);
@@ -190,10 +199,15 @@ impl ModelServer {
         primary: Arc<Vec<Tensor>>,
         inline_max_rows: usize,
     ) {
+        let Ok(permit) = self.inner.shadow_permits.clone().try_acquire_owned() else {
+            ServerMetrics::count(&self.inner.metrics.shadow, name, "skipped");
+            return;
+        };
         let server = self.clone();
         let deployment = Arc::downgrade(d);
         let name = name.to_owned();
         tokio::spawn(async move {
+            let _permit = permit;
             let answer = server
                 .run_model(&name, &shadow, inputs, inline_max_rows, false)
                 .await;

@@ -76,6 +76,11 @@ pub struct DeploymentStatus {
     pub cache: Option<CacheStats>,
 }
 
+/// Shadow requests running at once, across deployments; beyond it, copies are
+/// skipped and counted (`mlops_shadow_requests_total{outcome="skipped"}`): a
+/// slow shadow version must not pile up tasks and their inputs.
+const MAX_SHADOWS_IN_FLIGHT: usize = 256;
+
 #[derive(Debug)]
 struct Inner {
     name: String,
@@ -88,6 +93,8 @@ struct Inner {
     metrics: Arc<ServerMetrics>,
     draining: AtomicBool,
     in_flight: AtomicUsize,
+    /// Places for shadow requests running off the request path.
+    shadow_permits: Arc<tokio::sync::Semaphore>,
     rng: AtomicU64,
     drift_events: tokio::sync::broadcast::Sender<DriftEvent>,
     logger: Mutex<Option<InferenceLogger>>,
@@ -123,6 +130,7 @@ impl ModelServer {
                 metrics: Arc::new(ServerMetrics::new()),
                 draining: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
+                shadow_permits: Arc::new(tokio::sync::Semaphore::new(MAX_SHADOWS_IN_FLIGHT)),
                 rng: AtomicU64::new(seed),
                 drift_events: tokio::sync::broadcast::channel(1024).0,
                 logger: Mutex::new(None),

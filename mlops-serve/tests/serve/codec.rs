@@ -429,5 +429,74 @@ mod fuzz {
             check(&body, Some(SEED.len()));
             check(&body, None);
         }
+
+        /// The deferred path (`data` before `datatype`) decodes exactly what the
+        /// usual order does, values, errors and all.
+        #[test]
+        fn data_first_or_last_decode_alike(
+            values in proptest::collection::vec(proptest::option::of(-1e6f64..1e6), 0..40),
+            datatype in proptest::sample::select(vec!["FP32", "FP64", "INT32", "INT64", "BOOL"]),
+            nested in any::<bool>(),
+        ) {
+            let items: Vec<String> = values
+                .iter()
+                .map(|v| v.map_or_else(|| "\"x\"".to_owned(), |v| format!("{}", v.trunc())))
+                .collect();
+            let data = if nested && items.len().is_multiple_of(2) {
+                items.chunks(2).map(|c| format!("[{}]", c.join(","))).collect::<Vec<_>>().join(",")
+            } else {
+                items.join(",")
+            };
+            let shape = items.len();
+            let last = format!(r#"{{"inputs":[{{"name":"t","shape":[{shape}],"datatype":"{datatype}","data":[{data}]}}]}}"#);
+            let first = format!(r#"{{"inputs":[{{"data":[{data}],"name":"t","shape":[{shape}],"datatype":"{datatype}"}}]}}"#);
+            let a = super::from_json(last.as_bytes()).map_err(|e| e.to_string());
+            let b = super::from_json(first.as_bytes()).map_err(|e| e.to_string());
+            prop_assert_eq!(a.is_ok(), b.is_ok(), "{:?} vs {:?}", a, b);
+            if let (Ok(a), Ok(b)) = (a, b) {
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+}
+
+/// `data` before `datatype` is kept as its JSON text until the datatype is known
+/// (not as a generic value tree many times its size), then typed exactly as in
+/// the usual order, with the same checks.
+#[test]
+fn data_before_datatype_decodes_as_in_the_usual_order() {
+    let usual = from_json(
+        br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT64","data":[[1,2],[3,9007199254740993]]}]}"#,
+    )
+    .unwrap();
+    let reordered = from_json(
+        br#"{"inputs":[{"data":[[1,2],[3,9007199254740993]],"name":"x","shape":[2,2],"datatype":"INT64"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(usual, reordered);
+    // 200,000 floats with data first: decoded, all of them.
+    let values: Vec<String> = (0..200_000).map(|i| format!("{i}.5")).collect();
+    let body = format!(
+        r#"{{"inputs":[{{"data":[{}],"name":"x","shape":[200000],"datatype":"FP64"}}]}}"#,
+        values.join(",")
+    );
+    let r = from_json(body.as_bytes()).unwrap();
+    assert_eq!(r.inputs[0].data.len(), 200_000);
+    for (bad, needle) in [
+        (
+            r#"{"inputs":[{"data":[1,"a"],"name":"x","shape":[2],"datatype":"FP32"}]}"#,
+            "input 'x': data",
+        ),
+        (
+            r#"{"inputs":[{"data":[1,2,3],"name":"x","shape":[2],"datatype":"FP32"}]}"#,
+            "holds 2 elements but data has 3",
+        ),
+        (
+            r#"{"inputs":[{"data":[1],"name":"x","shape":[1],"datatype":"FP99"}]}"#,
+            "FP99",
+        ),
+    ] {
+        let err = from_json(bad.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains(needle), "{needle:?} not in {err}");
     }
 }

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod abuse;
+mod bounds;
 mod codec;
 mod common;
 mod conformance;

@@ -1,0 +1,185 @@
+//! Memory bounded by bytes, not only by count: the feedback book, the
+//! prediction cache, shadow traffic, the drift monitor's queue and the inference
+//! log, each against a client that sends large or many requests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use async_trait::async_trait;
+use mlops_core::inference::{InferenceRequest, Tensor, TensorData};
+use mlops_core::model::VersionSelector;
+use mlops_core::monitoring::InferenceLogSink;
+use mlops_core::{Error, Result, Server, Task};
+use mlops_serve::{CacheConfig, DeploymentConfig, FeedbackConfig, LogConfig, ModelServer, Routing};
+
+use crate::common::*;
+
+async fn deployed(config: impl FnOnce(&mut DeploymentConfig)) -> (ModelServer, Arc<LinearLoader>) {
+    let models = [version_model(1), version_model(2)];
+    let registry = registry(&models).await;
+    let loader = Arc::new(LinearLoader::default());
+    let s = ModelServer::new(registry, vec![loader.clone()]);
+    let mut d = DeploymentConfig::new("fraud", "m", Routing::Fixed(VersionSelector::Number(1)));
+    config(&mut d);
+    s.deploy(d).await.unwrap();
+    (s, loader)
+}
+
+fn with_id(rows: usize, id: &str) -> InferenceRequest {
+    let mut r = request(&vec![[0.5, 0.5]; rows]);
+    r.id = Some(id.into());
+    r
+}
+
+fn metric(s: &ModelServer, needle: &str) -> f64 {
+    s.metrics_text()
+        .lines()
+        .find(|l| l.contains(needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_ids_are_capped_and_pending_predictions_fit_their_byte_budget() {
+    let (s, _) = deployed(|d| {
+        d.feedback = Some(
+            FeedbackConfig::new(Task::Regression)
+                .with_max_id_bytes(64)
+                .with_max_pending_bytes(64 << 10),
+        );
+    })
+    .await;
+    // An id over the limit is refused before the model runs, naming the limit.
+    let err = s
+        .infer("fraud", None, with_id(1, &"i".repeat(65)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { .. }) && err.to_string().contains("at most 64 bytes"),
+        "{err}"
+    );
+    // 1,000 predictions of 100 rows each (about 800 KB of scores) in a 64 KiB
+    // budget: the oldest are forgotten, the newest still take feedback.
+    for i in 0..1000 {
+        s.infer("fraud", None, with_id(100, &format!("r{i}")))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        s.record_feedback("fraud", "r0", &[1.0; 100]).unwrap_err(),
+        Error::NotFound { .. }
+    ));
+    assert_eq!(s.record_feedback("fraud", "r999", &[1.0; 100]).unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_holds_its_byte_budget_and_skips_large_inputs() {
+    let (s, loader) = deployed(|d| {
+        d.cache = Some(
+            CacheConfig::new(10_000, Duration::from_secs(60))
+                .with_max_bytes(256 << 10)
+                .with_max_key_bytes(4 << 10),
+        );
+    })
+    .await;
+    // Inputs over the key limit are never cached: each call runs the model.
+    let big = request(&vec![[1.0, 2.0]; 1000]);
+    for _ in 0..3 {
+        s.infer("fraud", None, big.clone()).await.unwrap();
+    }
+    assert_eq!(loader.stats.calls.load(Ordering::SeqCst), 3);
+    // 2,000 distinct requests of 100 rows (about 2.4 KB of key and outputs
+    // each) against 256 KiB: the cache holds on the order of a hundred, far
+    // fewer than its 10,000-entry limit.
+    for i in 0..2000 {
+        let mut r = request(&vec![[i as f32, 0.0]; 100]);
+        r.id = None;
+        s.infer("fraud", None, r).await.unwrap();
+    }
+    let stats = s.status("fraud").unwrap().cache.unwrap();
+    assert!(stats.entries < 300, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_shadows_are_skipped_not_piled_up() {
+    let models = [
+        version_model(1),
+        Linear {
+            w: [2.0, 0.0],
+            b: 0.0,
+            delay_ms: 200,
+        },
+    ];
+    let registry = registry(&models).await;
+    let s = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
+    let mut d = DeploymentConfig::new("fraud", "m", Routing::Fixed(VersionSelector::Number(1)));
+    d.shadows = vec![VersionSelector::Number(2)];
+    d.inline_max_rows = 16;
+    s.deploy(d).await.unwrap();
+    // The primary answers at once; the shadow takes 200 ms a call. 1,000
+    // requests: only a bounded number of shadow calls may be waiting.
+    for _ in 0..1000 {
+        s.infer("fraud", None, request(&[[1.0, 0.0]]))
+            .await
+            .unwrap();
+    }
+    let skipped = metric(
+        &s,
+        r#"mlops_shadow_requests_total{model="fraud",outcome="skipped"}"#,
+    );
+    assert!(skipped >= 500.0, "skipped {skipped}");
+}
+
+/// A sink that always fails, counting the attempts.
+#[derive(Debug, Default)]
+struct Failing(AtomicUsize);
+
+#[async_trait]
+impl InferenceLogSink for Failing {
+    async fn write(&self, _records: RecordBatch) -> Result<()> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Err(Error::Unavailable {
+            what: "sink".into(),
+            reason: "down".into(),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_log_sink_is_retried_with_backoff_within_a_byte_budget() {
+    let (s, _) = deployed(|_| {}).await;
+    let sink = Arc::new(Failing::default());
+    s.set_inference_log(
+        sink.clone(),
+        LogConfig::default()
+            .with_flush_rows(10)
+            .with_max_buffered_bytes(256 << 10),
+    );
+    // 2,000 requests of 50 rows: every 10 records would be a write attempt
+    // (200 of them) without backoff, and the buffer would hold ~5 MB.
+    for i in 0..2000 {
+        s.infer("fraud", None, with_id(50, &format!("q{i}")))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let attempts = sink.0.load(Ordering::SeqCst);
+    assert!((1..20).contains(&attempts), "{attempts} write attempts");
+    let dropped = metric(
+        &s,
+        r#"mlops_dropped_records_total{model="fraud",outcome="inference_log"}"#,
+    );
+    assert!(dropped > 1000.0, "dropped {dropped}: the byte budget holds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tensor_byte_size_counts_elements_names_and_shapes() {
+    let t = Tensor::new("x", vec![2, 2], TensorData::Fp64(vec![0.0; 4])).unwrap();
+    assert_eq!(t.data.heap_bytes(), 32);
+    assert!(t.heap_bytes() >= 32 + 1 + 16);
+    let b = TensorData::Bytes(vec![b"abc".to_vec(), Vec::new()]);
+    assert_eq!(b.heap_bytes(), 3 + 2 * std::mem::size_of::<Vec<u8>>());
+}
