@@ -16,6 +16,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::ObjectOfflineStore;
+use super::log::commit_path;
 use super::ts_type;
 
 /// Tries at claiming a commit number before an ingestion gives up (each lost
@@ -125,22 +126,15 @@ impl ObjectOfflineStore {
         };
         let body = serde_json::to_vec_pretty(&commit)
             .map_err(|e| Error::invalid_input("commit", e.to_string()))?;
-        let dir = format!("features/views/{view}/commits");
         let mut attempt = 0;
         loop {
-            let next = self
-                .root
-                .list_numbered(&dir, ".json")
-                .await?
-                .last()
-                .copied()
-                .unwrap_or(0)
-                + 1;
+            let next = self.last_commit(view).await? + 1;
             if self
                 .root
-                .put_if_absent(&format!("{dir}/{next:020}.json"), body.clone().into())
+                .put_if_absent(&commit_path(view, next), body.clone().into())
                 .await?
             {
+                self.committed(view, next).await;
                 break;
             }
             // Another ingestion took this number: back off, then claim the next.
@@ -162,49 +156,6 @@ impl ObjectOfflineStore {
             rows: batch.num_rows(),
             files: files.into_iter().map(|f| f.path).collect(),
         })
-    }
-    /// Every commit of `view`, in order (read once, then cached).
-    pub(super) async fn commits(&self, view: &str) -> Result<Vec<Commit>> {
-        Ok(self
-            .numbered_commits(view)
-            .await?
-            .into_iter()
-            .map(|(_, c)| c)
-            .collect())
-    }
-
-    /// Every commit of `view` with its number, in order.
-    pub(super) async fn numbered_commits(&self, view: &str) -> Result<Vec<(u64, Commit)>> {
-        let dir = format!("features/views/{view}/commits");
-        let numbers = self.root.list_numbered(&dir, ".json").await?;
-        let known: Vec<u64> = {
-            let cache = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-            cache
-                .get(view)
-                .map(|m| m.keys().copied().collect())
-                .unwrap_or_default()
-        };
-        for n in numbers.iter().filter(|n| !known.contains(n)) {
-            let relative = format!("{dir}/{n:020}.json");
-            let bytes = self.root.get(&relative).await?;
-            let commit: Commit = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::integrity(
-                    self.root.describe(&self.root.path(&relative)),
-                    format!("not a valid commit: {e}"),
-                )
-            })?;
-            self.commits
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(view.to_owned())
-                .or_default()
-                .insert(*n, commit);
-        }
-        let cache = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(cache
-            .get(view)
-            .map(|m| m.iter().map(|(n, c)| (*n, c.clone())).collect())
-            .unwrap_or_default())
     }
 }
 

@@ -7,6 +7,8 @@
 //! features/registry.json (or registry/<seq>.json on local disk)   entities and views
 //! features/views/<view>/data/event_date=<YYYY-MM-DD>/<id>.parquet  the rows (Hive-style)
 //! features/views/<view>/commits/<seq>.json                         which files are visible
+//! features/views/<view>/commits/HEAD                               hint: the last commit
+//! features/views/<view>/checkpoints/<seq>.json                     commits 1..=seq, every 64th
 //! ```
 //!
 //! Data files are plain Parquet with the view's columns (timestamps as microsecond
@@ -18,6 +20,7 @@
 mod definitions;
 mod ingest;
 mod join;
+mod log;
 mod pit;
 mod reader;
 mod scan;

@@ -265,3 +265,63 @@ async fn ingestion_and_materialization_under_faults_are_all_or_nothing() {
         );
     }
 }
+
+/// Many small ingestions: a fresh reader plans a query without listing the
+/// commits (a hint and a checkpoint instead), in a bounded number of requests;
+/// writers carry on from the hint. (Every query used to list every commit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_log_is_read_in_bounded_requests_however_many_ingestions() {
+    for base in crate::roots("commit-log") {
+        let writer = ObjectOfflineStore::new(&base);
+        writer
+            .apply_view(wide_view(), ApplyOptions::default())
+            .await
+            .unwrap();
+        for day in 0..150 {
+            writer.ingest("wide", wide_rows(day, 2)).await.unwrap();
+        }
+        let query = |at: i64| {
+            RecordBatch::try_from_iter([
+                ("id", Arc::new(Int64Array::from(vec![0, 1])) as ArrayRef),
+                (
+                    "event_timestamp",
+                    Arc::new(TimestampMicrosecondArray::from(vec![at; 2]).with_timezone("UTC"))
+                        as ArrayRef,
+                ),
+            ])
+            .unwrap()
+        };
+        let mut options = HistoricalOptions::default();
+        options.require_created_before_event = false;
+        let refs: Vec<FeatureRef> = vec!["wide:f0".parse().unwrap()];
+        let (faulty, root) = faulty_root(&base);
+        let reader = ObjectOfflineStore::new(&root);
+        // Before every row: no data file is read, what is left is the commit log.
+        let out = reader
+            .get_historical_features(query(-DAY), &refs, options.clone())
+            .await
+            .unwrap();
+        assert_eq!(out.column_by_name("f0").unwrap().null_count(), 2);
+        let listed = faulty.objects_listed();
+        assert!(listed < 10, "{}: listed {listed} objects", base.url());
+        // The checkpoint of commits 1..=128, then 22 commits: not 150.
+        let calls = faulty.calls();
+        assert!(calls < 60, "{}: {calls} requests", base.url());
+
+        // Another writer claims the next number from the hint; a reader sees it.
+        ObjectOfflineStore::new(&base)
+            .ingest("wide", wide_rows(200, 2))
+            .await
+            .unwrap();
+        let out = ObjectOfflineStore::new(&base)
+            .get_historical_features(query(201 * DAY), &refs, options)
+            .await
+            .unwrap();
+        assert_eq!(out.column_by_name("f0").unwrap().null_count(), 0);
+        let out = reader
+            .get_historical_features(query(201 * DAY), &refs, HistoricalOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(out.num_rows(), 2);
+    }
+}
