@@ -49,6 +49,10 @@ struct Plan {
     multipart_uploads: u64,
     /// The next multipart upload loses its connection after this many parts.
     drop_upload_after_parts: Option<usize>,
+    /// Create-if-absent writes to paths containing this answer "already exists"
+    /// without writing (another writer got there first, as far as the caller
+    /// can tell).
+    taken: Option<String>,
 }
 
 /// What to do with one call.
@@ -125,6 +129,12 @@ impl FaultyStore {
         self.plan().bytes_read
     }
 
+    /// Answers every create-if-absent write to a path containing `fragment`
+    /// with "already exists", writing nothing: a race lost every time.
+    pub fn lose_creates_under(&self, fragment: &str) {
+        self.plan().taken = Some(fragment.to_owned());
+    }
+
     /// Multipart uploads started so far.
     pub fn multipart_uploads(&self) -> u64 {
         self.plan().multipart_uploads
@@ -164,6 +174,7 @@ impl FaultyStore {
     /// Removes every planned fault and the latency.
     pub fn clear(&self) {
         let mut p = self.plan();
+        p.taken = None;
         p.fail_before.clear();
         p.fail_after.clear();
         p.every = 0;
@@ -213,6 +224,17 @@ impl ObjectStore for FaultyStore {
         opts: PutOptions,
     ) -> Result<PutResult> {
         let verdict = self.enter("put", location).await?;
+        let taken = self
+            .plan()
+            .taken
+            .as_ref()
+            .is_some_and(|f| location.as_ref().contains(f.as_str()));
+        if taken && matches!(opts.mode, object_store::PutMode::Create) {
+            return Err(object_store::Error::AlreadyExists {
+                path: location.to_string(),
+                source: "taken by another writer (injected)".into(),
+            });
+        }
         let result = self.inner.put_opts(location, payload, opts).await?;
         match verdict {
             Verdict::FailAfter(n) => Err(injected(n, "put", location, "after the write")),

@@ -352,3 +352,39 @@ async fn the_inference_log_keeps_every_request_through_shutdown() {
     assert_eq!(ids[0], "q0");
     assert_eq!(ids[24], "q24");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_queue_holds_its_byte_budget() {
+    let root = StoreRoot::open("memory://").unwrap();
+    let s = trained_server(&root).await;
+    let mut d = DeploymentConfig::new("m", "m", Routing::Fixed(VersionSelector::Latest));
+    // A budget below one request's inputs and outputs: nothing is queued, each
+    // request is dropped and counted, and serving goes on.
+    d.monitoring = Some(
+        MonitorConfig::default()
+            .with_window(Window::TumblingRows(10))
+            .with_min_rows(5)
+            .with_max_queued_bytes(64),
+    );
+    s.deploy(d).await.unwrap();
+    let (x, _) = rows(200, 0.0, 2);
+    for (i, chunk) in x.chunks(20).enumerate() {
+        s.infer("m", None, request(chunk, &format!("q{i}")))
+            .await
+            .unwrap();
+    }
+    let dropped: f64 = s
+        .metrics_text()
+        .lines()
+        .find(|l| l.contains(r#"mlops_dropped_records_total{model="m",outcome="monitor"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert_eq!(dropped, 10.0);
+    assert!(
+        s.drift_status("m")
+            .unwrap()
+            .values()
+            .all(|v| v.inputs.is_none())
+    );
+}

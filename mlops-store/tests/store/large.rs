@@ -325,3 +325,60 @@ async fn the_commit_log_is_read_in_bounded_requests_however_many_ingestions() {
         assert_eq!(out.num_rows(), 2);
     }
 }
+
+/// Ingestion under lost create races: a data file whose fresh name is taken is
+/// refused (its rows would not be ours), and commit numbers that are always
+/// taken end in a clear error after a capped number of backed-off tries, with
+/// nothing made visible either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_gives_up_clearly_when_every_create_is_lost() {
+    let base = StoreRoot::open("memory://").unwrap();
+    let (faulty, root) = faulty_root(&base);
+    let s = ObjectOfflineStore::new(&root);
+    s.apply_view(wide_view(), ApplyOptions::default())
+        .await
+        .unwrap();
+    faulty.lose_creates_under("/data/");
+    let err = s.ingest("wide", wide_rows(0, 2)).await.unwrap_err();
+    assert!(
+        matches!(err, mlops_core::Error::Conflict { .. })
+            && err.to_string().contains("already exists"),
+        "{err}"
+    );
+    faulty.lose_creates_under("/commits/");
+    let started = std::time::Instant::now();
+    let err = s.ingest("wide", wide_rows(0, 2)).await.unwrap_err();
+    assert!(
+        matches!(err, mlops_core::Error::Unavailable { .. })
+            && err
+                .to_string()
+                .contains("no commit number could be claimed"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    faulty.clear();
+    // Nothing of either attempt is visible; the next ingestion works.
+    s.ingest("wide", wide_rows(1, 2)).await.unwrap();
+    let fresh = ObjectOfflineStore::new(&base);
+    let latest = fresh
+        .get_historical_features(
+            RecordBatch::try_from_iter([
+                ("id", Arc::new(Int64Array::from(vec![0])) as ArrayRef),
+                (
+                    "event_timestamp",
+                    Arc::new(TimestampMicrosecondArray::from(vec![3 * DAY]).with_timezone("UTC"))
+                        as ArrayRef,
+                ),
+            ])
+            .unwrap(),
+            &["wide:f0".parse().unwrap()],
+            {
+                let mut o = HistoricalOptions::default();
+                o.require_created_before_event = false;
+                o
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(latest.num_rows(), 1);
+}
