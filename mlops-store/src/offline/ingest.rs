@@ -16,12 +16,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::ObjectOfflineStore;
-use super::log::commit_path;
 use super::ts_type;
-
-/// Tries at claiming a commit number before an ingestion gives up (each lost
-/// race means another ingestion committed, so only heavy contention gets here).
-const MAX_COMMIT_ATTEMPTS: u32 = 64;
 
 /// One data file as a commit records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,33 +119,7 @@ impl ObjectOfflineStore {
             files: files.clone(),
             created_at: Utc::now(),
         };
-        let body = serde_json::to_vec_pretty(&commit)
-            .map_err(|e| Error::invalid_input("commit", e.to_string()))?;
-        let mut attempt = 0;
-        loop {
-            let next = self.last_commit(view).await? + 1;
-            if self
-                .root
-                .put_if_absent(&commit_path(view, next), body.clone().into())
-                .await?
-            {
-                self.committed(view, next).await;
-                break;
-            }
-            // Another ingestion took this number: back off, then claim the next.
-            attempt += 1;
-            if attempt >= MAX_COMMIT_ATTEMPTS {
-                return Err(Error::Unavailable {
-                    what: format!("view {view}"),
-                    reason: format!(
-                        "no commit number could be claimed in {MAX_COMMIT_ATTEMPTS} attempts: \
-                         too many concurrent ingestions; retry (the data files are written, \
-                         uncommitted, and invisible)"
-                    ),
-                });
-            }
-            crate::cas::backoff(attempt).await;
-        }
+        self.claim_commit(view, &commit).await?;
         Ok(IngestReceipt {
             view: view.to_owned(),
             rows: batch.num_rows(),

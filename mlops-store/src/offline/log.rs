@@ -25,6 +25,10 @@ use super::ingest::Commit;
 /// Commits per checkpoint.
 const CHECKPOINT_EVERY: u64 = 64;
 
+/// Tries at claiming a commit number before an ingestion gives up (each lost
+/// race means another ingestion committed, so only heavy contention gets here).
+const MAX_COMMIT_ATTEMPTS: u32 = 64;
+
 pub(super) fn commit_path(view: &str, n: u64) -> String {
     format!("features/views/{view}/commits/{n:020}.json")
 }
@@ -45,6 +49,40 @@ struct Checkpoint {
 }
 
 impl ObjectOfflineStore {
+    /// Makes `commit` visible as the next commit of `view`: claims the number
+    /// after the last create-if-absent, and on a lost race backs off and claims
+    /// the next, at most [`MAX_COMMIT_ATTEMPTS`] times.
+    pub(super) async fn claim_commit(&self, view: &str, commit: &Commit) -> Result<()> {
+        let body = serde_json::to_vec_pretty(&commit)
+            .map_err(|e| Error::invalid_input("commit", e.to_string()))?;
+        let mut attempt = 0;
+        loop {
+            let next = self.last_commit(view).await? + 1;
+            if self
+                .root
+                .put_if_absent(&commit_path(view, next), body.clone().into())
+                .await?
+            {
+                self.committed(view, next).await;
+                break;
+            }
+            // Another ingestion took this number: back off, then claim the next.
+            attempt += 1;
+            if attempt >= MAX_COMMIT_ATTEMPTS {
+                return Err(Error::Unavailable {
+                    what: format!("view {view}"),
+                    reason: format!(
+                        "no commit number could be claimed in {MAX_COMMIT_ATTEMPTS} attempts: \
+                         too many concurrent ingestions; retry (the data files are written, \
+                         uncommitted, and invisible)"
+                    ),
+                });
+            }
+            crate::cas::backoff(attempt).await;
+        }
+        Ok(())
+    }
+
     /// The number of the last commit of `view` (0 for none).
     pub(super) async fn last_commit(&self, view: &str) -> Result<u64> {
         self.refresh(view).await?;
