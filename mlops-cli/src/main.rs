@@ -1,0 +1,110 @@
+//! `mlops`: the service binary of the mlops SDK.
+//!
+//! ```text
+//! mlops serve --config mlops.toml     serve the configured deployments over HTTP (v2)
+//! mlops check --config mlops.toml     check a config file, change nothing
+//! ```
+//!
+//! Exit codes: 0 success; 1 a runtime failure (storage, a model that does not
+//! load, a port in use); 2 a usage or config error (the message names the key).
+//! Logs go to stderr, as text or, with `--log-format json`, one JSON object per
+//! line; `RUST_LOG` filters them (default `info`).
+
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mlops::core::Error;
+
+/// The mlops service: models served from a registry, configured by a file.
+#[derive(Debug, Parser)]
+#[command(name = "mlops", version, about)]
+struct Cli {
+    /// How logs are written to stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Print results as JSON (for scripts) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the configured deployments over HTTP until SIGTERM or SIGINT, then
+    /// drain the requests in flight and exit 0.
+    Serve {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file (syntax, keys, deployments) without serving.
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// An error, and the exit code it means.
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::InvalidInput { .. } | Error::SchemaMismatch { .. } => 2,
+        _ => 1,
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve::run(&config).await,
+            Command::Check { config } => serve::check(&config, cli.json),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if cli.json {
+                let line = serde_json::json!({"error": e.to_string(), "exit_code": exit_code(&e)});
+                eprintln!("{line}");
+            } else {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The `mlops` binary as a process: started from a config file, called with a
+//! real HTTP client, reloaded by an alias move, stopped by SIGTERM under load;
+//! broken configs fail fast naming the key.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mlops::arrow::RecordBatch;
+use mlops::arrow::array::{ArrayRef, Float64Array, Int64Array};
+use mlops::core::inference::{InferenceRequest, Tensor, TensorData};
+use mlops::prelude::*;
+use mlops::serve::RemoteServer;
+use mlops::store::{ObjectRegistry, StoreRoot};
+use mlops::train::{ModelSpec, Progress, TabularTrainer, TrainConfig};
+
+const KEY: &str = "cli-test-key";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "mlops-cli-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A model of `x -> y` trained on a little data, registered as the next version.
+async fn register(registry: &ObjectRegistry, shift: f64) -> u64 {
+    let x: Vec<f64> = (0..400).map(|i| f64::from(i) / 100.0 - 2.0).collect();
+    let y: Vec<i64> = x.iter().map(|v| i64::from(*v > shift)).collect();
+    let data = RecordBatch::try_from_iter([
+        ("x", Arc::new(Float64Array::from(x)) as ArrayRef),
+        ("y", Arc::new(Int64Array::from(y)) as ArrayRef),
+    ])
+    .unwrap();
+    let mut c = TrainConfig::new(Task::BinaryClassification, ModelSpec::Linear);
+    c.progress = Progress::Hidden;
+    c.epochs = 3;
+    let trained = TabularTrainer::new(c).fit(&data, "y").unwrap();
+    registry
+        .register("fraud", trained.artifact, trained.metadata)
+        .await
+        .unwrap()
+        .version
+}
+
+fn config(dir: &Path) -> String {
+    std::fs::write(dir.join("key"), KEY).unwrap();
+    format!(
+        r#"
+[storage]
+root = "file://{root}"
+
+[http]
+bind = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[[http.keys]]
+name = "test"
+key_file = "{key}"
+scopes = ["admin"]
+
+[[deployments]]
+name = "fraud"
+model = "fraud"
+routing = {{ fixed = "@champion" }}
+reload_interval = "100ms"
+"#,
+        root = dir.join("store").display(),
+        key = dir.join("key").display()
+    )
+}
+
+/// The binary serving `config`, and the base URL it printed.
+fn start(config_path: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlops"))
+        .args(["serve", "--config"])
+        .arg(config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before listening")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("listening on ") {
+            break url.to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, base)
+}
+
+fn request() -> InferenceRequest {
+    InferenceRequest::new(vec![
+        Tensor::new("x", vec![2], TensorData::Fp64(vec![-1.0, 1.0])).unwrap(),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_reloads_and_stops_cleanly_under_load() {
+    let dir = temp_dir("serve");
+    let root = StoreRoot::open(&format!("file://{}", dir.join("store").display())).unwrap();
+    let registry = ObjectRegistry::new(&root);
+    let v1 = register(&registry, 0.0).await;
+    registry.set_alias("fraud", "champion", v1).await.unwrap();
+    let path = dir.join("mlops.toml");
+    std::fs::write(&path, config(&dir)).unwrap();
+
+    let (mut child, base) = start(&path);
+    let client = RemoteServer::new(&base).unwrap().with_api_key(KEY);
+    assert!(client.ready().await.unwrap());
+    let answer = client.infer("fraud", None, request()).await.unwrap();
+    assert_eq!(answer.model_version.as_deref(), Some("1"));
+    let wrong = RemoteServer::new(&base).unwrap().with_api_key("wrong");
+    assert!(matches!(
+        wrong.infer("fraud", None, request()).await.unwrap_err(),
+        Error::Unauthorized { .. }
+    ));
+
+    // An alias move is picked up by the reload poller.
+    let v2 = register(&registry, 0.5).await;
+    registry.set_alias("fraud", "champion", v2).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = client.infer("fraud", None, request()).await.unwrap();
+        if answer.model_version.as_deref() == Some("2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alias move was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // SIGTERM under load: requests in flight finish; later ones are refused
+    // (503 while draining, or no connection once closed), never cut off.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, stop, ok, refused) =
+                (client.clone(), stop.clone(), ok.clone(), refused.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    match client.infer("fraud", None, request()).await {
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(Error::Unavailable { reason, .. })
+                            if !reason.contains("reading the answer") =>
+                        {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(e) => panic!("a request failed in flight: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(exited.success(), "exit status {exited:?}");
+    assert!(ok.load(Ordering::SeqCst) > 0);
+}
+
+#[test]
+fn a_broken_config_fails_fast_naming_the_key() {
+    let dir = temp_dir("broken");
+    let good = config(&dir);
+    for (broken, code, needles) in [
+        (
+            good.replace("bind = ", "bnd = "),
+            2,
+            vec!["line 6", "unknown field `bnd`"],
+        ),
+        (
+            good.replace("reload_interval = \"100ms\"", "reload_interval = \"often\""),
+            2,
+            vec!["reload_interval", "not a duration"],
+        ),
+        (
+            good.replace("scopes = [\"admin\"]", "scopes = [\"root\"]"),
+            2,
+            vec!["http.keys[0].scopes", "root"],
+        ),
+        (
+            good.replace("[[http.keys]]", "[[http.nokeys]]"),
+            2,
+            vec!["unknown field `nokeys`"],
+        ),
+    ] {
+        let path = dir.join("broken.toml");
+        std::fs::write(&path, broken).unwrap();
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(code));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for n in needles {
+            assert!(stderr.contains(n), "{n:?} not in {stderr}");
+        }
+    }
+    // No config file at all: named, exit 2; a model that is not there: exit 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
+        .args(["serve", "--config", "/nonexistent/mlops.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mlops.toml"));
+    let path = dir.join("empty-store.toml");
+    std::fs::write(&path, config(&dir)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fraud"));
+}
+
+#[test]
+fn check_reports_the_deployments_as_json() {
+    let dir = temp_dir("check");
+    let path = dir.join("mlops.toml");
+    std::fs::write(&path, config(&dir)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
+        .args(["--json", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["deployments"], serde_json::json!(["fraud"]));
+}
