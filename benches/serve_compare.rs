@@ -120,6 +120,22 @@ async fn main() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
 
+    // The same model in a file registry under the export, for the service
+    // binary's cold-start benchmark (benches/cold_start.py).
+    let store_dir = format!("{export}/store");
+    let _ = std::fs::remove_dir_all(&store_dir);
+    let on_disk = ObjectRegistry::new(
+        &StoreRoot::open(&format!("file://{store_dir}")).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let v = on_disk
+        .register("fraud", trained.artifact.clone(), trained.metadata.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    on_disk
+        .set_alias("fraud", "champion", v.version)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
     let root = StoreRoot::open("memory://").unwrap_or_else(|e| panic!("{e}"));
     let registry = Arc::new(ObjectRegistry::new(&root));
     registry
