@@ -1,7 +1,9 @@
 //! `mlops`: the service binary of the mlops SDK.
 //!
 //! ```text
-//! mlops serve --config mlops.toml     serve the configured deployments over HTTP (v2)
+//! mlops serve --config mlops.toml     serve the configured deployments over HTTP (v2);
+//!                                     SIGTERM drains and exits, SIGHUP applies
+//!                                     deployment changes from the file
 //! mlops check --config mlops.toml     check a config file, change nothing
 //! ```
 //!

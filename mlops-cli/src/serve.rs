@@ -1,6 +1,7 @@
 //! `mlops serve` and `mlops check`: the config turned into a model server and
 //! its HTTP face.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,11 +56,104 @@ async fn stop_signal() {
     }
 }
 
-/// Serves until SIGTERM or SIGINT; then drains and returns.
+/// SIGHUP, where there is one.
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+#[cfg(unix)]
+fn hangups() -> Hangups {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangups() -> Hangups {}
+
+/// Resolves at each SIGHUP (never where there is none).
+#[cfg(unix)]
+async fn hangup(signal: &mut Hangups) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn hangup(_: &mut Hangups) {
+    std::future::pending().await
+}
+
+/// What the running service applied: each deployment's config, and the HTTP
+/// face's (which only a restart changes), as fingerprints.
+struct Applied {
+    deployments: BTreeMap<String, String>,
+    http: String,
+}
+
+fn http_fingerprint(config: &Config) -> String {
+    format!("{} {:?}", config.http.bind, config.http_config().ok())
+}
+
+/// Re-reads the config and applies its deployment changes: changed ones are
+/// redeployed (their new versions load before they take traffic), new ones
+/// deployed, removed ones unloaded. A config that does not load changes nothing.
+async fn apply(path: &Path, server: &ModelServer, applied: &mut Applied) {
+    let (config, deployments) =
+        match Config::load(path).and_then(|c| c.deployment_configs().map(|d| (c, d))) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "the config was not reloaded; serving as before");
+                return;
+            }
+        };
+    if http_fingerprint(&config) != applied.http {
+        tracing::warn!("changes to [http] take effect on restart only");
+    }
+    let mut next = BTreeMap::new();
+    for d in deployments {
+        let name = d.name.clone();
+        let fingerprint = format!("{d:?}");
+        if applied.deployments.get(&name) == Some(&fingerprint) {
+            next.insert(name, fingerprint);
+            continue;
+        }
+        match server.redeploy(d).await {
+            Ok(report) => {
+                tracing::info!(deployment = %name, versions = ?report.resolved, "redeployed");
+                next.insert(name, fingerprint);
+            }
+            Err(e) => {
+                tracing::error!(deployment = %name, error = %e, "not redeployed; serving as before");
+                if let Some(old) = applied.deployments.get(&name) {
+                    next.insert(name, old.clone());
+                }
+            }
+        }
+    }
+    for name in applied.deployments.keys() {
+        if !next.contains_key(name) && server.unload(name).is_ok() {
+            tracing::info!(deployment = %name, "unloaded");
+        }
+    }
+    applied.deployments = next;
+}
+
+/// Serves until SIGTERM or SIGINT; then drains and returns. SIGHUP re-reads the
+/// config and applies its deployment changes without dropping requests.
 pub(crate) async fn run(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
     let http = config.http_config()?;
     let deployments = config.deployment_configs()?;
+    let mut applied = Applied {
+        deployments: deployments
+            .iter()
+            .map(|d| (d.name.clone(), format!("{d:?}")))
+            .collect(),
+        http: http_fingerprint(&config),
+    };
     let url = config.storage_root()?;
     let root = StoreRoot::open_with_options(&url, config.storage_options()?)?;
     let registry = Arc::new(ObjectRegistry::new(&root));
@@ -95,7 +189,18 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
         })
         .await
     });
-    stop_signal().await;
+    let mut hangups = hangups();
+    let stopping = stop_signal();
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            () = &mut stopping => break,
+            () = hangup(&mut hangups) => {
+                tracing::info!("SIGHUP: reloading the config");
+                apply(path, &server, &mut applied).await;
+            }
+        }
+    }
     tracing::info!("stopping: draining requests in flight");
     // Readiness goes false at once (load balancers stop sending), requests in
     // flight finish, then the listener closes.

@@ -147,6 +147,41 @@ async fn serves_reloads_and_stops_cleanly_under_load() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // SIGHUP re-reads the config: a broken one changes nothing; a new
+    // deployment is served, without a restart.
+    let hup = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    std::fs::write(&path, "[storage\n").unwrap();
+    hup(child.id());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(client.infer("fraud", None, request()).await.is_ok());
+    let mut more = config(&dir);
+    more.push_str(
+        "\n[[deployments]]\nname = \"fraud-v1\"\nmodel = \"fraud\"\nrouting = { fixed = \"1\" }\n",
+    );
+    std::fs::write(&path, more).unwrap();
+    hup(child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        if let Ok(a) = client.infer("fraud-v1", None, request()).await {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new deployment was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(answer.model_version.as_deref(), Some("1"));
+    assert!(client.infer("fraud", None, request()).await.is_ok());
+
     // SIGTERM under load: requests in flight finish; later ones are refused
     // (503 while draining, or no connection once closed), never cut off.
     let stop = Arc::new(AtomicBool::new(false));

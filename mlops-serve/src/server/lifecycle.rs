@@ -28,16 +28,7 @@ impl ModelServer {
         if self.deployment(&config.name).is_ok() {
             return Err(Error::already_exists(ResourceKind::Model, &config.name));
         }
-        let (state, report) = self.resolve(&config, config.routing.clone(), None).await?;
-        let deployment = Arc::new(Deployment {
-            cache: config.cache.map(PredictionCache::new),
-            feedback: config.feedback.map(FeedbackBook::new),
-            state: RwLock::new(Arc::new(state)),
-            shadow_log: ShadowLog::default(),
-            tasks: Mutex::new(Vec::new()),
-            reload_lock: tokio::sync::Mutex::new(()),
-            config: config.clone(),
-        });
+        let (deployment, report) = self.build(config.clone()).await?;
         {
             let mut map = self
                 .inner
@@ -54,6 +45,50 @@ impl ModelServer {
         }
         self.start_tasks(&deployment);
         Ok(report)
+    }
+
+    /// Serves `config` in place of the deployment of the same name (or deploys
+    /// it when there is none), without failing a request: the new versions load
+    /// first, and if that fails the old deployment goes on serving; requests in
+    /// flight finish on the old deployment, new ones go to the new one. Its
+    /// cache, feedback and shadow records start empty.
+    pub async fn redeploy(&self, config: DeploymentConfig) -> Result<ReloadReport> {
+        config.validate()?;
+        let (deployment, report) = self.build(config.clone()).await?;
+        let old = self
+            .inner
+            .deployments
+            .write()
+            .map_err(|_| Error::backend("model server", "deployment table poisoned"))?
+            .insert(config.name.clone(), deployment.clone());
+        if let Ok(mut parked) = self.inner.parked.lock() {
+            parked.remove(&config.name);
+        }
+        self.start_tasks(&deployment);
+        // The old one's pollers and ramps stop now, not when its last request ends.
+        if let Some(old) = old
+            && let Ok(tasks) = old.tasks.lock()
+        {
+            for t in tasks.iter() {
+                t.abort();
+            }
+        }
+        Ok(report)
+    }
+
+    /// A deployment of `config` with its versions loaded, not yet serving.
+    async fn build(&self, config: DeploymentConfig) -> Result<(Arc<Deployment>, ReloadReport)> {
+        let (state, report) = self.resolve(&config, config.routing.clone(), None).await?;
+        let deployment = Arc::new(Deployment {
+            cache: config.cache.map(PredictionCache::new),
+            feedback: config.feedback.map(FeedbackBook::new),
+            state: RwLock::new(Arc::new(state)),
+            shadow_log: ShadowLog::default(),
+            tasks: Mutex::new(Vec::new()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            config,
+        });
+        Ok((deployment, report))
     }
 
     pub(super) fn start_tasks(&self, deployment: &Arc<Deployment>) {

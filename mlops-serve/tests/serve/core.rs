@@ -642,3 +642,46 @@ async fn archived_versions_are_not_served() {
         .unwrap_err();
     assert!(err.to_string().contains("archived"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_swaps_the_deployment_without_failing_a_request() {
+    let (s, _, _) = server(2).await;
+    // A new name deploys.
+    s.redeploy(DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1))))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (s, stop) = (s.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    s.infer("fraud", None, request(&[[1.0, 0.0]]))
+                        .await
+                        .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for round in 0..10u64 {
+        let to = 1 + round % 2;
+        s.redeploy(DeploymentConfig::new("fraud", "m", Routing::Fixed(v(to))))
+            .await
+            .unwrap();
+        assert_eq!(version_answering(&s, None).await, to);
+    }
+    // A redeploy that cannot load fails and leaves the old deployment serving.
+    assert!(
+        s.redeploy(DeploymentConfig::new("fraud", "m", Routing::Fixed(v(9))))
+            .await
+            .is_err()
+    );
+    assert_eq!(version_answering(&s, None).await, 2);
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        assert!(c.await.unwrap() > 0);
+    }
+}
