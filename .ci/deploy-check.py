@@ -5,7 +5,10 @@
 2. every rendered manifest validates against the Kubernetes schemas
    (`kubernetes-validate --strict`, from PyPI);
 3. the service config the manifests ship (the ConfigMap's mlops.toml) passes
-   `mlops check`, with the dev overlay's keys in place of the mounted Secret.
+   `mlops check`, with the dev overlay's keys in place of the mounted Secret;
+4. the Prometheus alert rules pass `promtool check rules` and their unit tests
+   `promtool test rules`. (That every metric the rules and the Grafana dashboard
+   use is exported is a test of mlops-cli against a real scrape.)
 
 Run with a Python that has kubernetes-validate (and so PyYAML): `.ci/run` uses
 its virtual environment.
@@ -69,6 +72,15 @@ def main() -> int:
             problems += 1
         else:
             print(f"deploy: the shipped mlops.toml passes `mlops check`: {check.stdout.strip()}")
+    rules = ROOT / "deploy" / "prometheus"
+    promtool = os.environ.get("MLOPS_TEST_PROMTOOL", "promtool")
+    for args in (["check", "rules", str(rules / "alerts.yaml")], ["test", "rules", str(rules / "alerts_test.yaml")]):
+        out = subprocess.run([promtool, *args], capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"deploy: promtool {' '.join(args[:2])} failed:\n{out.stdout}{out.stderr}")
+            problems += 1
+        else:
+            print(f"deploy: promtool {' '.join(args[:2])}: ok")
     return 1 if problems else 0
 
 

@@ -29,6 +29,8 @@
 //! reload_interval = "10s"
 //! batching = { max_batch_size = 64, max_queue_delay = "500us" }
 //! cache = { max_entries = 100000, ttl = "60s" }
+//! monitoring = { window_rows = 1000, min_rows = 100 }   # drift of inputs and predictions
+//! feedback = { task = "binary_classification", window = 1000 }   # live quality
 //! ```
 //!
 //! Unknown keys are errors. Secrets never sit in the file: a string may be
@@ -43,7 +45,8 @@ use std::time::Duration;
 use mlops::core::model::VersionSelector;
 use mlops::core::{Error, Result};
 use mlops::serve::{
-    ApiKeys, Arm, BatchConfig, CacheConfig, DeploymentConfig, HttpConfig, Routing, Scope,
+    ApiKeys, Arm, BatchConfig, CacheConfig, DeploymentConfig, FeedbackConfig, HttpConfig,
+    MonitorConfig, Routing, Scope,
 };
 use serde::{Deserialize, Deserializer};
 
@@ -142,6 +145,25 @@ pub(crate) struct Deployment {
     pub(crate) cache: Option<Cache>,
     #[serde(default)]
     pub(crate) inline_max_rows: usize,
+    pub(crate) monitoring: Option<Monitoring>,
+    pub(crate) feedback: Option<Feedback>,
+}
+
+/// Drift monitoring of served inputs and predictions against the references the
+/// model carries, in tumbling windows of rows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Monitoring {
+    pub(crate) window_rows: usize,
+    pub(crate) min_rows: Option<usize>,
+}
+
+/// Feedback by request id and live quality.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Feedback {
+    pub(crate) task: mlops::core::Task,
+    pub(crate) window: Option<usize>,
 }
 
 /// How a deployment routes: one key of `fixed`, `split`, `canary`.
@@ -397,6 +419,21 @@ impl Config {
                         batching = batching.with_instances(v);
                     }
                     c.batching = Some(batching);
+                }
+                if let Some(m) = &d.monitoring {
+                    let mut mc = MonitorConfig::default()
+                        .with_window(mlops::core::drift::Window::TumblingRows(m.window_rows));
+                    if let Some(v) = m.min_rows {
+                        mc = mc.with_min_rows(v);
+                    }
+                    c.monitoring = Some(mc);
+                }
+                if let Some(f) = &d.feedback {
+                    let mut fc = FeedbackConfig::new(f.task);
+                    if let Some(v) = f.window {
+                        fc = fc.with_window(v);
+                    }
+                    c.feedback = Some(fc);
                 }
                 if let Some(cache) = &d.cache {
                     let mut cc = CacheConfig::new(cache.max_entries, cache.ttl);

@@ -308,3 +308,95 @@ fn check_reports_the_deployments_as_json() {
     assert_eq!(v["ok"], true);
     assert_eq!(v["deployments"], serde_json::json!(["fraud"]));
 }
+
+/// Every `mlops_*` metric the Grafana dashboard and the alert rules use appears
+/// in a real scrape of the binary serving a model with batching, a cache, a
+/// shadow, drift monitoring and feedback, after traffic and outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_alerts_use_only_metrics_the_binary_exports() {
+    let dir = temp_dir("metrics");
+    let root = StoreRoot::open(&format!("file://{}", dir.join("store").display())).unwrap();
+    let registry = ObjectRegistry::new(&root);
+    let v1 = register(&registry, 0.0).await;
+    let v2 = register(&registry, 0.2).await;
+    registry.set_alias("fraud", "champion", v2).await.unwrap();
+    let mut text = config(&dir);
+    text = text.replace(
+        "reload_interval = \"100ms\"",
+        &format!(
+            "reload_interval = \"100ms\"\nshadows = [\"{v1}\"]\n\
+             batching = {{ max_batch_size = 8, max_queue_delay = \"1ms\" }}\n\
+             cache = {{ max_entries = 100, ttl = \"60s\" }}\n\
+             monitoring = {{ window_rows = 20, min_rows = 10 }}\n\
+             feedback = {{ task = \"binary_classification\", window = 100 }}"
+        ),
+    );
+    let path = dir.join("mlops.toml");
+    std::fs::write(&path, text).unwrap();
+    let (mut child, base) = start(&path);
+    let client = RemoteServer::new(&base).unwrap().with_api_key(KEY);
+    for i in 0..60 {
+        let mut r = request();
+        r.id = Some(format!("r{i}"));
+        client.infer("fraud", None, r).await.unwrap();
+        client
+            .record_feedback("fraud", &format!("r{i}"), &[0.0, 1.0])
+            .await
+            .unwrap();
+    }
+    // Drift windows are compared in the background.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let scrape = reqwest_get(&format!("{base}/metrics")).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let exported: std::collections::BTreeSet<String> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [
+        "deploy/grafana/dashboard.json",
+        "deploy/prometheus/alerts.yaml",
+    ] {
+        let text = std::fs::read_to_string(repo.join(file)).unwrap();
+        let mut used = std::collections::BTreeSet::new();
+        for (i, _) in text.match_indices("mlops_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            used.insert(name);
+        }
+        assert!(used.len() > 3, "{file}: {used:?}");
+        for name in used {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(*b)))
+                .unwrap_or(&name);
+            assert!(
+                exported.contains(family),
+                "{file} uses {name}, which the binary does not export: {exported:?}"
+            );
+        }
+    }
+}
+
+/// The body of a GET with the test key, over a plain TCP connection.
+async fn reqwest_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {KEY}\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+}
