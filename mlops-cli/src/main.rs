@@ -5,6 +5,7 @@
 //!                                     SIGTERM drains and exits, SIGHUP applies
 //!                                     deployment changes from the file
 //! mlops check --config mlops.toml     check a config file, change nothing
+//! mlops models --config mlops.toml list | show | register | alias | archive | verify
 //! ```
 //!
 //! Exit codes: 0 success; 1 a runtime failure (storage, a model that does not
@@ -13,6 +14,7 @@
 //! line; `RUST_LOG` filters them (default `info`).
 
 mod config;
+mod models;
 mod serve;
 
 use std::path::PathBuf;
@@ -56,6 +58,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The model registry on the config's storage root.
+    Models {
+        /// The config file (only its [storage] is read).
+        #[arg(long, short, global = true, default_value = "mlops.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: models::ModelsCommand,
+    },
 }
 
 /// An error, and the exit code it means.
@@ -95,6 +105,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve { config } => serve::run(&config).await,
             Command::Check { config } => serve::check(&config, cli.json),
+            Command::Models { config, command } => models::run(&config, command, cli.json).await,
         }
     });
     match result {

@@ -400,3 +400,97 @@ async fn reqwest_get(url: &str) -> String {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     answer
 }
+
+/// `mlops models` against a file registry: register, list, show, alias, archive,
+/// verify, as text and JSON; bad input exits non-zero naming what was wrong and
+/// changes nothing.
+#[test]
+fn models_commands_manage_the_registry() {
+    let dir = temp_dir("models");
+    let path = dir.join("mlops.toml");
+    std::fs::write(&path, config(&dir)).unwrap();
+    let artifact = dir.join("model.bin");
+    std::fs::write(&artifact, b"weights").unwrap();
+    let mlops = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
+            .args(args)
+            .args(["--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file = artifact.to_str().unwrap();
+    for expected in ["version 1", "version 2"] {
+        let (code, out, err) = mlops(&["models", "register", "fraud", file, "--flavor", "test"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains(expected), "{out}");
+    }
+    let (code, _, err) = mlops(&["models", "alias", "fraud", "champion", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, _) = mlops(&["--json", "models", "list"]);
+    assert_eq!(code, Some(0));
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["model"], "fraud");
+    assert_eq!(list[0]["versions"], 2);
+    assert_eq!(list[0]["aliases"]["champion"], 2);
+    let (code, out, _) = mlops(&["models", "archive", "fraud", "1"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (_, out, _) = mlops(&["models", "show", "fraud"]);
+    assert!(
+        out.contains("archived") && out.contains("@champion -> 2"),
+        "{out}"
+    );
+    let (code, out, _) = mlops(&["--json", "models", "verify", "fraud", "1"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("\"verified\":true"), "{out}");
+    // Bad input: exit non-zero with the reason; the registry is unchanged.
+    for (args, code, needle) in [
+        (
+            vec!["models", "alias", "fraud", "champion", "1"],
+            1,
+            "archived",
+        ),
+        (
+            vec!["models", "alias", "fraud", "champion", "9"],
+            1,
+            "fraud@9",
+        ),
+        (vec!["models", "show", "nope"], 1, "nope"),
+        (
+            vec![
+                "models",
+                "register",
+                "fraud",
+                "/nonexistent",
+                "--flavor",
+                "t",
+            ],
+            2,
+            "/nonexistent",
+        ),
+        (vec!["models", "verify", "fraud", "@nope"], 1, "fraud@nope"),
+    ] {
+        let (got, _, err) = mlops(&args);
+        assert_eq!(got, Some(code), "{args:?}: {err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+    // Corrupted bytes are found by verify.
+    let blobs = dir.join("store/registry/blobs/sha256");
+    let blob = std::fs::read_dir(&blobs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(blob, b"tampered").unwrap();
+    let (code, _, err) = mlops(&["models", "verify", "fraud", "2"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("digest") || err.contains("integrity"), "{err}");
+    let (_, out, _) = mlops(&["--json", "models", "list"]);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["aliases"]["champion"], 2);
+}
