@@ -6,15 +6,20 @@
 //!                                     deployment changes from the file
 //! mlops check --config mlops.toml     check a config file, change nothing
 //! mlops models --config mlops.toml list | show | register | alias | archive | verify
+//!
+//! mlops audit --config mlops.toml verify | tail
+//! mlops runs --config mlops.toml list | show
 //! ```
 //!
 //! Exit codes: 0 success; 1 a runtime failure (storage, a model that does not
-//! load, a port in use); 2 a usage or config error (the message names the key).
+//! load, a port in use, an unknown name); 2 a usage or config error (the message
+//! names the key); 3 an integrity check failed (a digest or the audit chain).
 //! Logs go to stderr, as text or, with `--log-format json`, one JSON object per
 //! line; `RUST_LOG` filters them (default `info`).
 
 mod config;
 mod models;
+mod records;
 mod serve;
 
 use std::path::PathBuf;
@@ -66,12 +71,29 @@ enum Command {
         #[command(subcommand)]
         command: models::ModelsCommand,
     },
+    /// The tamper-evident audit log on the config's storage root.
+    Audit {
+        /// The config file (only its [storage] is read).
+        #[arg(long, short, global = true, default_value = "mlops.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: records::AuditCommand,
+    },
+    /// Experiment runs on the config's storage root.
+    Runs {
+        /// The config file (only its [storage] is read).
+        #[arg(long, short, global = true, default_value = "mlops.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: records::RunsCommand,
+    },
 }
 
 /// An error, and the exit code it means.
 fn exit_code(e: &Error) -> u8 {
     match e {
         Error::InvalidInput { .. } | Error::SchemaMismatch { .. } => 2,
+        Error::Integrity { .. } => 3,
         _ => 1,
     }
 }
@@ -106,6 +128,8 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve::run(&config).await,
             Command::Check { config } => serve::check(&config, cli.json),
             Command::Models { config, command } => models::run(&config, command, cli.json).await,
+            Command::Audit { config, command } => records::audit(&config, command, cli.json).await,
+            Command::Runs { config, command } => records::runs(&config, command, cli.json).await,
         }
     });
     match result {

@@ -2,13 +2,14 @@
 //! alias set, archive, verify), on the storage root of the config file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Subcommand;
 use mlops::core::model::{
     ModelArtifact, ModelMetadata, ModelRegistry, ModelVersion, VersionSelector, VersionStatus,
 };
 use mlops::core::{Error, Result};
-use mlops::store::{ObjectRegistry, StoreRoot};
+use mlops::store::{ObjectAuditLog, ObjectRegistry, StoreRoot};
 
 use crate::config::Config;
 
@@ -62,7 +63,10 @@ pub(crate) enum ModelsCommand {
 fn registry(config: &Path) -> Result<ObjectRegistry> {
     let config = Config::load(config)?;
     let root = StoreRoot::open_with_options(&config.storage_root()?, config.storage_options()?)?;
-    Ok(ObjectRegistry::new(&root).with_actor("mlops-cli"))
+    // Every change made from the command line is in the audit log.
+    Ok(ObjectRegistry::new(&root)
+        .with_audit(Arc::new(ObjectAuditLog::new(&root)))
+        .with_actor("mlops-cli"))
 }
 
 fn status(v: &ModelVersion) -> &'static str {

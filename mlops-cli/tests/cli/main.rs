@@ -488,9 +488,79 @@ fn models_commands_manage_the_registry() {
         .path();
     std::fs::write(blob, b"tampered").unwrap();
     let (code, _, err) = mlops(&["models", "verify", "fraud", "2"]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("digest") || err.contains("integrity"), "{err}");
     let (_, out, _) = mlops(&["--json", "models", "list"]);
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list[0]["aliases"]["champion"], 2);
+
+    // Every change above is in the audit log, whose chain verifies; an entry
+    // edited afterwards is found (exit 3).
+    let (code, out, err) = mlops(&["--json", "audit", "verify"]);
+    assert_eq!(code, Some(0), "{err}");
+    let verdict: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(verdict["intact"], true);
+    assert_eq!(
+        verdict["entries"], 4,
+        "two registrations, an alias, an archive"
+    );
+    let (_, out, _) = mlops(&["audit", "tail", "-n", "2"]);
+    assert!(
+        out.contains("set_alias") && out.contains("archive"),
+        "{out}"
+    );
+    let entry = dir.join("store/audit/00000000000000000002.json");
+    let text = std::fs::read_to_string(&entry).unwrap();
+    std::fs::write(&entry, text.replace("mlops-cli", "someone-else")).unwrap();
+    let (code, _, err) = mlops(&["audit", "verify"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("entry 2"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_commands_list_and_show_tracked_runs() {
+    use mlops::core::tracking::ExperimentTracker;
+    let dir = temp_dir("runs");
+    let path = dir.join("mlops.toml");
+    std::fs::write(&path, config(&dir)).unwrap();
+    let root = StoreRoot::open(&format!("file://{}", dir.join("store").display())).unwrap();
+    let tracker = mlops::store::ObjectTracker::new(&root);
+    let run = tracker
+        .start_run("fraud", Some("nightly"), Default::default())
+        .await
+        .unwrap();
+    tracker
+        .log_metrics(
+            &run.id,
+            vec![mlops::core::tracking::MetricPoint::now("roc_auc", 0.91, 1)],
+        )
+        .await
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
+        .args([
+            "--json",
+            "runs",
+            "list",
+            "--experiment",
+            "fraud",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs[0]["id"], run.id.as_str());
+    assert_eq!(runs[0]["latest_metrics"]["roc_auc"], 0.91);
+    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
+        .args(["runs", "show", "no-such-run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-run"));
 }
