@@ -104,6 +104,22 @@ fn start(config_path: &Path) -> (Child, String) {
     (child, base)
 }
 
+/// Runs the binary with `args` then `--config <config>`; its exit code, stdout
+/// and stderr.
+fn mlops(args: &[&str], config: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn request() -> InferenceRequest {
     InferenceRequest::new(vec![
         Tensor::new("x", vec![2], TensorData::Fp64(vec![-1.0, 1.0])).unwrap(),
@@ -254,39 +270,22 @@ fn a_broken_config_fails_fast_naming_the_key() {
         let path = dir.join("broken.toml");
         std::fs::write(&path, broken).unwrap();
         let started = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let (got, _, stderr) = mlops(&["serve"], &path);
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert_eq!(out.status.code(), Some(code));
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(got, Some(code));
         for n in needles {
             assert!(stderr.contains(n), "{n:?} not in {stderr}");
         }
     }
     // No config file at all: named, exit 2; a model that is not there: exit 1.
-    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
-        .args(["serve", "--config", "/nonexistent/mlops.toml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mlops.toml"));
+    let (code, _, stderr) = mlops(&["serve"], Path::new("/nonexistent/mlops.toml"));
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("/nonexistent/mlops.toml"));
     let path = dir.join("empty-store.toml");
     std::fs::write(&path, config(&dir)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("fraud"));
+    let (code, _, stderr) = mlops(&["serve"], &path);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("fraud"));
 }
 
 #[test]
@@ -294,17 +293,9 @@ fn check_reports_the_deployments_as_json() {
     let dir = temp_dir("check");
     let path = dir.join("mlops.toml");
     std::fs::write(&path, config(&dir)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
-        .args(["--json", "check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, stdout, stderr) = mlops(&["--json", "check"], &path);
+    assert_eq!(code, Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["ok"], true);
     assert_eq!(v["deployments"], serde_json::json!(["fraud"]));
 }
@@ -411,18 +402,7 @@ fn models_commands_manage_the_registry() {
     std::fs::write(&path, config(&dir)).unwrap();
     let artifact = dir.join("model.bin");
     std::fs::write(&artifact, b"weights").unwrap();
-    let mlops = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
-            .args(args)
-            .args(["--config", path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let mlops = |args: &[&str]| mlops(args, &path);
     let file = artifact.to_str().unwrap();
     for expected in ["version 1", "version 2"] {
         let (code, out, err) = mlops(&["models", "register", "fraud", file, "--flavor", "test"]);
@@ -536,31 +516,12 @@ async fn runs_commands_list_and_show_tracked_runs() {
         )
         .await
         .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
-        .args([
-            "--json",
-            "runs",
-            "list",
-            "--experiment",
-            "fraud",
-            "--config",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, stdout, stderr) = mlops(&["--json", "runs", "list", "--experiment", "fraud"], &path);
+    assert_eq!(code, Some(0), "{stderr}");
+    let runs: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(runs[0]["id"], run.id.as_str());
     assert_eq!(runs[0]["latest_metrics"]["roc_auc"], 0.91);
-    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
-        .args(["runs", "show", "no-such-run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-run"));
+    let (code, _, stderr) = mlops(&["runs", "show", "no-such-run"], &path);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no-such-run"));
 }
