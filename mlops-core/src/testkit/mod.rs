@@ -23,6 +23,7 @@
 pub mod audit;
 pub mod features;
 pub mod predictor;
+pub mod process;
 pub mod registry;
 pub mod server;
 pub mod snapshots;
