@@ -34,7 +34,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         for overlay in sorted(p for p in OVERLAYS.iterdir() if p.is_dir()):
-            out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True)
+            out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True,
+                                 timeout=120)
             if out.returncode != 0:
                 print(f"deploy: {overlay.name} does not render:\n{out.stderr}")
                 problems += 1
@@ -42,7 +43,8 @@ def main() -> int:
             path = tmp / f"{overlay.name}.yaml"
             path.write_text(out.stdout)
             rendered[overlay.name] = list(yaml.safe_load_all(out.stdout))
-            check = subprocess.run([str(validate), "--strict", "--quiet", str(path)], capture_output=True, text=True)
+            check = subprocess.run([str(validate), "--strict", "--quiet", str(path)], capture_output=True, text=True,
+                                   timeout=300)
             if check.returncode != 0:
                 print(f"deploy: {overlay.name} fails schema validation:\n{check.stdout}{check.stderr}")
                 problems += 1
@@ -65,8 +67,12 @@ def main() -> int:
         toml = tmp / "mlops.toml"
         toml.write_text(config.replace("/run/secrets/mlops/", f"{keys}/"))
         env = {**os.environ, "MLOPS_STORAGE_ROOT": "memory://"}
-        check = subprocess.run(["cargo", "run", "-q", "-p", "mlops-cli", "--", "check", "--config", str(toml)],
-                               cwd=ROOT, env=env, capture_output=True, text=True)
+        # The binary the test step built (MLOPS_BIN, as `.ci/run` sets it), so no
+        # second build with another feature set; else cargo builds it.
+        binary = os.environ.get("MLOPS_BIN")
+        command = [binary] if binary else ["cargo", "run", "-q", "-p", "mlops-cli", "--"]
+        check = subprocess.run([*command, "check", "--config", str(toml)],
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         if check.returncode != 0:
             print(f"deploy: the shipped mlops.toml fails `mlops check`:\n{check.stderr}")
             problems += 1
@@ -75,7 +81,7 @@ def main() -> int:
     rules = ROOT / "deploy" / "prometheus"
     promtool = os.environ.get("MLOPS_TEST_PROMTOOL", "promtool")
     for args in (["check", "rules", str(rules / "alerts.yaml")], ["test", "rules", str(rules / "alerts_test.yaml")]):
-        out = subprocess.run([promtool, *args], capture_output=True, text=True)
+        out = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             print(f"deploy: promtool {' '.join(args[:2])} failed:\n{out.stdout}{out.stderr}")
             problems += 1
