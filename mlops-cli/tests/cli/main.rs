@@ -1,11 +1,15 @@
 //! The `mlops` binary as a process: started from a config file, called with a
 //! real HTTP client, reloaded by an alias move, stopped by SIGTERM under load;
 //! broken configs fail fast naming the key.
+//!
+//! Every `mlops` process goes through `ChildGuard` or `output_within`: each wait
+//! on it has a deadline, and none outlives its test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::collections::BTreeSet;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,20 +21,30 @@ use mlops::prelude::*;
 use mlops::serve::RemoteServer;
 use mlops::store::{ObjectRegistry, StoreRoot};
 use mlops::train::{ModelSpec, Progress, TabularTrainer, TrainConfig};
+use mlops_core::testkit::process::{ChildGuard, Lines, output_within};
+use tempfile::TempDir;
 
 const KEY: &str = "cli-test-key";
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "mlops-cli-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// The deadline of every wait on the binary, its logs, its HTTP face and the
+/// test's own tasks: generous, only there to turn a hang into a failure.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// How long a command that must fail fast (a broken config) may take: generous
+/// on a busy machine, far below "it started serving and never stopped".
+const FAST: Duration = Duration::from_secs(60);
+
+/// A fresh directory, removed when the returned guard is dropped.
+fn temp_dir(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("mlops-cli-{name}-"))
+        .tempdir()
+        .unwrap()
+}
+
+/// `dir` as a `file://` storage root.
+fn store_url(dir: &TempDir) -> String {
+    format!("file://{}", dir.path().join("store").display())
 }
 
 /// A model of `x -> y` trained on a little data, registered as the next version.
@@ -80,39 +94,92 @@ reload_interval = "100ms"
     )
 }
 
-/// The binary serving `config`, and the base URL it printed.
-fn start(config_path: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mlops"))
-        .args(["serve", "--config"])
-        .arg(config_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the server exited before listening")
-            .unwrap();
-        if let Some(url) = line.strip_prefix("listening on ") {
-            break url.to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, base)
+/// The binary serving a config file: the process, the base URL it printed,
+/// and its logs (`--log-format json`: one JSON object a line, on stderr).
+struct Served {
+    child: ChildGuard,
+    base: String,
+    logs: Lines,
+}
+
+/// Starts the binary serving `config_path` and waits for its address.
+fn start(config_path: &Path) -> Served {
+    let mut child = ChildGuard::spawn(
+        "mlops serve",
+        Command::new(env!("CARGO_BIN_EXE_mlops"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let stdout = child.stdout_lines();
+    let logs = child.stderr_lines();
+    // Its stdout is read (and drained) on a thread of its own from here on.
+    let base = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        stdout.wait_for("its \"listening on\" line", LIMIT, |line| {
+            line.strip_prefix("listening on ").map(str::to_owned)
+        })
+    }))
+    .unwrap_or_else(|e| {
+        let why = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        panic!("{why}\nits logs:\n{}", logs.recent())
+    });
+    Served { child, base, logs }
+}
+
+/// Sends SIGTERM and waits (with a deadline) for the exit, off the async
+/// workers so the test's client tasks keep running meanwhile.
+async fn stop(mut child: ChildGuard) -> ExitStatus {
+    child.signal("TERM");
+    tokio::task::spawn_blocking(move || child.wait_within(LIMIT))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Waits for the next log line whose message `found` accepts (given the
+/// message and the whole JSON object), and returns that object. A line whose
+/// message is in `forbidden` before it is a failure, as is none within LIMIT.
+fn wait_for_log(
+    logs: &Lines,
+    what: &str,
+    forbidden: &[&str],
+    found: impl Fn(&str, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    // The reads block: off the async workers' hands, on a multi-thread runtime.
+    tokio::task::block_in_place(|| {
+        logs.wait_for(what, LIMIT, |line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            let message = v["fields"]["message"].as_str()?.to_owned();
+            assert!(
+                !forbidden.contains(&message.as_str()),
+                "logged {message:?} while waiting for {what}: {line}"
+            );
+            found(&message, &v).then_some(v)
+        })
+    })
 }
 
 /// Runs the binary with `args` then `--config <config>`; its exit code, stdout
 /// and stderr.
 fn mlops(args: &[&str], config: &Path) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mlops"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
+    mlops_within(args, config, LIMIT)
+}
+
+/// [`mlops`], which must have exited within `limit`.
+fn mlops_within(args: &[&str], config: &Path, limit: Duration) -> (Option<i32>, String, String) {
+    let out = output_within(
+        &format!("mlops {} --config {}", args.join(" "), config.display()),
+        Command::new(env!("CARGO_BIN_EXE_mlops"))
+            .args(args)
+            .arg("--config")
+            .arg(config),
+        limit,
+    );
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -129,14 +196,14 @@ fn request() -> InferenceRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_reloads_and_stops_cleanly_under_load() {
     let dir = temp_dir("serve");
-    let root = StoreRoot::open(&format!("file://{}", dir.join("store").display())).unwrap();
+    let root = StoreRoot::open(&store_url(&dir)).unwrap();
     let registry = ObjectRegistry::new(&root);
     let v1 = register(&registry, 0.0).await;
     registry.set_alias("fraud", "champion", v1).await.unwrap();
-    let path = dir.join("mlops.toml");
-    std::fs::write(&path, config(&dir)).unwrap();
+    let path = dir.path().join("mlops.toml");
+    std::fs::write(&path, config(dir.path())).unwrap();
 
-    let (mut child, base) = start(&path);
+    let Served { child, base, logs } = start(&path);
     let client = RemoteServer::new(&base).unwrap().with_api_key(KEY);
     assert!(client.ready().await.unwrap());
     let answer = client.infer("fraud", None, request()).await.unwrap();
@@ -150,7 +217,7 @@ async fn serves_reloads_and_stops_cleanly_under_load() {
     // An alias move is picked up by the reload poller.
     let v2 = register(&registry, 0.5).await;
     registry.set_alias("fraud", "champion", v2).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + LIMIT;
     loop {
         let answer = client.infer("fraud", None, request()).await.unwrap();
         if answer.model_version.as_deref() == Some("2") {
@@ -158,59 +225,82 @@ async fn serves_reloads_and_stops_cleanly_under_load() {
         }
         assert!(
             Instant::now() < deadline,
-            "the alias move was not picked up"
+            "the alias move was not picked up within {LIMIT:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // SIGHUP re-reads the config: a broken one changes nothing; a new
-    // deployment is served, without a restart.
-    let hup = |pid: u32| {
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid.to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    // SIGHUP re-reads the config: a broken one is refused (logged, naming the
+    // file and the error) and changes nothing; a new deployment is served,
+    // without a restart.
+    const RELOADING: &str = "SIGHUP: reloading the config";
+    const REFUSED: &str = "the config was not reloaded; serving as before";
+    const APPLIED: [&str; 2] = ["redeployed", "unloaded"];
     std::fs::write(&path, "[storage\n").unwrap();
-    hup(child.id());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(client.infer("fraud", None, request()).await.is_ok());
-    let mut more = config(&dir);
+    child.signal("HUP");
+    wait_for_log(&logs, "the SIGHUP being handled", &APPLIED, |m, _| {
+        m == RELOADING
+    });
+    let refused = wait_for_log(
+        &logs,
+        "the broken config being refused",
+        &APPLIED,
+        |m, _| m == REFUSED,
+    );
+    let error = refused["fields"]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the refusal names no error: {refused}"));
+    assert!(
+        error.contains(&path.display().to_string()) && error.contains("line 1"),
+        "the refusal does not name the file and the line: {refused}"
+    );
+    let answer = client.infer("fraud", None, request()).await.unwrap();
+    assert_eq!(answer.model_version.as_deref(), Some("2"));
+    let mut more = config(dir.path());
     more.push_str(
         "\n[[deployments]]\nname = \"fraud-v1\"\nmodel = \"fraud\"\nrouting = { fixed = \"1\" }\n",
     );
     std::fs::write(&path, more).unwrap();
-    hup(child.id());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let answer = loop {
-        if let Ok(a) = client.infer("fraud-v1", None, request()).await {
-            break a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new deployment was not served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    child.signal("HUP");
+    wait_for_log(&logs, "the second SIGHUP being handled", &[], |m, _| {
+        m == RELOADING
+    });
+    wait_for_log(
+        &logs,
+        "the new deployment fraud-v1 being deployed",
+        &[REFUSED, "not redeployed; serving as before"],
+        |m, v| m == "redeployed" && v["fields"]["deployment"] == "fraud-v1",
+    );
+    let answer = client.infer("fraud-v1", None, request()).await.unwrap();
     assert_eq!(answer.model_version.as_deref(), Some("1"));
     assert!(client.infer("fraud", None, request()).await.is_ok());
 
     // SIGTERM under load: requests in flight finish; later ones are refused
     // (503 while draining, or no connection once closed), never cut off.
-    let stop = Arc::new(AtomicBool::new(false));
+    const CLIENTS: usize = 4;
+    let stop_clients = Arc::new(AtomicBool::new(false));
     let (ok, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (client, stop, ok, refused) =
-                (client.clone(), stop.clone(), ok.clone(), refused.clone());
+    // Each client task says so once its first request has been answered.
+    let (answered, mut first_answers) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (client, stop_clients, ok, refused, answered) = (
+                client.clone(),
+                stop_clients.clone(),
+                ok.clone(),
+                refused.clone(),
+                answered.clone(),
+            );
             tokio::spawn(async move {
-                while !stop.load(Ordering::SeqCst) {
+                let mut announced = false;
+                while !stop_clients.load(Ordering::SeqCst) {
                     match client.infer("fraud", None, request()).await {
                         Ok(_) => {
                             ok.fetch_add(1, Ordering::SeqCst);
+                            if !announced {
+                                announced = true;
+                                let _ = answered.send(i);
+                            }
                         }
                         Err(Error::Unavailable { reason, .. })
                             if !reason.contains("reading the answer") =>
@@ -224,18 +314,27 @@ async fn serves_reloads_and_stops_cleanly_under_load() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.await.unwrap();
+    drop(answered);
+    // The load is on: every client has had an answer and keeps sending.
+    let mut loaded = BTreeSet::new();
+    while loaded.len() < CLIENTS {
+        let i = tokio::time::timeout(LIMIT, first_answers.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("within {LIMIT:?}, only the clients {loaded:?} had a request answered")
+            })
+            .unwrap_or_else(|| {
+                panic!("the clients ended before each had a request answered ({loaded:?} did)")
+            });
+        loaded.insert(i);
+    }
+    let exited = stop(child).await;
+    stop_clients.store(true, Ordering::SeqCst);
+    for (i, c) in clients.into_iter().enumerate() {
+        tokio::time::timeout(LIMIT, c)
+            .await
+            .unwrap_or_else(|_| panic!("client {i} did not stop within {LIMIT:?}"))
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     }
     assert!(exited.success(), "exit status {exited:?}");
     assert!(ok.load(Ordering::SeqCst) > 0);
@@ -244,7 +343,7 @@ async fn serves_reloads_and_stops_cleanly_under_load() {
 #[test]
 fn a_broken_config_fails_fast_naming_the_key() {
     let dir = temp_dir("broken");
-    let good = config(&dir);
+    let good = config(dir.path());
     for (broken, code, needles) in [
         (
             good.replace("bind = ", "bnd = "),
@@ -267,23 +366,22 @@ fn a_broken_config_fails_fast_naming_the_key() {
             vec!["unknown field `nokeys`"],
         ),
     ] {
-        let path = dir.join("broken.toml");
+        let path = dir.path().join("broken.toml");
         std::fs::write(&path, broken).unwrap();
-        let started = Instant::now();
-        let (got, _, stderr) = mlops(&["serve"], &path);
-        assert!(started.elapsed() < Duration::from_secs(10));
+        // Fails fast: exits within FAST (instead of serving), or this panics.
+        let (got, _, stderr) = mlops_within(&["serve"], &path, FAST);
         assert_eq!(got, Some(code));
         for n in needles {
             assert!(stderr.contains(n), "{n:?} not in {stderr}");
         }
     }
     // No config file at all: named, exit 2; a model that is not there: exit 1.
-    let (code, _, stderr) = mlops(&["serve"], Path::new("/nonexistent/mlops.toml"));
+    let (code, _, stderr) = mlops_within(&["serve"], Path::new("/nonexistent/mlops.toml"), FAST);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("/nonexistent/mlops.toml"));
-    let path = dir.join("empty-store.toml");
-    std::fs::write(&path, config(&dir)).unwrap();
-    let (code, _, stderr) = mlops(&["serve"], &path);
+    let path = dir.path().join("empty-store.toml");
+    std::fs::write(&path, config(dir.path())).unwrap();
+    let (code, _, stderr) = mlops_within(&["serve"], &path, FAST);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("fraud"));
 }
@@ -291,8 +389,8 @@ fn a_broken_config_fails_fast_naming_the_key() {
 #[test]
 fn check_reports_the_deployments_as_json() {
     let dir = temp_dir("check");
-    let path = dir.join("mlops.toml");
-    std::fs::write(&path, config(&dir)).unwrap();
+    let path = dir.path().join("mlops.toml");
+    std::fs::write(&path, config(dir.path())).unwrap();
     let (code, stdout, stderr) = mlops(&["--json", "check"], &path);
     assert_eq!(code, Some(0), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -302,16 +400,23 @@ fn check_reports_the_deployments_as_json() {
 
 /// Every `mlops_*` metric the Grafana dashboard and the alert rules use appears
 /// in a real scrape of the binary serving a model with batching, a cache, a
-/// shadow, drift monitoring and feedback, after traffic and outcomes.
+/// shadow, drift monitoring and feedback, after traffic and outcomes: its
+/// family is exported and has samples (every family is declared by a `# TYPE`
+/// line from the start, so only samples show that the traffic reached it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_alerts_use_only_metrics_the_binary_exports() {
+    /// Families the dashboard or the alerts use that may have no sample after
+    /// this test's traffic, each with the reason. Empty: this traffic reaches
+    /// every one of them.
+    const NO_SAMPLE_EXPECTED: &[(&str, &str)] = &[];
+
     let dir = temp_dir("metrics");
-    let root = StoreRoot::open(&format!("file://{}", dir.join("store").display())).unwrap();
+    let root = StoreRoot::open(&store_url(&dir)).unwrap();
     let registry = ObjectRegistry::new(&root);
     let v1 = register(&registry, 0.0).await;
     let v2 = register(&registry, 0.2).await;
     registry.set_alias("fraud", "champion", v2).await.unwrap();
-    let mut text = config(&dir);
+    let mut text = config(dir.path());
     text = text.replace(
         "reload_interval = \"100ms\"",
         &format!(
@@ -322,9 +427,38 @@ async fn the_dashboard_and_alerts_use_only_metrics_the_binary_exports() {
              feedback = {{ task = \"binary_classification\", window = 100 }}"
         ),
     );
-    let path = dir.join("mlops.toml");
+    let path = dir.path().join("mlops.toml");
     std::fs::write(&path, text).unwrap();
-    let (mut child, base) = start(&path);
+
+    // What the dashboard and the alerts use, by file.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let used: Vec<(&str, BTreeSet<String>)> = [
+        "deploy/grafana/dashboard.json",
+        "deploy/prometheus/alerts.yaml",
+    ]
+    .into_iter()
+    .map(|file| {
+        let text = std::fs::read_to_string(repo.join(file)).unwrap();
+        let mut used = BTreeSet::new();
+        for (i, _) in text.match_indices("mlops_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            used.insert(name);
+        }
+        assert!(used.len() > 3, "{file}: {used:?}");
+        (file, used)
+    })
+    .collect();
+    for (name, _) in NO_SAMPLE_EXPECTED {
+        assert!(
+            used.iter().any(|(_, u)| u.contains(*name)),
+            "{name} is allowed no sample but neither file uses it"
+        );
+    }
+
+    let Served { child, base, logs } = start(&path);
     let client = RemoteServer::new(&base).unwrap().with_api_key(KEY);
     for i in 0..60 {
         let mut r = request();
@@ -335,59 +469,112 @@ async fn the_dashboard_and_alerts_use_only_metrics_the_binary_exports() {
             .await
             .unwrap();
     }
-    // Drift windows are compared in the background.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let scrape = reqwest_get(&format!("{base}/metrics")).await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    let exported: std::collections::BTreeSet<String> = scrape
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for file in [
-        "deploy/grafana/dashboard.json",
-        "deploy/prometheus/alerts.yaml",
-    ] {
-        let text = std::fs::read_to_string(repo.join(file)).unwrap();
-        let mut used = std::collections::BTreeSet::new();
-        for (i, _) in text.match_indices("mlops_") {
-            let name: String = text[i..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            used.insert(name);
+
+    // Drift windows are compared, and shadows called, in the background: scrape
+    // until every family in use has samples (the drift ones last, typically).
+    let deadline = Instant::now() + LIMIT;
+    let scrape = loop {
+        let scrape = reqwest_get(&format!("{base}/metrics")).await;
+        let (exported, sampled) = (exported_families(&scrape), sample_names(&scrape));
+        // (One that is not exported at all fails below, without waiting.)
+        let missing: BTreeSet<&str> = used
+            .iter()
+            .flat_map(|(_, u)| u.iter())
+            .map(|name| family_of(name, &exported))
+            .filter(|f| exported.contains(*f) && !has_sample(f, &sampled))
+            .filter(|f| !NO_SAMPLE_EXPECTED.iter().any(|(n, _)| n == f))
+            .collect();
+        if missing.is_empty() {
+            break scrape;
         }
-        assert!(used.len() > 3, "{file}: {used:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no samples of {missing:?} within {LIMIT:?} after the traffic; the scrape:\n{scrape}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exited = stop(child).await;
+    assert!(
+        exited.success(),
+        "exit status {exited:?}; its logs:\n{}",
+        logs.recent()
+    );
+
+    let (exported, sampled) = (exported_families(&scrape), sample_names(&scrape));
+    for (file, used) in used {
         for name in used {
-            let family = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(*b)))
-                .unwrap_or(&name);
+            let family = family_of(&name, &exported);
             assert!(
                 exported.contains(family),
                 "{file} uses {name}, which the binary does not export: {exported:?}"
+            );
+            if let Some((_, why)) = NO_SAMPLE_EXPECTED.iter().find(|(n, _)| *n == family) {
+                eprintln!("{file} uses {family}, allowed no sample: {why}");
+                continue;
+            }
+            assert!(
+                has_sample(family, &sampled),
+                "{file} uses {name}, whose family {family} has no sample after the traffic:\n{scrape}"
             );
         }
     }
 }
 
-/// The body of a GET with the test key, over a plain TCP connection.
+/// The metric names of a scrape's sample lines (not its comments).
+fn sample_names(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The families a scrape declares (`# TYPE` lines).
+fn exported_families(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The family a used name belongs to: an exported family it is a histogram
+/// series of, else the name itself.
+fn family_of<'a>(name: &'a str, exported: &BTreeSet<String>) -> &'a str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(*b)))
+        .unwrap_or(name)
+}
+
+/// Whether `family` has a sample line: its own name, or a histogram's series.
+fn has_sample(family: &str, sampled: &BTreeSet<String>) -> bool {
+    ["", "_bucket", "_sum", "_count"]
+        .iter()
+        .any(|s| sampled.contains(&format!("{family}{s}")))
+}
+
+/// The body of a GET with the test key, over a plain TCP connection; the whole
+/// exchange has a deadline.
 async fn reqwest_get(url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {KEY}\r\nconnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {KEY}\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let answer = tokio::time::timeout(LIMIT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {url}: no complete answer within {LIMIT:?}"));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     answer
 }
@@ -398,9 +585,9 @@ async fn reqwest_get(url: &str) -> String {
 #[test]
 fn models_commands_manage_the_registry() {
     let dir = temp_dir("models");
-    let path = dir.join("mlops.toml");
-    std::fs::write(&path, config(&dir)).unwrap();
-    let artifact = dir.join("model.bin");
+    let path = dir.path().join("mlops.toml");
+    std::fs::write(&path, config(dir.path())).unwrap();
+    let artifact = dir.path().join("model.bin");
     std::fs::write(&artifact, b"weights").unwrap();
     let mlops = |args: &[&str]| mlops(args, &path);
     let file = artifact.to_str().unwrap();
@@ -459,7 +646,7 @@ fn models_commands_manage_the_registry() {
         assert!(err.contains(needle), "{needle:?} not in {err}");
     }
     // Corrupted bytes are found by verify.
-    let blobs = dir.join("store/registry/blobs/sha256");
+    let blobs = dir.path().join("store/registry/blobs/sha256");
     let blob = std::fs::read_dir(&blobs)
         .unwrap()
         .next()
@@ -489,7 +676,7 @@ fn models_commands_manage_the_registry() {
         out.contains("set_alias") && out.contains("archive"),
         "{out}"
     );
-    let entry = dir.join("store/audit/00000000000000000002.json");
+    let entry = dir.path().join("store/audit/00000000000000000002.json");
     let text = std::fs::read_to_string(&entry).unwrap();
     std::fs::write(&entry, text.replace("mlops-cli", "someone-else")).unwrap();
     let (code, _, err) = mlops(&["audit", "verify"]);
@@ -501,9 +688,9 @@ fn models_commands_manage_the_registry() {
 async fn runs_commands_list_and_show_tracked_runs() {
     use mlops::core::tracking::ExperimentTracker;
     let dir = temp_dir("runs");
-    let path = dir.join("mlops.toml");
-    std::fs::write(&path, config(&dir)).unwrap();
-    let root = StoreRoot::open(&format!("file://{}", dir.join("store").display())).unwrap();
+    let path = dir.path().join("mlops.toml");
+    std::fs::write(&path, config(dir.path())).unwrap();
+    let root = StoreRoot::open(&store_url(&dir)).unwrap();
     let tracker = mlops::store::ObjectTracker::new(&root);
     let run = tracker
         .start_run("fraud", Some("nightly"), Default::default())
