@@ -86,3 +86,37 @@ pub mod prelude {
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use mlops_store::StoreRoot;
+
+    /// Run on its own (`cargo test -p mlops --lib`), the facade builds
+    /// mlops-store with the cloud features the facade's own features turn on,
+    /// and none by default: `.ci/run` runs it so, with
+    /// `MLOPS_TEST_EXPECT_BACKENDS=file,memory`, to prove the refusals of a
+    /// lean build. (In `cargo test --workspace` mlops-store's own tests turn
+    /// every backend on, and the same rules are checked the other way round.)
+    #[test]
+    fn backends_left_out_of_the_build_are_named() {
+        let built = StoreRoot::backends();
+        if let Ok(expected) = std::env::var("MLOPS_TEST_EXPECT_BACKENDS") {
+            assert_eq!(built.join(","), expected, "the backends of this build");
+        }
+        for (url, scheme, feature) in [
+            ("s3://bucket/p", "s3", "aws"),
+            ("gs://bucket/p", "gs", "gcp"),
+            ("az://container/p", "az", "azure"),
+        ] {
+            let result = StoreRoot::open_with_options(url, Vec::new());
+            let refusal = format!("the `{feature}` cargo feature");
+            match result {
+                Err(e) if !built.contains(&scheme) => {
+                    assert!(e.to_string().contains(&refusal), "{url}: {e}");
+                }
+                Err(e) => assert!(!e.to_string().contains(&refusal), "{url}: {e}"),
+                Ok(_) => assert!(built.contains(&scheme), "{url} opened in a build without it"),
+            }
+        }
+    }
+}
