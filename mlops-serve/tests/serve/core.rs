@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use mlops_core::inference::{ParameterValue, RequestOutput, Tensor, TensorData};
@@ -10,6 +11,7 @@ use mlops_core::{Error, ModelRegistry, Server};
 use mlops_serve::{
     Arm, BatchConfig, CacheConfig, CanaryRamp, DeploymentConfig, ModelServer, ROUTING_KEY, Routing,
 };
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::common::*;
 
@@ -42,6 +44,28 @@ async fn version_answering(s: &ModelServer, key: Option<&str>) -> u64 {
         "the answer comes from the version named"
     );
     version
+}
+
+/// Fails the test, with its message, when one of `clients` (tasks that send
+/// requests until told to stop; a failed request panics one) has stopped.
+async fn no_client_stopped(clients: &mut Vec<JoinHandle<u64>>) {
+    if let Some(i) = clients.iter().position(JoinHandle::is_finished) {
+        let sent = join("a client", clients.remove(i)).await;
+        panic!("a client stopped early, after {sent} requests");
+    }
+}
+
+/// Waits until `done` holds while every one of `clients` keeps running.
+async fn while_clients_run(
+    what: &str,
+    clients: &mut Vec<JoinHandle<u64>>,
+    done: impl Fn() -> bool,
+) {
+    eventually(what, async || {
+        no_client_stopped(clients).await;
+        done()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,16 +168,13 @@ async fn fixed_split_and_canary_routing() {
         max: 1.0,
     });
     s.deploy(ramped).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Routing::Canary { weight, .. } = s.status("ramped").unwrap().routing
-            && weight >= 1.0
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the ramp never reached 1");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the ramp reaches 1", async || {
+        matches!(
+            s.status("ramped").unwrap().routing,
+            Routing::Canary { weight, .. } if weight >= 1.0
+        )
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -178,7 +199,7 @@ async fn hot_reload_swaps_without_failed_requests() {
     // the new version, so the test cannot pass with traffic that ended too soon.
     let answered: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..8)
+    let mut clients: Vec<_> = (0..8)
         .map(|_| {
             let (s, answered, stop) = (s.clone(), answered.clone(), stop.clone());
             tokio::spawn(async move {
@@ -204,19 +225,18 @@ async fn hot_reload_swaps_without_failed_requests() {
         if round % 2 == 0 {
             s.reload("fraud").await.unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while answered[target as usize].load(Ordering::Relaxed) < before + 20 {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: traffic never reached version {target}"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        while_clients_run(
+            &format!("round {round}: client traffic reaches version {target}"),
+            &mut clients,
+            || answered[target as usize].load(Ordering::Relaxed) >= before + 20,
+        )
+        .await;
     }
     stop.store(true, Ordering::Relaxed);
+    assert_eq!(clients.len(), 8);
     let mut sent = 0;
     for c in clients {
-        sent += c.await.unwrap();
+        sent += join("a client", c).await;
     }
     let per_version: Vec<u64> = answered.iter().map(|a| a.load(Ordering::Relaxed)).collect();
     assert_eq!(per_version.iter().sum::<u64>(), sent, "{per_version:?}");
@@ -227,46 +247,59 @@ async fn hot_reload_swaps_without_failed_requests() {
 
     // The poller picks up a move on its own.
     registry.set_alias("m", "champion", 3).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while version_answering(&s, None).await != 3 {
-        assert!(Instant::now() < deadline, "the poller never reloaded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the poller reloads version 3", async || {
+        version_answering(&s, None).await == 3
+    })
+    .await;
+    // The family is there from the start: the swaps must have written samples,
+    // a successful load of each version.
     let metrics = s.metrics_text();
-    assert!(metrics.contains("mlops_model_loads_total"), "{metrics}");
+    for version in 1..=3 {
+        let loads = sample(
+            &metrics,
+            "mlops_model_loads_total",
+            &format!("model=\"fraud\",version=\"{version}\",status=\"ok\""),
+        );
+        assert!(loads >= 1.0, "version {version} loaded {loads} times");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_traffic_is_recorded_off_the_request_path() {
-    let slow_shadow = Linear {
+    // The shadow's calls wait at a gate the test opens only once the primary has
+    // answered: an answer that waited for the shadow would never come.
+    let held_shadow = Linear {
         w: [10.0, 0.0],
         b: 0.0,
-        delay_ms: 300,
+        delay_ms: GATED,
     };
-    let registry = registry(&[version_model(1), slow_shadow]).await;
-    let loader = Arc::new(LinearLoader::default());
+    let registry = registry(&[version_model(1), held_shadow]).await;
+    let gate = Gate::closed();
+    let loader = Arc::new(LinearLoader::default().gated_calls(&gate));
     let s = ModelServer::new(registry, vec![loader.clone()]);
     let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
     config.shadows = vec![v(2)];
     s.deploy(config).await.unwrap();
     let mut req = request(&[[2.0, 0.0]]);
     req.id = Some("req-1".into());
-    let started = Instant::now();
-    let r = s.infer("fraud", None, req).await.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_millis(200),
-        "the shadow's 300 ms are not on the request path"
-    );
+    let r = within(
+        "the primary's answer while the shadow is held (the shadow is on the request path?)",
+        s.infer("fraud", None, req),
+    )
+    .await
+    .unwrap();
     assert_eq!(y_of(&r), vec![2.0]);
     assert_eq!(r.id.as_deref(), Some("req-1"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let record = loop {
-        if let Some(r) = s.shadow_records("fraud").unwrap().pop() {
-            break r;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    gate.held(1, "the shadow call").await;
+    assert!(
+        s.shadow_records("fraud").unwrap().is_empty(),
+        "the held shadow has not answered"
+    );
+    gate.open();
+    let record = eventually_some("the shadow's record", async || {
+        s.shadow_records("fraud").unwrap().pop()
+    })
+    .await;
     assert_eq!((record.primary_version, record.shadow_version), (1, 2));
     assert_eq!(record.request_id.as_deref(), Some("req-1"));
     assert_eq!(record.primary[0].data, TensorData::Fp32(vec![2.0]));
@@ -289,10 +322,13 @@ async fn dynamic_batching_combines_and_sheds() {
     let loader = Arc::new(LinearLoader::default());
     let s = ModelServer::new(registry, vec![loader.clone()]);
     let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
+    // A batch waits for company until it is full (the delay is only there to
+    // bound a wait that would otherwise be a hang): which requests combine does
+    // not depend on how fast they arrive. 48 requests make three full batches.
     config.batching = Some(
         BatchConfig::default()
             .with_max_batch_size(16)
-            .with_max_queue_delay(Duration::from_millis(20))
+            .with_max_queue_delay(WAIT)
             .with_max_queue(256)
             .with_instances(1),
     );
@@ -308,7 +344,7 @@ async fn dynamic_batching_combines_and_sheds() {
         })
         .collect();
     for t in tasks {
-        t.await.unwrap();
+        join("a batched request", t).await;
     }
     let max_rows = loader.stats.max_rows.load(Ordering::SeqCst);
     let calls = loader.stats.calls.load(Ordering::SeqCst);
@@ -317,10 +353,15 @@ async fn dynamic_batching_combines_and_sheds() {
         "batches of up to 16 rows: {max_rows}"
     );
     assert!(calls < 48, "{calls} model calls for 48 requests");
-    assert!(s.metrics_text().contains("mlops_batch_rows_bucket"));
+    let batches = sample(
+        &s.metrics_text(),
+        "mlops_batch_rows_count",
+        r#"model="fraud",version="1""#,
+    );
+    assert!(batches >= 1.0, "{batches} batches in the metrics");
 
-    // A bad request batched with good ones fails alone.
-    let tasks: Vec<_> = (0..6)
+    // A bad request batched with good ones (a full batch of 16) fails alone.
+    let tasks: Vec<_> = (0..16)
         .map(|i| {
             let s = s.clone();
             tokio::spawn(async move {
@@ -330,18 +371,23 @@ async fn dynamic_batching_combines_and_sheds() {
         })
         .collect();
     for t in tasks {
-        let (i, r) = t.await.unwrap();
+        let (i, r) = join("a request of the mixed batch", t).await;
         assert_eq!(r.is_err(), i == 3, "request {i}: {r:?}");
     }
 
-    // A full queue sheds load with a clear error.
-    let slow = Linear {
+    // A full queue sheds load with a clear error: with one request held in the
+    // model, the batcher holds one more and the queue two; the rest are shed.
+    let held = Linear {
         w: [1.0, 1.0],
         b: 0.0,
-        delay_ms: 100,
+        delay_ms: GATED,
     };
-    let registry = crate::common::registry(&[slow]).await;
-    let s = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
+    let gate = Gate::closed();
+    let registry = crate::common::registry(&[held]).await;
+    let s = ModelServer::new(
+        registry,
+        vec![Arc::new(LinearLoader::default().gated_calls(&gate))],
+    );
     let mut config = DeploymentConfig::new("tiny", "m", Routing::Fixed(v(1)));
     config.batching = Some(
         BatchConfig::default()
@@ -351,22 +397,41 @@ async fn dynamic_batching_combines_and_sheds() {
             .with_instances(1),
     );
     s.deploy(config).await.unwrap();
-    let tasks: Vec<_> = (0..12)
-        .map(|_| {
-            let s = s.clone();
-            tokio::spawn(async move { s.infer("tiny", None, request(&[[1.0, 1.0]])).await })
-        })
-        .collect();
-    let mut shed = 0;
-    for t in tasks {
-        if let Err(e) = t.await.unwrap() {
+    let infer = |s: &ModelServer| {
+        let s = s.clone();
+        async move { s.infer("tiny", None, request(&[[1.0, 1.0]])).await }
+    };
+    let first = tokio::spawn(infer(&s));
+    gate.held(1, "the first request, in the model").await;
+    let mut tasks = JoinSet::new();
+    for _ in 0..11 {
+        tasks.spawn(infer(&s));
+    }
+    let is_shed = |r: &mlops_core::Result<_>| match r {
+        Ok(_) => false,
+        Err(e) => {
             assert!(
                 matches!(e, Error::Unavailable { .. }) && e.to_string().contains("overloaded"),
                 "{e}"
             );
-            shed += 1;
+            true
         }
+    };
+    // Nothing can answer while the model is held: the first to finish was shed.
+    let r = within("a request shed while the model is held", tasks.join_next())
+        .await
+        .expect("requests were sent")
+        .expect("the request task");
+    assert!(
+        is_shed(&r),
+        "an answer came while the model was held: {r:?}"
+    );
+    let mut shed = 1;
+    gate.open();
+    while let Some(r) = within("the other requests", tasks.join_next()).await {
+        shed += usize::from(is_shed(&r.expect("a request task")));
     }
+    join("the first request", first).await.unwrap();
     assert!(shed > 0, "some requests were shed");
 }
 
@@ -374,9 +439,9 @@ async fn dynamic_batching_combines_and_sheds() {
 async fn prediction_cache_counts_hits_and_expires() {
     let (s, _, loader) = server(2).await;
     let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
-    // A ttl long enough that a stalled CI machine does not expire entries between
-    // the calls that expect hits.
-    config.cache = Some(CacheConfig::new(100, Duration::from_millis(1000)));
+    // A ttl no stalled machine reaches between the calls that expect hits;
+    // expiry is tested on a deployment of its own below.
+    config.cache = Some(CacheConfig::new(100, Duration::from_secs(3600)));
     s.deploy(config).await.unwrap();
     for _ in 0..3 {
         s.infer("fraud", None, request(&[[1.0, 2.0]]))
@@ -397,19 +462,34 @@ async fn prediction_cache_counts_hits_and_expires() {
         .unwrap();
     assert_eq!(y_of(&r), vec![2.0]);
     assert_eq!(s.cache_stats("fraud").unwrap().unwrap().misses, 3);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    s.infer("fraud", None, request(&[[1.0, 2.0]]))
+    assert_eq!(
+        sample(
+            &s.metrics_text(),
+            "mlops_prediction_cache_total",
+            r#"model="fraud",outcome="hit""#
+        ),
+        2.0
+    );
+
+    // Expiry: an entry is served for its ttl, then the model runs again.
+    let ttl = Duration::from_millis(200);
+    let mut config = DeploymentConfig::new("brief", "m", Routing::Fixed(v(1)));
+    config.cache = Some(CacheConfig::new(100, ttl));
+    s.deploy(config).await.unwrap();
+    s.infer("brief", None, request(&[[1.0, 2.0]]))
         .await
         .unwrap();
-    assert_eq!(
-        s.cache_stats("fraud").unwrap().unwrap().misses,
-        4,
-        "expired after the TTL"
-    );
-    assert!(
-        s.metrics_text()
-            .contains("mlops_prediction_cache_total{model=\"fraud\",outcome=\"hit\"} 2")
-    );
+    let cached_by = Instant::now();
+    // The cache keeps time by the wall clock: the ttl has to pass for real.
+    eventually("the entry expires", async || {
+        cached_by.elapsed() > ttl && s.cache_stats("brief").unwrap().unwrap().entries == 0
+    })
+    .await;
+    s.infer("brief", None, request(&[[1.0, 2.0]]))
+        .await
+        .unwrap();
+    let stats = s.cache_stats("brief").unwrap().unwrap();
+    assert_eq!((stats.hits, stats.misses), (0, 2), "expired after the TTL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,6 +629,7 @@ async fn bad_deployment_configs_are_named() {
         ),
         "weight",
     ));
+    assert!(!cases.is_empty());
     for (config, needle) in cases {
         let err = s.deploy(config).await.unwrap_err();
         assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
@@ -578,13 +659,12 @@ async fn bad_deployment_configs_are_named() {
 async fn a_canary_weight_set_during_a_reload_is_kept() {
     let models: Vec<Linear> = (1..=3).map(version_model).collect();
     let registry = registry(&models).await;
-    // Loads take a while, so a reload that moves the canary is still resolving
-    // when the weight is set.
-    let loader = Arc::new(LinearLoader {
-        load_delay: Duration::from_millis(100),
-        ..LinearLoader::default()
-    });
+    // Loads wait at a gate, so a reload that moves the canary is still
+    // resolving (its load held) when the weight is set.
+    let gate = Gate::closed();
+    let loader = Arc::new(LinearLoader::default().gated_loads(&gate));
     let s = ModelServer::new(registry.clone(), vec![loader]);
+    gate.open();
     registry.set_alias("m", "next", 2).await.unwrap();
     s.deploy(DeploymentConfig::new(
         "fraud",
@@ -599,14 +679,31 @@ async fn a_canary_weight_set_during_a_reload_is_kept() {
     .unwrap();
     for (round, next) in [3, 2, 3].into_iter().enumerate() {
         registry.set_alias("m", "next", next).await.unwrap();
+        gate.close();
         let reloading = {
             let s = s.clone();
             tokio::spawn(async move { s.reload("fraud").await.map(|_| ()) })
         };
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        gate.held(
+            1,
+            &format!("round {round}: the reload loading version {next}"),
+        )
+        .await;
         let weight = 0.25 * (round + 1) as f64;
-        s.set_canary_weight("fraud", weight).await.unwrap();
-        reloading.await.unwrap().unwrap();
+        // Issued (polled once) while the reload is in the middle of its load,
+        // finished after.
+        let mut setting = std::pin::pin!(s.set_canary_weight("fraud", weight));
+        let early = std::future::poll_fn(|cx| Poll::Ready(setting.as_mut().poll(cx))).await;
+        gate.open();
+        join(&format!("round {round}: the reload"), reloading)
+            .await
+            .unwrap();
+        match early {
+            Poll::Ready(set) => set.unwrap(),
+            Poll::Pending => within(&format!("round {round}: the weight is set"), setting)
+                .await
+                .unwrap(),
+        }
         let status = s.status("fraud").unwrap();
         let Routing::Canary { weight: now, .. } = status.routing else {
             panic!("not a canary any more");
@@ -651,9 +748,10 @@ async fn a_redeploy_swaps_the_deployment_without_failing_a_request() {
         .await
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (s, stop) = (s.clone(), stop.clone());
+    let answered: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
+    let mut clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (s, stop, answered) = (s.clone(), stop.clone(), answered.clone());
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(Ordering::SeqCst) {
@@ -661,17 +759,37 @@ async fn a_redeploy_swaps_the_deployment_without_failing_a_request() {
                         .await
                         .unwrap();
                     n += 1;
+                    answered[i].store(n, Ordering::SeqCst);
                 }
                 n
             })
         })
         .collect();
-    for round in 0..10u64 {
-        let to = 1 + round % 2;
+    let answers = || -> Vec<u64> { answered.iter().map(|a| a.load(Ordering::SeqCst)).collect() };
+    // Every client is sending before the swaps start...
+    while_clients_run("every client has an answer", &mut clients, || {
+        answers().iter().all(|&n| n > 0)
+    })
+    .await;
+    // ...and the swaps go on (ten at least) until each has had answers during them.
+    let before = answers();
+    let swapping = Instant::now();
+    let mut to = 1;
+    for round in 0u64.. {
+        to = 1 + round % 2;
         s.redeploy(DeploymentConfig::new("fraud", "m", Routing::Fixed(v(to))))
             .await
             .unwrap();
         assert_eq!(version_answering(&s, None).await, to);
+        no_client_stopped(&mut clients).await;
+        if round >= 9 && answers().iter().zip(&before).all(|(now, b)| now > b) {
+            break;
+        }
+        assert!(
+            swapping.elapsed() < WAIT,
+            "clients without answers during {round} swaps: {before:?} then {:?}",
+            answers()
+        );
     }
     // A redeploy that cannot load fails and leaves the old deployment serving.
     assert!(
@@ -679,9 +797,10 @@ async fn a_redeploy_swaps_the_deployment_without_failing_a_request() {
             .await
             .is_err()
     );
-    assert_eq!(version_answering(&s, None).await, 2);
+    assert_eq!(version_answering(&s, None).await, to);
     stop.store(true, Ordering::SeqCst);
+    assert_eq!(clients.len(), 4);
     for c in clients {
-        assert!(c.await.unwrap() > 0);
+        assert!(join("a client", c).await > 0);
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP face, through our client and raw HTTP.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,13 +12,14 @@ use mlops_serve::http::{router, serve};
 use mlops_serve::{
     ApiKeys, BatchConfig, DeploymentConfig, ModelServer, RemoteServer, Routing, Scope,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use crate::common::*;
 
 pub(crate) struct Running {
     pub(crate) base: String,
+    pub(crate) addr: SocketAddr,
     pub(crate) server: ModelServer,
     stop: Option<oneshot::Sender<()>>,
     pub(crate) done: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -41,13 +43,24 @@ pub(crate) async fn start(
     config: HttpConfig,
     batching: Option<BatchConfig>,
 ) -> Running {
+    start_with(models, config, batching, LinearLoader::default()).await
+}
+
+/// [`start`], with models loaded by `loader` (a gated one, say).
+pub(crate) async fn start_with(
+    models: &[Linear],
+    config: HttpConfig,
+    batching: Option<BatchConfig>,
+    loader: LinearLoader,
+) -> Running {
     let registry = registry(models).await;
-    let server = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
+    let server = ModelServer::new(registry, vec![Arc::new(loader)]);
     let mut d = DeploymentConfig::new("fraud", "m", Routing::Fixed(VersionSelector::Latest));
     d.batching = batching;
     server.deploy(d).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
     let (stop, stopped) = oneshot::channel::<()>();
     let app = router(server.clone(), config.clone()).unwrap();
     let done = tokio::spawn(async move {
@@ -58,10 +71,16 @@ pub(crate) async fn start(
     });
     Running {
         base,
+        addr,
         server,
         stop: Some(stop),
         done,
     }
+}
+
+/// An HTTP client whose every request has a deadline.
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(WAIT).build().unwrap()
 }
 
 async fn raw(
@@ -70,8 +89,7 @@ async fn raw(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> (u16, reqwest::header::HeaderMap, String) {
-    let client = reqwest::Client::new();
-    let mut req = client.request(method.parse().unwrap(), url).body(body);
+    let mut req = client().request(method.parse().unwrap(), url).body(body);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -148,7 +166,7 @@ async fn the_remote_client_speaks_to_the_http_face() {
         "{err}"
     );
     running.stop();
-    running.done.await.unwrap().unwrap();
+    join("the server's shutdown", running.done).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,14 +251,18 @@ async fn malformed_requests_get_4xx_with_a_message() {
     assert_eq!(v["id"], "7");
     assert_eq!(v["outputs"].as_array().unwrap().len(), 1);
     assert_eq!(v["outputs"][0]["data"], serde_json::json!([2.0]));
-    let metrics = reqwest::get(format!("{}/metrics", running.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("status=\"400\""), "{metrics}");
-    assert!(metrics.contains("status=\"413\""));
+    let (status, _, metrics) = raw("GET", &format!("{}/metrics", running.base), &[], vec![]).await;
+    assert_eq!(status, 200, "{metrics}");
+    let requests = samples(&metrics, "mlops_inference_requests_total");
+    for code in ["400", "413"] {
+        let status = format!("status=\"{code}\"");
+        assert!(
+            requests
+                .iter()
+                .any(|(labels, n)| labels.contains(&status) && *n >= 1.0),
+            "no {code} counted: {metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,59 +448,86 @@ async fn api_keys_scopes_and_admin_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_timeouts_and_graceful_shutdown() {
-    let slow = Linear {
+    // Calls wait inside the model until the test opens the gate: requests are in
+    // flight, together, by construction.
+    let held = Linear {
         w: [1.0, 0.0],
         b: 0.0,
-        delay_ms: 300,
+        delay_ms: GATED,
     };
+    let gate = Gate::closed();
+    // No request here may time out while the test holds it.
     let config = open()
         .with_max_concurrency(2)
-        .with_request_timeout(Duration::from_secs(5));
-    let mut running = start(std::slice::from_ref(&slow), config, None).await;
-    let remote = RemoteServer::new(&running.base).unwrap();
-    // Four at once against a limit of two: two are refused with 503 + Retry-After.
-    let tasks: Vec<_> = (0..4)
-        .map(|_| {
-            let r = remote.clone();
-            tokio::spawn(async move { r.infer("fraud", None, request(&[[1.0, 0.0]])).await })
-        })
-        .collect();
-    let mut refused = 0;
-    for t in tasks {
-        if let Err(e) = t.await.unwrap() {
-            assert!(matches!(e, Error::Unavailable { .. }), "{e}");
-            refused += 1;
-        }
+        .with_request_timeout(2 * WAIT)
+        .with_shutdown_grace(2 * WAIT);
+    let loader = || LinearLoader::default().gated_calls(&gate);
+    let mut running = start_with(std::slice::from_ref(&held), config, None, loader()).await;
+    let remote = RemoteServer::new(&running.base)
+        .unwrap()
+        .with_timeout(2 * WAIT)
+        .unwrap();
+    let infer = |x: f32| {
+        let r = remote.clone();
+        tokio::spawn(async move { r.infer("fraud", None, request(&[[x, 0.0]])).await })
+    };
+    // Two requests held in the model take both places of the limit of two...
+    let running_two = [infer(1.0), infer(2.0)];
+    gate.held(2, "two requests in the model").await;
+    // ...so two more are refused, 503 with Retry-After.
+    for _ in 0..2 {
+        let e = join("a request over the limit", infer(3.0))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Unavailable { .. }) && e.to_string().contains("concurrency limit"),
+            "{e}"
+        );
     }
-    assert!(refused >= 1, "the concurrency limit refused some");
     let body =
         br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#.to_vec();
     let url = format!("{}/v2/models/fraud/infer", running.base);
-    let (a, b) = tokio::join!(raw("POST", &url, &[], body.clone()), async {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        raw("POST", &url, &[], body.clone()).await
-    });
-    let (b2, _) = tokio::join!(raw("POST", &url, &[], body.clone()), async {});
-    let statuses = [a.0, b.0, b2.0];
-    assert!(statuses.contains(&200));
-    if let Some(refusal) = [&a, &b].into_iter().find(|r| r.0 == 503) {
-        assert_eq!(refusal.1["retry-after"], "1");
+    let (status, headers, text) = raw("POST", &url, &[], body.clone()).await;
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(
+        gate.held_now(),
+        2,
+        "the refused requests never reached the model"
+    );
+    gate.open();
+    for (t, x) in running_two.into_iter().zip([1.0, 2.0]) {
+        let answer = join("a request within the limit", t).await.unwrap();
+        assert_eq!(y_of(&answer), vec![x]);
     }
+    let (status, _, text) = raw("POST", &url, &[], body.clone()).await;
+    assert_eq!(status, 200, "a place is free again: {text}");
 
     // Graceful shutdown: a request in flight when shutdown starts still completes.
-    let r = remote.clone();
-    let in_flight =
-        tokio::spawn(async move { r.infer("fraud", None, request(&[[4.0, 0.0]])).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.close();
+    let in_flight = infer(4.0);
+    gate.held(1, "the request in flight").await;
     running.stop();
-    let answer = in_flight.await.unwrap().unwrap();
+    // Shutdown has begun once the listener is closed: new connections are refused.
+    let addr = running.addr;
+    eventually("the listener closes", async || {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(
+        !in_flight.is_finished(),
+        "the request is still in the model"
+    );
+    gate.open();
+    let answer = join("the request in flight", in_flight).await.unwrap();
     assert_eq!(y_of(&answer), vec![4.0]);
-    running.done.await.unwrap().unwrap();
+    join("the server's shutdown", running.done).await.unwrap();
     assert!(remote.live().await.is_err(), "the listener is closed");
 
-    // A request timeout answers 504.
+    // A request timeout answers 504: the model is held past it.
+    gate.close();
     let config = open().with_request_timeout(Duration::from_millis(50));
-    let running = start(&[slow], config, None).await;
+    let running = start_with(&[held], config, None, loader()).await;
     let (status, _, text) = raw(
         "POST",
         &format!("{}/v2/models/fraud/infer", running.base),

@@ -4,17 +4,44 @@
 //! installs promtool; the build script looks for them); otherwise `cargo test`
 //! reports them as ignored, with the reason.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::{ArrayRef, Float32Array, Int64Array, RecordBatch};
 use mlops_core::model::VersionSelector;
+use mlops_core::testkit::process::{ChildGuard, Lines, output_within};
 use mlops_core::{ModelRegistry, Task, Trainer};
 use mlops_serve::http::{router, serve};
 use mlops_serve::{DeploymentConfig, ModelServer, Routing};
 use mlops_store::{ObjectRegistry, StoreRoot};
 use mlops_train::{ModelSpec, Progress, TabularLoader, TabularTrainer, TrainConfig};
 use tokio::net::TcpListener;
+
+use crate::common::{WAIT, samples};
+
+/// How long an outside tool may run (starting Python and importing numpy and
+/// tritonclient on a busy machine included).
+const TOOL_LIMIT: Duration = Duration::from_secs(120);
+
+/// The output of a blocking job that runs an outside tool with a deadline of
+/// its own; panics naming `what` when the job does not end soon after it.
+async fn tool_run<T: Send + 'static>(what: &str, job: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::time::timeout(TOOL_LIMIT + WAIT, tokio::task::spawn_blocking(job)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => panic!("{what}: {e}"),
+        Err(_) => panic!("{what}: not finished within {:?}", TOOL_LIMIT + WAIT),
+    }
+}
+
+/// The lines of a pipe until it closes (its process has exited).
+fn rest_of(lines: &Lines) -> String {
+    let mut all = Vec::new();
+    while let Some(line) = lines.next_within(WAIT) {
+        all.push(line);
+    }
+    all.join("\n")
+}
 
 /// A server on loopback serving a trained 20-feature MLP as "fraud".
 async fn serve_trained() -> (String, ModelServer) {
@@ -102,14 +129,14 @@ print("ok")
 async fn tritonclient_reads_metadata_and_infers() {
     let python = std::env::var("MLOPS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let (base, _server) = serve_trained().await;
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .args(["-c", TRITON_SCRIPT, &base])
-            .output()
-            .unwrap()
+    let out = tool_run("tritonclient", move || {
+        output_within(
+            "python with tritonclient",
+            Command::new(python).args(["-c", TRITON_SCRIPT, &base]),
+            TOOL_LIMIT,
+        )
     })
-    .await
-    .unwrap();
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -119,6 +146,7 @@ async fn tritonclient_reads_metadata_and_infers() {
     assert!(stdout.contains("ok"), "{stdout}");
     // JSON and binary gave the same probabilities.
     let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.len() >= 3, "json, binary and ok lines: {stdout}");
     assert_eq!(
         lines[0].trim_start_matches("json "),
         lines[1].trim_start_matches("binary ")
@@ -142,32 +170,48 @@ async fn promtool_accepts_the_metrics() {
         mlops_core::InferenceRequest::new(vec![]),
     )
     .await;
-    let text = reqwest::get(format!("http://{base}/metrics"))
+    let text = crate::http::client()
+        .get(format!("http://{base}/metrics"))
+        .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
     assert_eq!(text, server.metrics_text());
-    let mut child = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    // Samples, not only the families' headers (there from the start), for
+    // promtool to read: the deployment's load and the refused request.
+    for family in ["mlops_model_loads_total", "mlops_inference_requests_total"] {
+        assert!(
+            !samples(&text, family).is_empty(),
+            "no {family} sample: {text}"
+        );
+    }
+    let input = text.clone();
+    let (status, stdout, stderr) = tool_run("promtool", move || {
+        let mut child = ChildGuard::spawn(
+            "promtool check metrics",
+            Command::new(&promtool)
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        let (stdout, stderr) = (child.stdout_lines(), child.stderr_lines());
+        let mut stdin = child.child_mut().stdin.take().expect("stdin is piped");
+        // Written on a thread of its own, closing stdin when done: a promtool
+        // that stops reading cannot block the test (once it is killed, the
+        // write fails).
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        let status = child.wait_within(TOOL_LIMIT);
+        (status, rest_of(&stdout), rest_of(&stderr))
+    })
+    .await;
     assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        status.success(),
+        "promtool check metrics failed:\n{stdout}\n{stderr}\n{text}"
     );
 }
