@@ -33,26 +33,36 @@ pub(crate) fn check(path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Resolves when the process is asked to stop (SIGTERM or SIGINT).
-async fn stop_signal() {
+/// A future that resolves when the process is asked to stop (SIGTERM or
+/// SIGINT). The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives while models load is kept
+/// for the serving loop instead of killing the process.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                () = wait(term) => {}
+                () = wait(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -144,6 +154,10 @@ async fn apply(path: &Path, server: &ModelServer, applied: &mut Applied) {
 /// Serves until SIGTERM or SIGINT; then drains and returns. SIGHUP re-reads the
 /// config and applies its deployment changes without dropping requests.
 pub(crate) async fn run(path: &Path) -> Result<()> {
+    // Signals are caught from the start: one that arrives while models load
+    // is acted on once serving begins (SIGHUP's default action would kill us).
+    let mut hangups = hangups();
+    let stopping = stop_signal();
     let config = Config::load(path)?;
     let http = config.http_config()?;
     let deployments = config.deployment_configs()?;
@@ -189,8 +203,6 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
         })
         .await
     });
-    let mut hangups = hangups();
-    let stopping = stop_signal();
     tokio::pin!(stopping);
     loop {
         tokio::select! {

@@ -712,3 +712,36 @@ async fn runs_commands_list_and_show_tracked_runs() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("no-such-run"));
 }
+
+/// Text logs written to a pipe or a file (a container's log collector) are
+/// plain: no colour escape codes, which only a terminal gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_pipe_carry_no_escape_codes() {
+    let dir = temp_dir("ansi");
+    let root = StoreRoot::open(&store_url(&dir)).unwrap();
+    let registry = ObjectRegistry::new(&root);
+    let v1 = register(&registry, 0.0).await;
+    registry.set_alias("fraud", "champion", v1).await.unwrap();
+    let path = dir.path().join("mlops.toml");
+    std::fs::write(&path, config(dir.path())).unwrap();
+    let mut child = ChildGuard::spawn(
+        "mlops serve (text logs)",
+        Command::new(env!("CARGO_BIN_EXE_mlops"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let _stdout = child.stdout_lines();
+    let logs = child.stderr_lines();
+    let line = logs.wait_for("an INFO log line", LIMIT, |l| {
+        l.contains("INFO").then(|| l.to_owned())
+    });
+    assert!(
+        !line.contains('\u{1b}') && !logs.recent().contains('\u{1b}'),
+        "escape codes in logs written to a pipe: {:?}",
+        logs.recent()
+    );
+    assert_eq!(stop(child).await.code(), Some(0));
+}
