@@ -23,7 +23,7 @@ async fn deployed(config: impl FnOnce(&mut DeploymentConfig)) -> (ModelServer, A
     let s = ModelServer::new(registry, vec![loader.clone()]);
     let mut d = DeploymentConfig::new("fraud", "m", Routing::Fixed(VersionSelector::Number(1)));
     config(&mut d);
-    s.deploy(d).await.unwrap();
+    in_time("deploying fraud", s.deploy(d)).await.unwrap();
     (s, loader)
 }
 
@@ -33,13 +33,26 @@ fn with_id(rows: usize, id: &str) -> InferenceRequest {
     r
 }
 
+/// The value of the series `needle` names; panics when the metrics have no
+/// such series (an answer that cannot be read must not pass as a number).
 fn metric(s: &ModelServer, needle: &str) -> f64 {
-    s.metrics_text()
-        .lines()
+    let text = s.metrics_text();
+    text.lines()
         .find(|l| l.contains(needle))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no series {needle} in the metrics:\n{text}"))
+}
+
+/// The longest any one wait here may take; reached only when something hangs.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// `future`'s output; panics naming `what` when it is not ready within
+/// [`PATIENCE`].
+async fn in_time<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {PATIENCE:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,21 +66,26 @@ async fn feedback_ids_are_capped_and_pending_predictions_fit_their_byte_budget()
     })
     .await;
     // An id over the limit is refused before the model runs, naming the limit.
-    let err = s
-        .infer("fraud", None, with_id(1, &"i".repeat(65)))
-        .await
-        .unwrap_err();
+    let err = in_time(
+        "a request with a long id",
+        s.infer("fraud", None, with_id(1, &"i".repeat(65))),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, Error::InvalidInput { .. }) && err.to_string().contains("at most 64 bytes"),
         "{err}"
     );
     // 1,000 predictions of 100 rows each (about 800 KB of scores) in a 64 KiB
     // budget: the oldest are forgotten, the newest still take feedback.
-    for i in 0..1000 {
-        s.infer("fraud", None, with_id(100, &format!("r{i}")))
-            .await
-            .unwrap();
-    }
+    in_time("1,000 requests", async {
+        for i in 0..1000 {
+            s.infer("fraud", None, with_id(100, &format!("r{i}")))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
     assert!(matches!(
         s.record_feedback("fraud", "r0", &[1.0; 100]).unwrap_err(),
         Error::NotFound { .. }
@@ -88,17 +106,22 @@ async fn the_cache_holds_its_byte_budget_and_skips_large_inputs() {
     // Inputs over the key limit are never cached: each call runs the model.
     let big = request(&vec![[1.0, 2.0]; 1000]);
     for _ in 0..3 {
-        s.infer("fraud", None, big.clone()).await.unwrap();
+        in_time("a large request", s.infer("fraud", None, big.clone()))
+            .await
+            .unwrap();
     }
     assert_eq!(loader.stats.calls.load(Ordering::SeqCst), 3);
     // 2,000 distinct requests of 100 rows (about 2.4 KB of key and outputs
     // each) against 256 KiB: the cache holds on the order of a hundred, far
     // fewer than its 10,000-entry limit.
-    for i in 0..2000 {
-        let mut r = request(&vec![[i as f32, 0.0]; 100]);
-        r.id = None;
-        s.infer("fraud", None, r).await.unwrap();
-    }
+    in_time("2,000 requests", async {
+        for i in 0..2000 {
+            let mut r = request(&vec![[i as f32, 0.0]; 100]);
+            r.id = None;
+            s.infer("fraud", None, r).await.unwrap();
+        }
+    })
+    .await;
     let stats = s.status("fraud").unwrap().cache.unwrap();
     assert!(stats.entries < 300, "{stats:?}");
 }
@@ -118,14 +141,17 @@ async fn slow_shadows_are_skipped_not_piled_up() {
     let mut d = DeploymentConfig::new("fraud", "m", Routing::Fixed(VersionSelector::Number(1)));
     d.shadows = vec![VersionSelector::Number(2)];
     d.inline_max_rows = 16;
-    s.deploy(d).await.unwrap();
+    in_time("deploying fraud", s.deploy(d)).await.unwrap();
     // The primary answers at once; the shadow takes 200 ms a call. 1,000
     // requests: only a bounded number of shadow calls may be waiting.
-    for _ in 0..1000 {
-        s.infer("fraud", None, request(&[[1.0, 0.0]]))
-            .await
-            .unwrap();
-    }
+    in_time("1,000 requests", async {
+        for _ in 0..1000 {
+            s.infer("fraud", None, request(&[[1.0, 0.0]]))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
     let skipped = metric(
         &s,
         r#"mlops_shadow_requests_total{model="fraud",outcome="skipped"}"#,
@@ -160,12 +186,21 @@ async fn a_failing_log_sink_is_retried_with_backoff_within_a_byte_budget() {
     );
     // 2,000 requests of 50 rows: every 10 records would be a write attempt
     // (200 of them) without backoff, and the buffer would hold ~5 MB.
-    for i in 0..2000 {
-        s.infer("fraud", None, with_id(50, &format!("q{i}")))
-            .await
-            .unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    in_time("2,000 requests", async {
+        for i in 0..2000 {
+            s.infer("fraud", None, with_id(50, &format!("q{i}")))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    // The writer runs in the background: wait until it has tried the sink.
+    in_time("a first write attempt to the log sink", async {
+        while sink.0.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     let attempts = sink.0.load(Ordering::SeqCst);
     assert!((1..20).contains(&attempts), "{attempts} write attempts");
     let dropped = metric(
