@@ -11,11 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use mlops::core::audit::ChainVerdict;
 use mlops::core::inference::{InferenceRequest, ParameterValue, Tensor, TensorData};
-use mlops::core::monitoring::TrafficControl;
+use mlops::core::monitoring::{DriftSummary, ModelHealth, TrafficControl};
 use mlops::core::retrain::Decision;
 use mlops::prelude::*;
 use mlops::serve::ROUTING_KEY;
@@ -76,6 +77,53 @@ pub(crate) struct Outcome {
     pub(crate) auc_end: f64,
     /// Inference log records written.
     pub(crate) logged: u64,
+}
+
+/// How long the drift monitors may take to catch up with a day of traffic.
+const MONITOR_LIMIT: Duration = Duration::from_secs(120);
+
+/// The health of `fraud` once its drift monitors have caught up: each version
+/// still served has compared every full window (of `window` rows, tumbling) of
+/// the rows `served` to it, for its inputs and its predictions. They work behind
+/// a queue, so what they report right after the traffic may lag it, more so on a
+/// busy machine; waiting on their window counts makes the day's reading the same
+/// on any machine. An error names the versions still behind after
+/// [`MONITOR_LIMIT`].
+async fn monitors_caught_up(
+    client: &RemoteServer,
+    served: &BTreeMap<u64, usize>,
+    window: usize,
+) -> Result<ModelHealth> {
+    let deadline = tokio::time::Instant::now() + MONITOR_LIMIT;
+    loop {
+        let health = TrafficControl::health(client, "fraud").await?;
+        let windows = |d: &Option<DriftSummary>| d.as_ref().map_or(0, |d| d.windows);
+        let behind: Vec<String> = served
+            .iter()
+            // A version no longer served (rolled back) is not read any more.
+            .filter_map(|(v, rows)| Some((v, rows, health.versions.get(v)?)))
+            .filter_map(|(v, rows, h)| {
+                let owed = (rows / window) as u64;
+                let (inputs, predictions) = (windows(&h.input_drift), windows(&h.prediction_drift));
+                (inputs < owed || predictions < owed).then(|| {
+                    format!("v{v}: {inputs} input and {predictions} prediction windows of {owed}")
+                })
+            })
+            .collect();
+        if behind.is_empty() {
+            return Ok(health);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Unavailable {
+                what: "the drift monitors of fraud".into(),
+                reason: format!(
+                    "not caught up with the traffic after {MONITOR_LIMIT:?}: {}",
+                    behind.join("; ")
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs the scenario; `say` receives each timeline line as it happens.
@@ -176,6 +224,8 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
     let first = s.history_days;
     let last = first + s.days_before_drift + s.days_after_drift;
     let mut seq = 0u64;
+    // Rows served per version so far: how many drift windows its monitors owe.
+    let mut served: BTreeMap<u64, usize> = BTreeMap::new();
     for day in first..last {
         if day == world.drift_day {
             log(
@@ -223,18 +273,24 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
                 .parameters
                 .insert(ROUTING_KEY.into(), ParameterValue::String(id.clone()));
             let answer = client.infer("fraud", None, request).await?;
+            let unreadable =
+                |why: &str| Error::backend(format!("the answer to request {id}"), why.to_owned());
             let version: u64 = answer
                 .model_version
                 .as_deref()
-                .unwrap_or("0")
+                .ok_or_else(|| unreadable("it names no model version"))?
                 .parse()
-                .unwrap_or(0);
+                .map_err(|_| unreadable("its model version is not a number"))?;
             let p = answer
                 .outputs
                 .first()
-                .map(|o| o.data.to_f32_vec())
-                .transpose()?
-                .unwrap_or_default();
+                .ok_or_else(|| unreadable("it has no output"))?
+                .data
+                .to_f32_vec()?;
+            if p.len() != n {
+                return Err(unreadable("it does not score every row"));
+            }
+            *served.entry(version).or_default() += n;
             let e = day_scores.entry(version).or_default();
             e.0.extend(chunk.iter().map(|t| usize::from(t.fraud)));
             e.1.extend(p.iter().map(|&v| f64::from(v)));
@@ -248,8 +304,12 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
             .map_err(|_| Error::backend("chargebacks", "poisoned"))?
             .extend(txs.iter().copied());
 
-        let health = TrafficControl::health(client, "fraud").await?;
-        let champion = health.champion.unwrap_or(0);
+        // The drift monitors run in the background: read the day's health once
+        // they have compared every window of what was served.
+        let health = monitors_caught_up(client, &served, stack::drift_window(&s)).await?;
+        let champion = health
+            .champion
+            .ok_or_else(|| Error::backend("health of fraud", "it names no champion"))?;
         let (y, p) = day_scores.get(&champion).cloned().unwrap_or_default();
         let auc = mlops::core::metrics::roc_auc(&y, &p).unwrap_or(f64::NAN);
         out.daily_auc.push((day, auc));

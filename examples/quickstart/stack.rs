@@ -59,6 +59,11 @@ pub(crate) fn trainer() -> TabularTrainer {
     TabularTrainer::new(c)
 }
 
+/// Rows per drift window of the served versions: tumbling, half a day of traffic.
+pub(crate) fn drift_window(s: &Scenario) -> usize {
+    s.tx_per_day / 2
+}
+
 /// The API key of the quickstart's own client (a real deployment reads its keys
 /// from a secret, never from code).
 const QUICKSTART_KEY: &str = "quickstart-admin-key";
@@ -93,7 +98,7 @@ pub(crate) async fn serve_champion(
     });
     deployment.monitoring = Some(
         MonitorConfig::default()
-            .with_window(Window::TumblingRows(s.tx_per_day / 2))
+            .with_window(Window::TumblingRows(drift_window(s)))
             .with_min_rows(100)
             .with_queue(100_000),
     );
@@ -142,12 +147,25 @@ pub(crate) async fn serve_champion(
 
 impl Serving {
     /// Drains the server (the inference log keeps every request), stops the HTTP
-    /// face and returns how many requests the inference log wrote.
+    /// face and returns how many requests the inference log wrote. Each wait is
+    /// bounded (generously: it ends as soon as its work is done) and an error
+    /// names what did not finish.
     pub(crate) async fn shut_down(self) -> Result<u64> {
-        self.server.drain(Duration::from_secs(5)).await;
+        let limit = Duration::from_secs(60);
+        let left = self.server.drain(limit).await;
+        if left > 0 {
+            return Err(Error::Unavailable {
+                what: "the model server".into(),
+                reason: format!("{left} requests were still running after {limit:?}"),
+            });
+        }
         let _ = self.stop.send(());
-        self.http
+        tokio::time::timeout(limit, self.http)
             .await
+            .map_err(|_| Error::Unavailable {
+                what: "the HTTP face".into(),
+                reason: format!("still running {limit:?} after it was told to stop"),
+            })?
             .map_err(|e| Error::backend("http", e.to_string()))?
             .map_err(|e| Error::backend("http", e))?;
         self.server.flush_inference_log().await

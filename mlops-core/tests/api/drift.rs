@@ -13,6 +13,16 @@ fn fixtures() -> Value {
     serde_json::from_str(FIXTURES).unwrap()
 }
 
+/// The fixture cases of `kind`; a missing or empty list fails (a loop over no
+/// cases would check nothing).
+fn cases<'a>(f: &'a Value, kind: &str) -> &'a [Value] {
+    let cases = f[kind]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {kind} cases in the fixtures"));
+    assert!(!cases.is_empty(), "no {kind} cases in the fixtures");
+    cases
+}
+
 /// Rebuilds a sample: explicit values, or the generator recipe the script used
 /// (SplitMix64 uniforms mapped with + and * only, so both sides agree bit for bit).
 fn sample(v: &Value) -> Vec<f64> {
@@ -67,7 +77,7 @@ fn assert_p_value(name: &str, got: f64, want: f64) {
 #[test]
 fn ks_matches_scipy() {
     let f = fixtures();
-    for case in f["ks"].as_array().unwrap() {
+    for case in cases(&f, "ks") {
         let name = case["name"].as_str().unwrap();
         let r = ks_2samp(&sample(&case["reference"]), &sample(&case["current"])).unwrap();
         assert_statistic(name, r.statistic, case["statistic"].as_f64().unwrap());
@@ -95,7 +105,7 @@ fn kolmogorov_distribution_matches_scipy_at_every_switch_over() {
 #[test]
 fn chi_squared_matches_scipy() {
     let f = fixtures();
-    for case in f["chi2"].as_array().unwrap() {
+    for case in cases(&f, "chi2") {
         let name = case["name"].as_str().unwrap();
         let r = chi_squared(&counts(&case["reference"]), &counts(&case["current"])).unwrap();
         assert_eq!(r.dof as u64, case["dof"].as_u64().unwrap(), "{name}");
@@ -107,7 +117,7 @@ fn chi_squared_matches_scipy() {
 #[test]
 fn jensen_shannon_matches_scipy() {
     let f = fixtures();
-    for case in f["jensen_shannon"].as_array().unwrap() {
+    for case in cases(&f, "jensen_shannon") {
         let name = case["name"].as_str().unwrap();
         let d = jensen_shannon(&sample(&case["p"]), &sample(&case["q"])).unwrap();
         assert_statistic(name, d, case["distance"].as_f64().unwrap());
@@ -117,7 +127,7 @@ fn jensen_shannon_matches_scipy() {
 #[test]
 fn wasserstein_matches_scipy() {
     let f = fixtures();
-    for case in f["wasserstein"].as_array().unwrap() {
+    for case in cases(&f, "wasserstein") {
         let name = case["name"].as_str().unwrap();
         let (u, v) = (sample(&case["u"]), sample(&case["v"]));
         assert_statistic(
@@ -138,7 +148,7 @@ fn wasserstein_matches_scipy() {
 #[test]
 fn psi_and_binned_jensen_shannon_match_the_numpy_definition() {
     let f = fixtures();
-    for case in f["psi"].as_array().unwrap() {
+    for case in cases(&f, "psi") {
         let name = case["name"].as_str().unwrap();
         let (r, c) = (sample(&case["reference"]), sample(&case["current"]));
         let bins = QuantileBins::fit(&r, 10).unwrap();

@@ -247,6 +247,7 @@ fn corrections_follow_bonferroni_and_benjamini_hochberg() {
             }
             OverallRule::ShareOfDrifted { .. } => unreachable!(),
         };
+        assert!(!r.features.is_empty(), "{rule:?}: no feature was compared");
         for f in &r.features {
             assert_eq!(f.threshold, expected_threshold, "{rule:?}");
             assert_eq!(

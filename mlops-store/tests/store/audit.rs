@@ -31,8 +31,8 @@ async fn concurrent_writers_never_fork_the_chain() {
                 }
             }));
         }
-        for t in tasks {
-            t.await.unwrap();
+        for (i, t) in tasks.into_iter().enumerate() {
+            crate::join(&format!("appending task {i}"), t).await;
         }
         let all = logs[0].entries(1, 1000).await.unwrap();
         assert_eq!(

@@ -3,12 +3,15 @@
 //! duplicated, each manifest pointing at its own artifact.
 
 use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mlops_core::model::{ModelArtifact, ModelMetadata, ModelRegistry, VersionSelector};
+use mlops_core::testkit::process::ChildGuard;
 use mlops_store::{ObjectRegistry, StoreRoot};
 
-use crate::{cloud_roots, local_root, open_root};
+use crate::{local_root, memory_root, open_root, roots};
 
 const PER_WRITER: usize = 6;
 
@@ -53,9 +56,7 @@ async fn register_many(root: StoreRoot, writer: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_tasks_register_at_once() {
-    let mut roots = vec![StoreRoot::open("memory://").unwrap(), local_root("tasks")];
-    roots.extend(cloud_roots("tasks"));
-    for root in roots {
+    for root in roots("tasks") {
         let mut handles = Vec::new();
         let mut expected = BTreeSet::new();
         for t in 0..8 {
@@ -63,8 +64,8 @@ async fn eight_tasks_register_at_once() {
             expected.extend((0..PER_WRITER).map(|i| format!("{writer}/{i}")));
             handles.push(tokio::spawn(register_many(root.clone(), writer)));
         }
-        for h in handles {
-            h.await.unwrap();
+        for (t, h) in handles.into_iter().enumerate() {
+            crate::join(&format!("registering task {t}"), h).await;
         }
         check(&root, &expected).await;
         // Aliases moved concurrently never lose an update: each task moves its own.
@@ -76,8 +77,8 @@ async fn eight_tasks_register_at_once() {
                 r.set_alias("m", &format!("alias{t}"), t + 1).await.unwrap()
             }));
         }
-        for h in handles {
-            h.await.unwrap();
+        for (t, h) in handles.into_iter().enumerate() {
+            crate::join(&format!("alias task {t}"), h).await;
         }
         assert_eq!(r.aliases("m").await.unwrap().len(), 8);
     }
@@ -87,9 +88,16 @@ async fn eight_tasks_register_at_once() {
 /// the local disk and each cloud test server.
 #[test]
 fn four_processes_register_at_once() {
-    let mut roots = vec![local_root("processes")];
-    roots.extend(cloud_roots("processes"));
-    for root in roots {
+    // Every root but memory:// (which a process cannot share).
+    let shared: Vec<_> = roots("processes")
+        .into_iter()
+        .filter(|r| !r.url().starts_with("memory://"))
+        .collect();
+    assert!(
+        shared.iter().any(|r| r.url().starts_with("file://")),
+        "the local disk is always among the roots"
+    );
+    for root in shared {
         four_processes_on(&root);
     }
 }
@@ -97,9 +105,10 @@ fn four_processes_register_at_once() {
 fn four_processes_on(root: &StoreRoot) {
     let url = root.url().to_owned();
     let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..4)
+    // Guarded: a failed assertion kills and reaps the workers still running.
+    let mut children: Vec<_> = (0..4)
         .map(|p| {
-            let mut child = std::process::Command::new(&exe);
+            let mut child = Command::new(&exe);
             child
                 .args([
                     "--exact",
@@ -108,18 +117,35 @@ fn four_processes_on(root: &StoreRoot) {
                     "--test-threads=1",
                 ])
                 .env("MLOPS_TEST_WORKER_ROOT", &url)
-                .env("MLOPS_TEST_WORKER_NAME", format!("proc{p}"));
+                .env("MLOPS_TEST_WORKER_NAME", format!("proc{p}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
             // The workers use the S3 server this process found or started.
             if let Some((endpoint, bucket)) = crate::services::s3() {
                 child
                     .env("MLOPS_TEST_S3_ENDPOINT", endpoint)
                     .env("MLOPS_TEST_S3_BUCKET", bucket);
             }
-            child.spawn().unwrap()
+            let what = format!("worker process proc{p} on {url}");
+            let mut guard = ChildGuard::spawn(&what, &mut child);
+            let out = (guard.stdout_lines(), guard.stderr_lines());
+            (what, guard, out)
         })
         .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success(), "a worker process failed");
+    for (what, guard, (stdout, stderr)) in &mut children {
+        let status = guard.wait_within(Duration::from_secs(120));
+        assert!(
+            status.success(),
+            "{what} failed ({status}); its output:\n{}\n{}",
+            stdout.recent(),
+            stderr.recent()
+        );
+        // It ran the worker test, not nothing (a filter that matched no test).
+        let summary = stdout.wait_for("its test summary", Duration::from_secs(30), |l| {
+            l.starts_with("test result:").then(|| l.to_owned())
+        });
+        assert!(summary.contains(" 1 passed"), "{what}: {summary}");
     }
     let expected: BTreeSet<String> = (0..4)
         .flat_map(|p| (0..PER_WRITER).map(move |i| format!("proc{p}/{i}")))
@@ -155,9 +181,8 @@ fn worker_process() {
 /// threshold it used to be a check, then an upload: every writer could win.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_if_absent_has_one_winner_above_the_multipart_threshold() {
-    let local = local_root("create-race");
-    for root in [StoreRoot::open("memory://").unwrap(), local] {
-        let root = root.with_multipart_threshold(16);
+    for test_root in [memory_root(), local_root("create-race")] {
+        let root = test_root.clone().with_multipart_threshold(16);
         for round in 0..20 {
             let name = format!("control/{round}.json");
             let writers: Vec<_> = (0..8u8)
@@ -170,8 +195,8 @@ async fn create_if_absent_has_one_winner_above_the_multipart_threshold() {
                 })
                 .collect();
             let mut winners = Vec::new();
-            for w in writers {
-                let (writer, won) = w.await.unwrap();
+            for (i, w) in writers.into_iter().enumerate() {
+                let (writer, won) = crate::join(&format!("round {round}, writer {i}"), w).await;
                 if won {
                     winners.push(writer);
                 }

@@ -66,14 +66,7 @@ async fn the_feature_store_keeps_the_contract_on_every_backend() {
 )]
 async fn the_feature_store_keeps_the_contract_with_redis_online() {
     let url = crate::services::redis_url();
-    let namespace = format!(
-        "mlops-kit-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let namespace = crate::unique("mlops-kit");
     let online = Arc::new(
         mlops_store::RedisOnlineStore::connect(&url, &namespace)
             .await

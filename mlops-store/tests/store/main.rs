@@ -21,36 +21,97 @@ mod services;
 mod snapshots;
 mod tracking;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use mlops_store::StoreRoot;
 
-/// A fresh, empty root of each kind available.
-pub fn roots(name: &str) -> Vec<StoreRoot> {
-    let mut out = vec![StoreRoot::open("memory://").unwrap(), local_root(name)];
+/// A store root for one test. A `file://` root lives in a fresh temporary
+/// directory that is removed when this is dropped (at the end of the test, or of
+/// the `for root in roots(..)` loop); cloud roots get a unique prefix on a test
+/// server that lives only as long as the test run. Derefs to [`StoreRoot`].
+#[derive(Debug)]
+pub struct TestRoot {
+    root: StoreRoot,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for TestRoot {
+    type Target = StoreRoot;
+
+    fn deref(&self) -> &StoreRoot {
+        &self.root
+    }
+}
+
+impl From<StoreRoot> for TestRoot {
+    fn from(root: StoreRoot) -> Self {
+        Self { root, _dir: None }
+    }
+}
+
+/// A fresh `memory://` root.
+pub fn memory_root() -> TestRoot {
+    StoreRoot::open("memory://").unwrap().into()
+}
+
+/// A fresh, empty root of each kind available: `memory://`, `file://`, and the S3-
+/// and Azure-compatible servers when configured (every one the build found).
+pub fn roots(name: &str) -> Vec<TestRoot> {
+    let mut out = vec![memory_root(), local_root(name)];
     out.extend(cloud_roots(name));
+    assert!(
+        out.len() >= 2,
+        "no roots made for {name}: the suites would not run"
+    );
     out
 }
 
-/// A unique suffix for test prefixes.
-fn unique(name: &str) -> String {
+/// Waits for a spawned task, at most two minutes; panics naming `what` when it
+/// did not finish by then (a deadlock or a hang becomes a failure) or panicked.
+pub async fn join<T>(what: &str, task: tokio::task::JoinHandle<T>) -> T {
+    let limit = std::time::Duration::from_secs(120);
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => panic!("{what} failed: {e}"),
+        Err(_) => panic!("{what} did not finish within {limit:?}"),
+    }
+}
+
+/// A unique suffix for test prefixes and namespaces: the process id, the time
+/// and a counter, so two calls in one process never collide either.
+pub fn unique(name: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
-        "{name}-{}-{}",
+        "{name}-{}-{}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_nanos()
+            .as_nanos(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
 
-/// Fresh roots on the S3- and Azure-compatible test servers, when configured.
-pub fn cloud_roots(name: &str) -> Vec<StoreRoot> {
+/// Fresh roots on the S3- and Azure-compatible test servers, when configured;
+/// one of each server the build script found (`cfg(mlops_s3)`, `cfg(mlops_azure)`)
+/// without fail.
+pub fn cloud_roots(name: &str) -> Vec<TestRoot> {
     let mut out = Vec::new();
     if let Some((_, bucket)) = services::s3() {
-        out.push(open_root(&format!("s3://{bucket}/{}", unique(name))));
+        out.push(open_root(&format!("s3://{bucket}/{}", unique(name))).into());
     }
     if let Some(container) = services::azure_container() {
-        out.push(open_root(&format!("az://{container}/{}", unique(name))));
+        out.push(open_root(&format!("az://{container}/{}", unique(name))).into());
     }
+    let has = |scheme: &str| out.iter().any(|r: &TestRoot| r.url().starts_with(scheme));
+    assert!(
+        !cfg!(mlops_s3) || has("s3://"),
+        "the build found an S3-compatible server, but {name} got no s3:// root"
+    );
+    assert!(
+        !cfg!(mlops_azure) || has("az://"),
+        "the build found an Azure Blob-compatible server, but {name} got no az:// root"
+    );
     out
 }
 
@@ -77,18 +138,18 @@ pub fn open_root(url: &str) -> StoreRoot {
     StoreRoot::open_with_options(url, options).unwrap()
 }
 
-/// A fresh directory under the target dir's temp area.
-pub fn local_root(name: &str) -> StoreRoot {
-    let dir = std::env::temp_dir().join(format!(
-        "mlops-store-test-{}-{}-{}",
-        name,
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    StoreRoot::open(&format!("file://{}", dir.display())).unwrap()
+/// A `file://` root in a fresh temporary directory (a unique name), removed
+/// with everything in it when the returned root is dropped.
+pub fn local_root(name: &str) -> TestRoot {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("mlops-store-test-{name}-"))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("no temporary directory for {name}: {e}"));
+    let root = StoreRoot::open(&format!("file://{}", dir.path().display())).unwrap();
+    TestRoot {
+        root,
+        _dir: Some(dir),
+    }
 }
 
 /// The local directory of a `file://` root.

@@ -558,10 +558,11 @@ async fn duckdb_reads_the_view_files() {
          print(json.dumps(rows))",
         dir.display()
     );
-    let out = std::process::Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    let out = mlops_core::testkit::process::output_within(
+        "python reading the view's files with duckdb",
+        std::process::Command::new(&python).args(["-c", &script]),
+        Duration::from_secs(120),
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -287,8 +287,8 @@ async fn concurrent_writers_keep_the_newest_row() {
             }
         }));
     }
-    for h in handles {
-        h.await.unwrap();
+    for (w, h) in handles.into_iter().enumerate() {
+        crate::join(&format!("writer {w}"), h).await;
     }
     let ids: Vec<String> = (0..20).map(|k| format!("m{k}")).collect();
     let read = store
@@ -633,14 +633,7 @@ mod materialization {
 )]
 async fn redis_store_keeps_the_contract() {
     let url = crate::services::redis_url();
-    let namespace = format!(
-        "mlops-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let namespace = crate::unique("mlops-test");
     let store = mlops_store::RedisOnlineStore::connect(&url, &namespace)
         .await
         .unwrap();
@@ -670,8 +663,8 @@ async fn redis_store_keeps_the_contract() {
             }
         }));
     }
-    for h in handles {
-        h.await.unwrap();
+    for (w, h) in handles.into_iter().enumerate() {
+        crate::join(&format!("Redis writer {w}"), h).await;
     }
     let read = store
         .read(&v, &keys(vec!["r1", "r2"], vec![1, 1]), &["risk".into()])
@@ -692,38 +685,70 @@ async fn redis_store_keeps_the_contract() {
         .feature("label", DataType::Utf8)
         .build()
         .unwrap();
-    let now_us = chrono::Utc::now().timestamp_micros();
-    store
-        .write(
-            &ttl_view,
-            &rows(
-                vec!["x"],
-                vec![1],
-                vec![now_us],
-                vec![now_us],
-                vec![Some(1.0)],
-            ),
-        )
-        .await
-        .unwrap();
-    assert!(
+    // Real time, on purpose: Redis' own clock expires the key. The entry must be
+    // there before its expiry and gone after it; when it goes is observed by
+    // polling (a busy machine only makes that later), never by a fixed sleep.
+    let read_x = || async {
         store
             .read(&ttl_view, &keys(vec!["x"], vec![1]), &["risk".into()])
             .await
             .unwrap()
             .rows[0]
             .is_some()
-    );
-    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
-    assert!(
+    };
+    let now_ms = || chrono::Utc::now().timestamp_millis();
+    // Written at event time `now`: it expires at now + 2 x TTL. A read that
+    // starts before then must find it; on a machine so busy that the first read
+    // starts too late, write it again (a few tries).
+    let mut expire_at_ms = None;
+    for _ in 0..5 {
+        let now_us = chrono::Utc::now().timestamp_micros();
         store
-            .read(&ttl_view, &keys(vec!["x"], vec![1]), &["risk".into()])
+            .write(
+                &ttl_view,
+                &rows(
+                    vec!["x"],
+                    vec![1],
+                    vec![now_us],
+                    vec![now_us],
+                    vec![Some(1.0)],
+                ),
+            )
             .await
-            .unwrap()
-            .rows[0]
-            .is_none(),
-        "expired"
-    );
+            .unwrap();
+        let expires = now_us / 1000 + 2000;
+        let found = read_x().await;
+        let answered = now_ms();
+        if found {
+            expire_at_ms = Some(expires);
+            break;
+        }
+        assert!(
+            answered >= expires,
+            "the entry was gone {} ms before its expiry (event + 2 x TTL)",
+            expires - answered
+        );
+    }
+    let expire_at_ms = expire_at_ms.expect("the TTL entry was never read back before its expiry");
+    // It expires: not before `expire_at`, and within a generous deadline after.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let found = read_x().await;
+        let answered = now_ms();
+        if !found {
+            assert!(
+                answered >= expire_at_ms,
+                "expired {} ms too early (event + 2 x TTL)",
+                expire_at_ms - answered
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired: the entry was still there after 60 s (it expires at event + 2 x TTL)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(
         mlops_store::RedisOnlineStore::connect("not a url", "x")
             .await

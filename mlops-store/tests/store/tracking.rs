@@ -214,8 +214,8 @@ async fn concurrent_writers_to_one_run_lose_nothing() {
                     .unwrap();
             }));
         }
-        for h in handles {
-            h.await.unwrap();
+        for (w, h) in handles.into_iter().enumerate() {
+            crate::join(&format!("writer {w}"), h).await;
         }
         let r = t.get_run(&run.id).await.unwrap();
         assert_eq!(

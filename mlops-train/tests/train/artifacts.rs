@@ -83,14 +83,26 @@ fn loaded_model_answers_exactly_as_the_trained_one() {
 
     // Concurrent predictions from many threads agree.
     let loaded: Arc<dyn Predictor> = loaded;
+    // Each thread sends its answer; the wait for each has a deadline (a thread
+    // that panicked drops its sender without sending: reported on join).
+    let (sender, answers) = std::sync::mpsc::channel();
     let handles: Vec<_> = (0..8)
         .map(|_| {
-            let (m, i) = (loaded.clone(), inputs.clone());
-            std::thread::spawn(move || m.predict(&i).unwrap())
+            let (m, i, sender) = (loaded.clone(), inputs.clone(), sender.clone());
+            std::thread::spawn(move || {
+                let _ = sender.send(m.predict(&i).unwrap());
+            })
         })
         .collect();
+    drop(sender);
+    for t in 0..handles.len() {
+        let answer = answers
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("prediction thread {t} gave no answer within 120 s: {e}"));
+        assert_eq!(answer, a);
+    }
     for h in handles {
-        assert_eq!(h.join().unwrap(), a);
+        h.join().unwrap();
     }
 }
 
@@ -260,10 +272,17 @@ fn one_row_and_batched_predictions_agree() {
         let subset =
             arrow::compute::take_record_batch(&data, &arrow_array::UInt32Array::from(clean))
                 .unwrap();
+        assert_eq!(subset.num_rows(), rows, "{task:?}: rows without nulls");
         let batched = model.predict_batch(&subset).unwrap();
         let per_row = batched.len() / rows;
+        assert!(
+            per_row > 0 && batched.len() == per_row * rows,
+            "{task:?}: {} outputs for {rows} rows",
+            batched.len()
+        );
         for r in 0..rows {
             let one = model.predict_batch(&subset.slice(r, 1)).unwrap();
+            assert_eq!(one.len(), per_row, "{task:?} row {r}");
             for (a, b) in one.iter().zip(&batched[r * per_row..(r + 1) * per_row]) {
                 assert!(
                     (a - b).abs() <= 1e-5 * b.abs().max(1.0),
