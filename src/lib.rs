@@ -115,7 +115,10 @@ mod tests {
                     assert!(e.to_string().contains(&refusal), "{url}: {e}");
                 }
                 Err(e) => assert!(!e.to_string().contains(&refusal), "{url}: {e}"),
-                Ok(_) => assert!(built.contains(&scheme), "{url} opened in a build without it"),
+                Ok(_) => assert!(
+                    built.contains(&scheme),
+                    "{url} opened in a build without it"
+                ),
             }
         }
     }

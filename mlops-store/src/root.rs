@@ -494,7 +494,10 @@ mod tests {
                 }
             } else {
                 let err = result.unwrap_err().to_string();
-                assert!(err.contains(feature) && err.contains("cargo feature"), "{err}");
+                assert!(
+                    err.contains(feature) && err.contains("cargo feature"),
+                    "{err}"
+                );
             }
         }
         let err = StoreRoot::open("https://example.com/x")
