@@ -6,7 +6,11 @@
    (`kubernetes-validate --strict`, from PyPI);
 3. the service config the manifests ship (the ConfigMap's mlops.toml) passes
    `mlops check`, with the dev overlay's keys in place of the mounted Secret;
-4. the Prometheus alert rules pass `promtool check rules` and their unit tests
+4. each rendered overlay is safe to run: no replica count fighting the HPA, no
+   service-account token, a startupProbe, a preStop delay, a PDB that lets a
+   single replica be drained, a NetworkPolicy, and a termination grace period
+   longer than preStop plus draining;
+5. the Prometheus alert rules pass `promtool check rules` and their unit tests
    `promtool test rules`. (That every metric the rules and the Grafana dashboard
    use is exported is a test of mlops-cli against a real scrape.)
 
@@ -25,6 +29,51 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERLAYS = ROOT / "deploy" / "k8s" / "overlays"
+
+
+def duration_seconds(text: str) -> float:
+    """A humantime duration of the config ("12s", "500ms", "1m") in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * units[unit]
+    raise ValueError(f"not a duration: {text!r}")
+
+
+def operational_problems(docs: list) -> list:
+    """What would make a rendered overlay misbehave on a real cluster."""
+    out = []
+    kinds = {d["kind"]: d for d in docs}
+    deployment = kinds.get("Deployment")
+    if deployment is None:
+        return ["no Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    if "HorizontalPodAutoscaler" in kinds and "replicas" in deployment["spec"]:
+        out.append("the Deployment sets replicas while an HPA owns the count (each apply resets it)")
+    if pod.get("automountServiceAccountToken") is not False:
+        out.append("the pod mounts a service-account token it never uses")
+    if "startupProbe" not in container:
+        out.append("no startupProbe: a model slower to load than the liveness window is killed")
+    pre_stop = container.get("lifecycle", {}).get("preStop", {})
+    if not pre_stop:
+        out.append("no preStop delay: SIGTERM closes the port while the Service still routes to it")
+    pdb = kinds.get("PodDisruptionBudget")
+    if pdb is not None and "minAvailable" in pdb["spec"]:
+        out.append("the PDB's minAvailable blocks node drains when one replica runs")
+    if "NetworkPolicy" not in kinds:
+        out.append("no NetworkPolicy")
+    config = next((d["data"]["mlops.toml"] for d in docs if d["kind"] == "ConfigMap"), "")
+    grace = next((line.split("=", 1)[1].strip().strip('"') for line in config.splitlines()
+                  if line.strip().startswith("shutdown_grace")), None)
+    if grace is not None:
+        # Draining, then closing connections, take up to twice the grace each.
+        needed = pre_stop.get("sleep", {}).get("seconds", 0) + 2 * duration_seconds(grace)
+        allowed = pod.get("terminationGracePeriodSeconds", 30)
+        if needed >= allowed:
+            out.append(f"preStop + 2 x shutdown_grace = {needed:.0f}s is not under "
+                       f"terminationGracePeriodSeconds = {allowed}s")
+    return out
 
 
 def main() -> int:
@@ -51,6 +100,11 @@ def main() -> int:
             else:
                 kinds = sorted(d["kind"] for d in rendered[overlay.name])
                 print(f"deploy: {overlay.name} renders and validates: {', '.join(kinds)}")
+
+        for name, docs in rendered.items():
+            for problem in operational_problems(docs):
+                print(f"deploy: {name}: {problem}")
+                problems += 1
 
         docs = rendered.get("dev", [])
         config = next((d["data"]["mlops.toml"] for d in docs if d["kind"] == "ConfigMap"), None)
