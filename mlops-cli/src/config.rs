@@ -259,11 +259,18 @@ impl Config {
 
     /// The storage options with `${ENV}` references expanded.
     pub(crate) fn storage_options(&self) -> Result<Vec<(String, String)>> {
-        self.storage
-            .options
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), expand(&format!("storage.options.{k}"), v)?)))
-            .collect()
+        self.storage_options_over(mlops::store::StoreRoot::options_from_env())
+    }
+
+    /// `[storage.options]` after `env` (the standard credential chains' variables,
+    /// as a pod gets them: `AWS_*` with web identity, `GOOGLE_*`, `AZURE_*`), so
+    /// the file's options win where both name a key.
+    fn storage_options_over(&self, env: Vec<(String, String)>) -> Result<Vec<(String, String)>> {
+        let mut options = env;
+        for (k, v) in &self.storage.options {
+            options.push((k.clone(), expand(&format!("storage.options.{k}"), v)?));
+        }
+        Ok(options)
     }
 
     /// The storage root URL, `${ENV}` expanded.
@@ -504,6 +511,33 @@ routing = { canary = { stable = "1", canary = "2", weight = 0.05 } }
         assert_eq!(d[0].reload_interval, Some(Duration::from_secs(10)));
         assert!(matches!(d[1].routing, Routing::Split(ref arms) if arms.len() == 2));
         assert!(matches!(d[2].routing, Routing::Canary { weight, .. } if weight == 0.05));
+    }
+
+    #[test]
+    fn storage_options_take_the_environment_then_the_file() {
+        let text = GOOD.replace(
+            "root = \"memory://\"",
+            "root = \"memory://\"\noptions = { aws_region = \"eu-west-1\" }",
+        );
+        let c = Config::parse(&text, "test").unwrap();
+        let env = vec![
+            (
+                "aws_web_identity_token_file".into(),
+                "/var/run/token".into(),
+            ),
+            ("aws_role_arn".into(), "arn:aws:iam::1:role/mlops".into()),
+            ("aws_region".into(), "us-east-1".into()),
+        ];
+        let options = c.storage_options_over(env).unwrap();
+        // The pod's web identity arrives; the file's region wins over the env's
+        // (the last value of a key is the one a backend keeps).
+        assert!(options.contains(&("aws_role_arn".into(), "arn:aws:iam::1:role/mlops".into())));
+        let region: Vec<&str> = options
+            .iter()
+            .filter(|(k, _)| k == "aws_region")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(region.last(), Some(&"eu-west-1"));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!
 //! mlops audit --config mlops.toml verify | tail
 //! mlops runs --config mlops.toml list | show
+//! mlops health [--url URL] [--ready]  probe a running server (a container's
+//!                                     HEALTHCHECK: no curl in the image)
 //! ```
 //!
 //! Exit codes: 0 success; 1 a runtime failure (storage, a model that does not
@@ -79,6 +81,20 @@ enum Command {
         #[command(subcommand)]
         command: records::AuditCommand,
     },
+    /// Probes a running server's health endpoint: exit 0 when it answers live
+    /// (or, with `--ready`, ready to serve), 1 otherwise. For a container's
+    /// HEALTHCHECK, so the image needs no HTTP client of its own.
+    Health {
+        /// The server's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// Ask whether it is ready to serve (every model loaded), not only live.
+        #[arg(long)]
+        ready: bool,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Experiment runs on the config's storage root.
     Runs {
         /// The config file (only its [storage] is read).
@@ -134,6 +150,11 @@ fn main() -> ExitCode {
             Command::Models { config, command } => models::run(&config, command, cli.json).await,
             Command::Audit { config, command } => records::audit(&config, command, cli.json).await,
             Command::Runs { config, command } => records::runs(&config, command, cli.json).await,
+            Command::Health {
+                url,
+                ready,
+                timeout,
+            } => serve::health(&url, ready, timeout, cli.json).await,
         }
     });
     match result {

@@ -33,6 +33,38 @@ pub(crate) fn check(path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `mlops health`: asks the server at `url` whether it is live (or ready) and
+/// fails unless it says so within `timeout`.
+pub(crate) async fn health(url: &str, ready: bool, timeout: Duration, json: bool) -> Result<()> {
+    use mlops::core::Server as _;
+    let what = if ready { "ready" } else { "live" };
+    let client = mlops::serve::RemoteServer::new(url)?.with_timeout(timeout)?;
+    let answer = tokio::time::timeout(timeout, async {
+        if ready {
+            client.ready().await
+        } else {
+            client.live().await
+        }
+    })
+    .await
+    .map_err(|_| Error::Unavailable {
+        what: format!("server {url}"),
+        reason: format!("no answer within {timeout:?}"),
+    })??;
+    if !answer {
+        return Err(Error::Unavailable {
+            what: format!("server {url}"),
+            reason: format!("it answered that it is not {what}"),
+        });
+    }
+    if json {
+        println!("{}", serde_json::json!({ "url": url, what: true }));
+    } else {
+        println!("{url}: {what}");
+    }
+    Ok(())
+}
+
 /// A future that resolves when the process is asked to stop (SIGTERM or
 /// SIGINT). The handlers are installed when this is called, not when the
 /// future is first polled, so a signal that arrives while models load is kept

@@ -67,13 +67,22 @@ impl StoreRoot {
     /// backends read their configuration from the environment (`AWS_*`,
     /// `GOOGLE_*`, `AZURE_*` variables).
     pub fn open(url: &str) -> Result<Self> {
-        let env: Vec<(String, String)> = std::env::vars()
+        Self::open_with_options(url, Self::options_from_env())
+    }
+
+    /// The cloud backends' options found in the environment: every `AWS_*`,
+    /// `GOOGLE_*` and `AZURE_*` variable as a lower-case option key (so web
+    /// identity, `GOOGLE_APPLICATION_CREDENTIALS` and the like apply). Put
+    /// explicit options after these to override them in
+    /// [`open_with_options`](Self::open_with_options); keys a backend does not
+    /// know are ignored.
+    pub fn options_from_env() -> Vec<(String, String)> {
+        std::env::vars()
             .filter(|(k, _)| {
                 k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
             })
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        Self::open_with_options(url, env)
+            .collect()
     }
 
     /// Opens the root at `url` with explicit backend options (for S3 e.g.

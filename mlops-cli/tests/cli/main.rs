@@ -206,6 +206,31 @@ async fn serves_reloads_and_stops_cleanly_under_load() {
     let Served { child, base, logs } = start(&path);
     let client = RemoteServer::new(&base).unwrap().with_api_key(KEY);
     assert!(client.ready().await.unwrap());
+    // `mlops health` (the image's HEALTHCHECK) says so too, and fails (exit 1)
+    // where nothing listens.
+    let health = |args: &[&str]| {
+        let out = output_within(
+            &format!("mlops health {}", args.join(" ")),
+            Command::new(env!("CARGO_BIN_EXE_mlops"))
+                .arg("health")
+                .args(args),
+            FAST,
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, text) = health(&["--url", &base]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("live"), "{text}");
+    let (code, text) = health(&["--url", &base, "--ready"]);
+    assert_eq!(code, Some(0), "{text}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, text) = health(&["--url", &nowhere, "--timeout", "5s"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&nowhere), "{text}");
     let answer = client.infer("fraud", None, request()).await.unwrap();
     assert_eq!(answer.model_version.as_deref(), Some("1"));
     let wrong = RemoteServer::new(&base).unwrap().with_api_key("wrong");
