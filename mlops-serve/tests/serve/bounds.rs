@@ -128,36 +128,58 @@ async fn the_cache_holds_its_byte_budget_and_skips_large_inputs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_shadows_are_skipped_not_piled_up() {
+    // The shadow's calls wait at a gate the test holds closed, so none of them
+    // finishes while the requests are sent: exactly the server's cap of shadow
+    // calls may wait, every other mirror is skipped and counted, whatever the
+    // machine's speed.
+    let gate = Gate::closed();
     let models = [
         version_model(1),
         Linear {
             w: [2.0, 0.0],
             b: 0.0,
-            delay_ms: 200,
+            delay_ms: GATED,
         },
     ];
     let registry = registry(&models).await;
-    let s = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
+    let loader = LinearLoader::default().gated_calls(&gate);
+    let s = ModelServer::new(registry, vec![Arc::new(loader)]);
     let mut d = DeploymentConfig::new("fraud", "m", Routing::Fixed(VersionSelector::Number(1)));
     d.shadows = vec![VersionSelector::Number(2)];
-    d.inline_max_rows = 16;
+    // Model calls on the blocking pool, where a held shadow blocks no worker.
+    d.inline_max_rows = 0;
     in_time("deploying fraud", s.deploy(d)).await.unwrap();
-    // The primary answers at once; the shadow takes 200 ms a call. 1,000
-    // requests: only a bounded number of shadow calls may be waiting.
-    in_time("1,000 requests", async {
-        for _ in 0..1000 {
-            s.infer("fraud", None, request(&[[1.0, 0.0]]))
-                .await
-                .unwrap();
-        }
-    })
+    in_time(
+        "1,000 requests answered while their shadows are held",
+        async {
+            for _ in 0..1000 {
+                s.infer("fraud", None, request(&[[1.0, 0.0]]))
+                    .await
+                    .unwrap();
+            }
+        },
+    )
     .await;
+    gate.held(CAP, "the shadow calls in flight").await;
+    assert_eq!(
+        gate.held_now(),
+        CAP,
+        "no more shadow calls than the cap wait"
+    );
     let skipped = metric(
         &s,
         r#"mlops_shadow_requests_total{model="fraud",outcome="skipped"}"#,
     );
-    assert!(skipped >= 500.0, "skipped {skipped}");
+    assert_eq!(
+        skipped,
+        (1000 - CAP) as f64,
+        "every mirror beyond the cap is skipped"
+    );
+    gate.open();
 }
+
+/// The server's bound on shadow calls in flight (`MAX_SHADOWS_IN_FLIGHT`).
+const CAP: usize = 256;
 
 /// A sink that always fails, counting the attempts.
 #[derive(Debug, Default)]
