@@ -85,6 +85,7 @@ pub(crate) struct Http {
     pub(crate) max_body_bytes: Option<usize>,
     pub(crate) max_concurrency: Option<usize>,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) max_header_bytes: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub(crate) request_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -106,6 +107,7 @@ impl Default for Http {
             max_body_bytes: None,
             max_concurrency: None,
             max_connections: None,
+            max_header_bytes: None,
             request_timeout: None,
             header_read_timeout: None,
             body_timeout: None,
@@ -339,6 +341,9 @@ impl Config {
         }
         if let Some(v) = h.max_connections {
             c = c.with_max_connections(v);
+        }
+        if let Some(v) = h.max_header_bytes {
+            c = c.with_max_header_bytes(v);
         }
         if let Some(v) = h.request_timeout {
             c = c.with_request_timeout(v);

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mlops::core::{Error, Result};
-use mlops::serve::ModelServer;
 use mlops::serve::http::{router, serve};
+use mlops::serve::{KeyRing, ModelServer};
 use mlops::store::{ObjectRegistry, StoreRoot};
 use mlops::train::TabularLoader;
 
@@ -132,11 +132,18 @@ async fn hangup(_: &mut Hangups) {
 /// face's (which only a restart changes), as fingerprints.
 struct Applied {
     deployments: BTreeMap<String, String>,
+    /// `[http]` but its keys, which a reload replaces in `keys`.
     http: String,
+    keys: KeyRing,
 }
 
+/// What of `[http]` takes a restart to change: everything but the keys.
 fn http_fingerprint(config: &Config) -> String {
-    format!("{} {:?}", config.http.bind, config.http_config().ok())
+    let settings = config
+        .http_config()
+        .ok()
+        .map(|h| format!("{:?}", h.with_key_ring(KeyRing::default())));
+    format!("{} {settings:?}", config.http.bind)
 }
 
 /// Re-reads the config and applies its deployment changes: changed ones are
@@ -151,8 +158,18 @@ async fn apply(path: &Path, server: &ModelServer, applied: &mut Applied) {
                 return;
             }
         };
+    // Keys first: a key removed from the file stops working now, a rotated one
+    // works now. A key set that does not load keeps the old one, loudly.
+    match config.http_config() {
+        Ok(http) if *applied.keys.current() != http.keys => match applied.keys.replace(http.keys) {
+            Ok(()) => tracing::info!(keys = ?applied.keys.names(), "API keys reloaded"),
+            Err(e) => tracing::error!(error = %e, "API keys not reloaded; the old keys stay"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "API keys not reloaded; the old keys stay"),
+    }
     if http_fingerprint(&config) != applied.http {
-        tracing::warn!("changes to [http] take effect on restart only");
+        tracing::warn!("changes to [http] other than its keys take effect on restart only");
     }
     let mut next = BTreeMap::new();
     for d in deployments {
@@ -192,6 +209,9 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     let stopping = stop_signal();
     let config = Config::load(path)?;
     let http = config.http_config()?;
+    // The face checks this ring; SIGHUP replaces what it holds.
+    let keys = KeyRing::new(http.keys.clone());
+    let http = http.with_key_ring(keys.clone());
     let deployments = config.deployment_configs()?;
     let mut applied = Applied {
         deployments: deployments
@@ -199,6 +219,7 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
             .map(|d| (d.name.clone(), format!("{d:?}")))
             .collect(),
         http: http_fingerprint(&config),
+        keys,
     };
     let url = config.storage_root()?;
     let root = StoreRoot::open_with_options(&url, config.storage_options()?)?;

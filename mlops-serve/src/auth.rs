@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use mlops_core::{Error, Result};
 use sha2::{Digest, Sha256};
@@ -45,7 +46,7 @@ impl FromStr for Scope {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 struct Key {
     name: String,
     digest: [u8; 32],
@@ -65,7 +66,7 @@ struct Key {
 /// assert!(keys.authorize(Some("Bearer wrong"), Scope::Infer).is_err());            // 401
 /// # Ok::<(), mlops_core::Error>(())
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ApiKeys {
     keys: Vec<Key>,
 }
@@ -163,5 +164,61 @@ impl ApiKeys {
     /// Whether no key is configured (then nothing is checked).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+}
+
+/// The key set a running HTTP face checks, replaceable while it serves (a key
+/// rotated in its file and a SIGHUP, say): every request after
+/// [`replace`](Self::replace) is checked against the new keys only.
+///
+/// ```
+/// use mlops_serve::{ApiKeys, KeyRing, Scope};
+///
+/// let ring = KeyRing::new(ApiKeys::new().with_key("app", "old", &[Scope::Infer]));
+/// ring.replace(ApiKeys::new().with_key("app", "new", &[Scope::Infer]))?;
+/// assert!(ring.current().authorize(Some("Bearer old"), Scope::Infer).is_err());
+/// assert!(ring.current().authorize(Some("Bearer new"), Scope::Infer).is_ok());
+/// # Ok::<(), mlops_core::Error>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct KeyRing(Arc<RwLock<Arc<ApiKeys>>>);
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyRing").field(&*self.current()).finish()
+    }
+}
+
+impl KeyRing {
+    /// A ring holding `keys`.
+    pub fn new(keys: ApiKeys) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(keys))))
+    }
+
+    /// The keys in force now.
+    pub fn current(&self) -> Arc<ApiKeys> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `keys` in force for every request from now on. An empty set is
+    /// refused (the face would fail open): serving without keys takes a restart
+    /// with `allow_unauthenticated`.
+    pub fn replace(&self, keys: ApiKeys) -> Result<()> {
+        if keys.is_empty() {
+            return Err(Error::invalid_input(
+                "API keys",
+                "a running face cannot drop every key; keep at least one",
+            ));
+        }
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        Ok(())
+    }
+
+    /// The names of the keys in force, for logs.
+    pub fn names(&self) -> Vec<String> {
+        self.current().keys.iter().map(|k| k.name.clone()).collect()
     }
 }

@@ -36,7 +36,7 @@ mod runtime;
 mod server;
 mod status;
 
-pub use auth::{ApiKeys, Scope};
+pub use auth::{ApiKeys, KeyRing, Scope};
 pub use client::RemoteServer;
 pub use config::{
     Arm, BatchConfig, CacheConfig, CanaryRamp, DeploymentConfig, Enrichment, FeedbackConfig,

@@ -770,3 +770,92 @@ async fn text_logs_to_a_pipe_carry_no_escape_codes() {
     );
     assert_eq!(stop(child).await.code(), Some(0));
 }
+
+/// Keys are re-read on SIGHUP: a key rotated in its file works at once and the
+/// old one is refused; a key removed from the config stops working at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_keys() {
+    let dir = temp_dir("keys");
+    let root = StoreRoot::open(&store_url(&dir)).unwrap();
+    let registry = ObjectRegistry::new(&root);
+    let v1 = register(&registry, 0.0).await;
+    registry.set_alias("fraud", "champion", v1).await.unwrap();
+    let path = dir.path().join("mlops.toml");
+    let base_config = config(dir.path());
+    let with_extra = base_config.replace(
+        "[[deployments]]",
+        &format!(
+            "[[http.keys]]\nname = \"extra\"\nsha256 = \"{}\"\nscopes = [\"infer\"]\n\n[[deployments]]",
+            mlops::serve::ApiKeys::digest_hex("extra-key")
+        ),
+    );
+    std::fs::write(&path, &with_extra).unwrap();
+    let Served { child, base, logs } = start(&path);
+    let as_key = |key: &str| RemoteServer::new(&base).unwrap().with_api_key(key);
+    as_key(KEY).infer("fraud", None, request()).await.unwrap();
+    as_key("extra-key")
+        .infer("fraud", None, request())
+        .await
+        .unwrap();
+
+    // Rotate the file-held key and drop the extra one from the config.
+    std::fs::write(dir.path().join("key"), "rotated-key").unwrap();
+    std::fs::write(&path, &base_config).unwrap();
+    child.signal("HUP");
+    let reloaded = wait_for_log(
+        &logs,
+        "the keys being reloaded",
+        &["API keys not reloaded; the old keys stay"],
+        |m, _| m == "API keys reloaded",
+    );
+    assert_eq!(reloaded["fields"]["keys"], "[\"test\"]", "{reloaded}");
+    for old in [KEY, "extra-key"] {
+        assert!(
+            matches!(
+                as_key(old)
+                    .infer("fraud", None, request())
+                    .await
+                    .unwrap_err(),
+                Error::Unauthorized { .. }
+            ),
+            "{old} still accepted"
+        );
+    }
+    as_key("rotated-key")
+        .infer("fraud", None, request())
+        .await
+        .unwrap();
+
+    // A config that leaves no key is refused loudly; the keys stay.
+    std::fs::write(
+        &path,
+        base_config
+            .replace("[[http.keys]]", "")
+            .replace("name = \"test\"\n", "")
+            .replace(
+                &format!("key_file = \"{}\"\n", dir.path().join("key").display()),
+                "",
+            )
+            .replace("scopes = [\"admin\"]\n", "")
+            .replace("[http]", "[http]\nallow_unauthenticated = true"),
+    )
+    .unwrap();
+    child.signal("HUP");
+    let refused = wait_for_log(
+        &logs,
+        "the empty key set being refused",
+        &["API keys reloaded"],
+        |m, _| m == "API keys not reloaded; the old keys stay",
+    );
+    assert!(
+        refused["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("at least one")),
+        "{refused}"
+    );
+    as_key("rotated-key")
+        .infer("fraud", None, request())
+        .await
+        .unwrap();
+    assert_eq!(stop(child).await.code(), Some(0));
+}

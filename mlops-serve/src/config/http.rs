@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mlops_core::{Error, Result};
 
-use crate::auth::ApiKeys;
+use crate::auth::{ApiKeys, KeyRing};
 
 /// Limits and keys of the HTTP face: [`HttpConfig::default`], then the `with_*`
 /// setters (`#[non_exhaustive]`: new limits may be added in minor releases).
@@ -41,7 +41,18 @@ pub struct HttpConfig {
     /// After shutdown starts, how long requests in flight may take to finish
     /// before their connections are closed. Default 10 s.
     pub shutdown_grace: Duration,
+    /// Bytes of a request's line and headers a connection buffers before any
+    /// key is checked (431 beyond); at least 8 KiB. Default 64 KiB. The limit is
+    /// checked between reads of at most this size, so a connection holds at most
+    /// twice it: `max_connections` unauthenticated connections, 2 x this each.
+    pub max_header_bytes: usize,
+    /// When set, the face checks keys against this ring (replaceable while it
+    /// serves) instead of a fixed copy of `keys`; see [`with_key_ring`](Self::with_key_ring).
+    pub key_ring: Option<KeyRing>,
 }
+
+/// The smallest header buffer hyper accepts.
+pub(crate) const MIN_HEADER_BYTES: usize = 8 << 10;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -56,6 +67,8 @@ impl Default for HttpConfig {
             write_timeout: Duration::from_secs(30),
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(10),
+            max_header_bytes: 64 << 10,
+            key_ring: None,
         }
     }
 }
@@ -124,6 +137,28 @@ impl HttpConfig {
         self
     }
 
+    /// Checks keys against `ring`, whose keys can be replaced while the face
+    /// serves ([`KeyRing::replace`]); `keys` becomes what the ring holds now.
+    pub fn with_key_ring(mut self, ring: KeyRing) -> Self {
+        self.keys = (*ring.current()).clone();
+        self.key_ring = Some(ring);
+        self
+    }
+
+    /// The ring the face checks keys against: the one given, or a new one
+    /// holding `keys`.
+    pub fn ring(&self) -> KeyRing {
+        self.key_ring
+            .clone()
+            .unwrap_or_else(|| KeyRing::new(self.keys.clone()))
+    }
+
+    /// Buffers at most `bytes` of a request's line and headers (431 beyond).
+    pub fn with_max_header_bytes(mut self, bytes: usize) -> Self {
+        self.max_header_bytes = bytes;
+        self
+    }
+
     /// Checks the limits, and that the face is authenticated unless
     /// `allow_unauthenticated` says otherwise.
     pub fn validate(&self) -> Result<()> {
@@ -142,7 +177,16 @@ impl HttpConfig {
                 "must be positive",
             ));
         }
-        if self.keys.is_empty() && !self.allow_unauthenticated {
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(Error::invalid_input(
+                "HTTP config max_header_bytes",
+                format!(
+                    "{} is below the least a connection can work with ({MIN_HEADER_BYTES} bytes)",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        if self.ring().current().is_empty() && !self.allow_unauthenticated {
             return Err(Error::invalid_input(
                 "HTTP config",
                 "no API keys are configured: add keys (with_keys), or serve without \

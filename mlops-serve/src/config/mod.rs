@@ -14,6 +14,7 @@ mod routing;
 
 pub use deployment::{BatchConfig, CacheConfig, DeploymentConfig, Enrichment};
 pub use http::HttpConfig;
+pub(crate) use http::MIN_HEADER_BYTES;
 pub use monitoring::{FeedbackConfig, LogConfig, MonitorConfig};
 pub(crate) use routing::check_canary_weight;
 pub use routing::{Arm, CanaryRamp, Routing};

@@ -1,8 +1,6 @@
 //! The endpoints only the in-process [`ModelServer`] has: the model repository
 //! extension, reloads, feedback, health, routing administration and metrics.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -17,7 +15,7 @@ use serde_json::json;
 use super::auth::with_scope;
 use super::body::{BodyLimits, read_json};
 use super::error::{ApiResult, json_response};
-use crate::auth::{ApiKeys, Scope};
+use crate::auth::{KeyRing, Scope};
 use crate::codec;
 use crate::config::{Arm, Routing};
 use crate::server::{ModelServer, ReloadReport};
@@ -30,7 +28,7 @@ struct AdminState {
 }
 
 /// The routes for `server`, each group behind its scope.
-pub(super) fn routes(server: ModelServer, limits: BodyLimits, keys: &Arc<ApiKeys>) -> Router {
+pub(super) fn routes(server: ModelServer, limits: BodyLimits, keys: &KeyRing) -> Router {
     let state = AdminState { server, limits };
     let infer = Router::new()
         .route("/v2/models/{model}/feedback", post(feedback))

@@ -2,8 +2,6 @@
 //! route of a group needs the group's [`Scope`], and a handler never checks keys
 //! itself.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -13,21 +11,30 @@ use axum::response::{IntoResponse, Response};
 use mlops_core::Error;
 
 use super::error::ApiError;
-use crate::auth::{ApiKeys, Scope};
+use crate::auth::{KeyRing, Scope};
 
 /// The keys and the scope a route group requires.
 #[derive(Debug, Clone)]
 struct Guard {
-    keys: Arc<ApiKeys>,
+    keys: KeyRing,
     scope: Scope,
 }
 
 async fn require_scope(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    // The keys in force for this request (a reload may have replaced them).
+    let keys = guard.keys.current();
+    if keys.is_empty() {
+        // Only a face built with `allow_unauthenticated` has none.
+        return match guard.scope {
+            Scope::Admin => admin_disabled(request).await,
+            _ => next.run(request).await,
+        };
+    }
     let value = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match guard.keys.authorize(value, guard.scope) {
+    match keys.authorize(value, guard.scope) {
         Ok(_) => next.run(request).await,
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -48,17 +55,9 @@ async fn admin_disabled(_request: Request) -> Response {
 /// routes are open, and admin routes answer 403: they are never open.
 pub(super) fn with_scope<S: Clone + Send + Sync + 'static>(
     routes: Router<S>,
-    keys: &Arc<ApiKeys>,
+    keys: &KeyRing,
     scope: Scope,
 ) -> Router<S> {
-    if keys.is_empty() {
-        return match scope {
-            Scope::Admin => routes.route_layer(axum::middleware::from_fn(
-                |request: Request, _next: Next| admin_disabled(request),
-            )),
-            _ => routes,
-        };
-    }
     routes.route_layer(from_fn_with_state(
         Guard {
             keys: keys.clone(),

@@ -44,6 +44,7 @@ content-type: application/json\r\ncontent-length: 58\r\nconnection: close\r\n\r\
 struct ConnectionLimits {
     header_read_timeout: Duration,
     write_timeout: Duration,
+    max_header_bytes: usize,
 }
 
 /// Serves `router` on `listener` with the connection limits of `config` until
@@ -75,6 +76,9 @@ pub async fn serve(
     let limits = ConnectionLimits {
         header_read_timeout: config.header_read_timeout,
         write_timeout: config.write_timeout,
+        // hyper panics below its minimum; `HttpConfig::validate` names the
+        // mistake, this only keeps a config that skipped it from panicking.
+        max_header_bytes: config.max_header_bytes.max(crate::config::MIN_HEADER_BYTES),
     };
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let (stop, stopping) = watch::channel(false);
@@ -139,7 +143,9 @@ async fn connection(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // Headers beyond this are answered 431 before any key is checked.
+        .max_buf_size(limits.max_header_bytes);
     let mut conn = pin!(builder.serve_connection(io, service));
     tokio::select! {
         _ = conn.as_mut() => return,

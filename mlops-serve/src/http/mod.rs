@@ -58,7 +58,7 @@ use crate::server::ModelServer;
 /// `config` checked, with a warning when it serves without authentication.
 fn checked(config: &HttpConfig) -> Result<()> {
     config.validate()?;
-    if config.keys.is_empty() {
+    if config.ring().current().is_empty() {
         tracing::warn!(
             "the HTTP face serves inference and metrics WITHOUT authentication \
              (allow_unauthenticated, no API keys); admin endpoints answer 403"
@@ -73,7 +73,7 @@ fn checked(config: &HttpConfig) -> Result<()> {
 /// [`allow_unauthenticated`](HttpConfig::allow_unauthenticated).
 pub fn router(server: ModelServer, config: HttpConfig) -> Result<Router> {
     checked(&config)?;
-    let keys = Arc::new(config.keys.clone());
+    let keys = config.ring();
     let control = body::BodyLimits::control(&config);
     let shared: Arc<dyn Server> = Arc::new(server.clone());
     Ok(v2::routes(shared, Some(server.clone()), config, &keys)
@@ -88,7 +88,7 @@ pub fn router(server: ModelServer, config: HttpConfig) -> Result<Router> {
 /// [`router`] is.
 pub fn v2_router(server: Arc<dyn Server>, config: HttpConfig) -> Result<Router> {
     checked(&config)?;
-    let keys = Arc::new(config.keys.clone());
+    let keys = config.ring();
     Ok(v2::routes(server, None, config, &keys)
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::disable()))

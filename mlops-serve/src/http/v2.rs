@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use super::auth::with_scope;
 use super::body::{BodyLimits, read_body};
 use super::error::{ApiError, ApiResult, json_response};
-use crate::auth::{ApiKeys, Scope};
+use crate::auth::{KeyRing, Scope};
 use crate::codec::{self, HEADER_CONTENT_LENGTH, ModelReadyResponse};
 use crate::config::HttpConfig;
 use crate::server::ModelServer;
@@ -55,7 +55,7 @@ pub(super) fn routes(
     server: Arc<dyn Server>,
     local: Option<ModelServer>,
     config: HttpConfig,
-    keys: &Arc<ApiKeys>,
+    keys: &KeyRing,
 ) -> Router {
     let state = V2State(Arc::new(Shared {
         permits: Semaphore::new(config.max_concurrency.max(1)),
