@@ -9,7 +9,7 @@ use std::time::Duration;
 use mlops::core::{Error, Result};
 use mlops::serve::http::{router, serve};
 use mlops::serve::{KeyRing, ModelServer};
-use mlops::store::{ObjectRegistry, StoreRoot};
+use mlops::store::{ObjectAuditLog, ObjectRegistry, StoreRoot};
 use mlops::train::TabularLoader;
 
 use crate::config::Config;
@@ -244,7 +244,9 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     let address = listener
         .local_addr()
         .map_err(|e| Error::backend("listener", e))?;
-    let app = router(server.clone(), http.clone())?;
+    // Admin actions over HTTP go to the same audit log as `mlops models`.
+    let audit = Arc::new(ObjectAuditLog::new(&root));
+    let app = router(server.clone(), http.clone().with_audit(audit))?;
     // The address on stdout, for scripts and tests that bind port 0.
     println!("listening on http://{address}");
     tracing::info!(%address, storage = %url, "serving");

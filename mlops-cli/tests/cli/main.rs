@@ -584,24 +584,31 @@ fn has_sample(family: &str, sampled: &BTreeSet<String>) -> bool {
 /// The body of a GET with the test key, over a plain TCP connection; the whole
 /// exchange has a deadline.
 async fn reqwest_get(url: &str) -> String {
+    let answer = exchange("GET", url).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
+}
+
+/// The whole answer (status line, headers, body) to `method url` with the test
+/// key and no body, over a plain TCP connection, within LIMIT.
+async fn exchange(method: &str, url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
         let request = format!(
-            "GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {KEY}\r\nconnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {KEY}\r\n\
+             content-length: 0\r\nconnection: close\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
         answer
     };
-    let answer = tokio::time::timeout(LIMIT, exchange)
+    tokio::time::timeout(LIMIT, exchange)
         .await
-        .unwrap_or_else(|_| panic!("GET {url}: no complete answer within {LIMIT:?}"));
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    answer
+        .unwrap_or_else(|_| panic!("{method} {url}: no complete answer within {LIMIT:?}"))
 }
 
 /// `mlops models` against a file registry: register, list, show, alias, archive,
@@ -797,6 +804,21 @@ async fn sighup_reloads_the_keys() {
         .infer("fraud", None, request())
         .await
         .unwrap();
+
+    // An admin action over HTTP is logged with the key's name and lands in the
+    // audit log `mlops audit` reads.
+    let answer = exchange("POST", &format!("{base}/v2/models/fraud/reload")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let logged = wait_for_log(&logs, "the admin action's log line", &[], |m, _| {
+        m == "admin action"
+    });
+    assert_eq!(logged["fields"]["key"], "test", "{logged}");
+    let (code, out, err) = mlops(&["--json", "audit", "tail", "-n", "1"], &path);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("api-key:test") && out.contains("/v2/models/fraud/reload"),
+        "{out}"
+    );
 
     // Rotate the file-held key and drop the extra one from the config.
     std::fs::write(dir.path().join("key"), "rotated-key").unwrap();

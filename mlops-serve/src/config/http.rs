@@ -1,7 +1,9 @@
 //! The HTTP face's limits and keys: [`HttpConfig`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use mlops_core::audit::AuditLog;
 use mlops_core::{Error, Result};
 
 use crate::auth::{ApiKeys, KeyRing};
@@ -49,6 +51,10 @@ pub struct HttpConfig {
     /// When set, the face checks keys against this ring (replaceable while it
     /// serves) instead of a fixed copy of `keys`; see [`with_key_ring`](Self::with_key_ring).
     pub key_ring: Option<KeyRing>,
+    /// Where every admin action (reload, load/unload, routing, canary weight)
+    /// is recorded with the name of the key that asked; also logged. None: only
+    /// logged.
+    pub audit: Option<Arc<dyn AuditLog>>,
 }
 
 /// The smallest header buffer hyper accepts.
@@ -69,6 +75,7 @@ impl Default for HttpConfig {
             shutdown_grace: Duration::from_secs(10),
             max_header_bytes: 64 << 10,
             key_ring: None,
+            audit: None,
         }
     }
 }
@@ -151,6 +158,12 @@ impl HttpConfig {
         self.key_ring
             .clone()
             .unwrap_or_else(|| KeyRing::new(self.keys.clone()))
+    }
+
+    /// Records every admin action in `log`, with the key's name as the actor.
+    pub fn with_audit(mut self, log: Arc<dyn AuditLog>) -> Self {
+        self.audit = Some(log);
+        self
     }
 
     /// Buffers at most `bytes` of a request's line and headers (431 beyond).

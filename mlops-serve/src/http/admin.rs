@@ -1,18 +1,21 @@
 //! The endpoints only the in-process [`ModelServer`] has: the model repository
 //! extension, reloads, feedback, health, routing administration and metrics.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use mlops_core::audit::AuditLog;
 use mlops_core::model::VersionSelector;
 use mlops_core::{Result, Server};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::with_scope;
+use super::auth::{Refusals, audited, with_scope};
 use super::body::{BodyLimits, read_json};
 use super::error::{ApiResult, json_response};
 use crate::auth::{KeyRing, Scope};
@@ -28,7 +31,13 @@ struct AdminState {
 }
 
 /// The routes for `server`, each group behind its scope.
-pub(super) fn routes(server: ModelServer, limits: BodyLimits, keys: &KeyRing) -> Router {
+pub(super) fn routes(
+    server: ModelServer,
+    limits: BodyLimits,
+    keys: &KeyRing,
+    refusals: &Refusals,
+    audit: Option<Arc<dyn AuditLog>>,
+) -> Router {
     let state = AdminState { server, limits };
     let infer = Router::new()
         .route("/v2/models/{model}/feedback", post(feedback))
@@ -46,9 +55,14 @@ pub(super) fn routes(server: ModelServer, limits: BodyLimits, keys: &KeyRing) ->
         .route("/admin/models/{model}/canary", post(admin_canary))
         .route("/admin/models/{model}/shadow", get(admin_shadow));
     let metrics = Router::new().route("/metrics", get(metrics));
-    with_scope(infer, keys, Scope::Infer)
-        .merge(with_scope(admin, keys, Scope::Admin))
-        .merge(with_scope(metrics, keys, Scope::Metrics))
+    with_scope(infer, keys, Scope::Infer, refusals)
+        .merge(with_scope(
+            audited(admin, audit),
+            keys,
+            Scope::Admin,
+            refusals,
+        ))
+        .merge(with_scope(metrics, keys, Scope::Metrics, refusals))
         .with_state(state)
 }
 

@@ -8,19 +8,68 @@ use axum::http::header;
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use mlops_core::Error;
+use mlops_core::audit::{AuditEvent, AuditLog};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use super::error::ApiError;
 use crate::auth::{KeyRing, Scope};
+use crate::runtime::metrics::AuthLabels;
+
+/// The name of the key a request was authorized with (a request extension).
+#[derive(Debug, Clone)]
+pub(super) struct KeyName(pub(super) String);
+
+/// Refused requests: counted by route group and status (when the face has the
+/// model server's metrics) and logged, the first ten of a group and then one
+/// in a hundred, so a flood of bad keys cannot flood the log.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Refusals {
+    counter: Option<Family<AuthLabels, Counter>>,
+    seen: Arc<AtomicU64>,
+}
+
+impl Refusals {
+    /// Counting into `counter` (the server's `mlops_http_auth_failures_total`).
+    pub(super) fn counted(counter: Family<AuthLabels, Counter>) -> Self {
+        Self {
+            counter: Some(counter),
+            seen: Arc::default(),
+        }
+    }
+
+    fn record(&self, scope: Scope, error: &Error) {
+        let status = match error {
+            Error::Forbidden { .. } => 403,
+            _ => 401,
+        };
+        if let Some(c) = &self.counter {
+            c.get_or_create(&AuthLabels {
+                group: scope.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        }
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= 10 || n.is_multiple_of(100) {
+            tracing::warn!(group = %scope, status, refused_so_far = n, reason = %error, "request refused");
+        }
+    }
+}
 
 /// The keys and the scope a route group requires.
 #[derive(Debug, Clone)]
 struct Guard {
     keys: KeyRing,
     scope: Scope,
+    refusals: Refusals,
 }
 
-async fn require_scope(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+async fn require_scope(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
     // The keys in force for this request (a reload may have replaced them).
     let keys = guard.keys.current();
     if keys.is_empty() {
@@ -35,8 +84,15 @@ async fn require_scope(State(guard): State<Guard>, request: Request, next: Next)
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match keys.authorize(value, guard.scope) {
-        Ok(_) => next.run(request).await,
-        Err(e) => ApiError::from(e).into_response(),
+        Ok(name) => {
+            let name = KeyName(name.to_owned());
+            request.extensions_mut().insert(name);
+            next.run(request).await
+        }
+        Err(e) => {
+            guard.refusals.record(guard.scope, &e);
+            ApiError::from(e).into_response()
+        }
     }
 }
 
@@ -57,12 +113,52 @@ pub(super) fn with_scope<S: Clone + Send + Sync + 'static>(
     routes: Router<S>,
     keys: &KeyRing,
     scope: Scope,
+    refusals: &Refusals,
 ) -> Router<S> {
     routes.route_layer(from_fn_with_state(
         Guard {
             keys: keys.clone(),
             scope,
+            refusals: refusals.clone(),
         },
         require_scope,
     ))
+}
+
+/// Where admin actions are recorded.
+#[derive(Debug, Clone)]
+struct AdminAudit(Option<Arc<dyn AuditLog>>);
+
+/// Logs every admin action that changes something (any method but GET) with the
+/// key that asked and the outcome, and appends it to the audit log when the face
+/// has one; the entry is written before the answer goes out.
+async fn audit_admin(State(audit): State<AdminAudit>, request: Request, next: Next) -> Response {
+    let key = request
+        .extensions()
+        .get::<KeyName>()
+        .map_or_else(|| "(no key)".to_owned(), |k| k.0.clone());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if method == axum::http::Method::GET {
+        return response;
+    }
+    let status = response.status().as_u16();
+    tracing::info!(key = %key, %method, path = %path, status, "admin action");
+    if let Some(log) = &audit.0 {
+        let event = AuditEvent::new(format!("api-key:{key}"), format!("http {method}"), &path)
+            .detail("status", status.to_string());
+        if let Err(e) = log.append(event).await {
+            tracing::error!(error = %e, key = %key, path = %path, "admin action not audited");
+        }
+    }
+    response
+}
+
+/// `routes` (admin routes, inside their scope's guard) audited.
+pub(super) fn audited<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    log: Option<Arc<dyn AuditLog>>,
+) -> Router<S> {
+    routes.route_layer(from_fn_with_state(AdminAudit(log), audit_admin))
 }

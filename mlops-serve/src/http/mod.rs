@@ -74,12 +74,16 @@ fn checked(config: &HttpConfig) -> Result<()> {
 pub fn router(server: ModelServer, config: HttpConfig) -> Result<Router> {
     checked(&config)?;
     let keys = config.ring();
+    let refusals = auth::Refusals::counted(server.auth_failures());
+    let audit = config.audit.clone();
     let control = body::BodyLimits::control(&config);
     let shared: Arc<dyn Server> = Arc::new(server.clone());
-    Ok(v2::routes(shared, Some(server.clone()), config, &keys)
-        .merge(admin::routes(server, control, &keys))
-        .fallback(error::not_found)
-        .layer(DefaultBodyLimit::disable()))
+    Ok(
+        v2::routes(shared, Some(server.clone()), config, &keys, &refusals)
+            .merge(admin::routes(server, control, &keys, &refusals, audit))
+            .fallback(error::not_found)
+            .layer(DefaultBodyLimit::disable()),
+    )
 }
 
 /// The v2 endpoints (health, metadata, readiness, inference) of any [`Server`]
@@ -89,7 +93,9 @@ pub fn router(server: ModelServer, config: HttpConfig) -> Result<Router> {
 pub fn v2_router(server: Arc<dyn Server>, config: HttpConfig) -> Result<Router> {
     checked(&config)?;
     let keys = config.ring();
-    Ok(v2::routes(server, None, config, &keys)
-        .fallback(error::not_found)
-        .layer(DefaultBodyLimit::disable()))
+    Ok(
+        v2::routes(server, None, config, &keys, &auth::Refusals::default())
+            .fallback(error::not_found)
+            .layer(DefaultBodyLimit::disable()),
+    )
 }

@@ -15,7 +15,7 @@ use mlops_core::{Error, Server};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use super::auth::with_scope;
+use super::auth::{Refusals, with_scope};
 use super::body::{BodyLimits, read_body};
 use super::error::{ApiError, ApiResult, json_response};
 use crate::auth::{KeyRing, Scope};
@@ -56,6 +56,7 @@ pub(super) fn routes(
     local: Option<ModelServer>,
     config: HttpConfig,
     keys: &KeyRing,
+    refusals: &Refusals,
 ) -> Router {
     let state = V2State(Arc::new(Shared {
         permits: Semaphore::new(config.max_concurrency.max(1)),
@@ -81,7 +82,7 @@ pub(super) fn routes(
         )
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v));
-    open.merge(with_scope(infer, keys, Scope::Infer))
+    open.merge(with_scope(infer, keys, Scope::Infer, refusals))
         .with_state(state)
 }
 

@@ -87,6 +87,14 @@ pub(crate) struct QualityLabels {
 
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
+/// A refused request: the route group (`infer`, `admin`, `metrics`) and the
+/// status (401 or 403); never the key, so the label set is fixed and small.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AuthLabels {
+    pub(crate) group: String,
+    pub(crate) status: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct OutcomeLabels {
     pub(crate) model: Label,
@@ -214,6 +222,7 @@ pub(crate) struct ServerMetrics {
     pub(crate) drift_share: Bounded<DriftLabels, FloatGauge>,
     pub(crate) drift_windows: Bounded<DriftLabels, Counter>,
     pub(crate) live_quality: Bounded<QualityLabels, FloatGauge>,
+    pub(crate) auth_failures: Family<AuthLabels, Counter>,
 }
 
 impl ServerMetrics {
@@ -234,7 +243,13 @@ impl ServerMetrics {
         let drift_share = Family::<DriftLabels, FloatGauge>::default();
         let drift_windows = Family::<DriftLabels, Counter>::default();
         let live_quality = Family::<QualityLabels, FloatGauge>::default();
+        let auth_failures = Family::<AuthLabels, Counter>::default();
         let mut registry = Registry::with_prefix("mlops");
+        registry.register(
+            "http_auth_failures",
+            "Requests refused for a missing or unknown key (401) or a missing scope (403), by route group",
+            auth_failures.clone(),
+        );
         registry.register(
             "inference_requests",
             "Inference requests by model, version and HTTP status",
@@ -309,6 +324,7 @@ impl ServerMetrics {
             cache: Bounded::new(cache),
             loads: Bounded::new(loads),
             shadow: Bounded::new(shadow),
+            auth_failures,
         }
     }
 

@@ -267,6 +267,16 @@ impl ModelServer {
         self.inner.metrics.render()
     }
 
+    /// The counter of requests the HTTP face refused (401/403), by route group.
+    pub(crate) fn auth_failures(
+        &self,
+    ) -> prometheus_client::metrics::family::Family<
+        crate::runtime::metrics::AuthLabels,
+        prometheus_client::metrics::counter::Counter,
+    > {
+        self.inner.metrics.auth_failures.clone()
+    }
+
     /// Stops taking requests (they get [`Error::Unavailable`]; readiness turns
     /// false) and waits up to `timeout` for those in flight to finish; returns
     /// how many were still running at the end.

@@ -270,9 +270,14 @@ async fn api_keys_scopes_and_admin_endpoints() {
     let keys = ApiKeys::new()
         .with_key("app", "infer-key", &[Scope::Infer])
         .with_key("ops", "admin-key", &[Scope::Admin]);
+    let audit = Arc::new(mlops_store::ObjectAuditLog::new(
+        &mlops_store::StoreRoot::open("memory://").unwrap(),
+    ));
     let running = start(
         &[version_model(1), version_model(2)],
-        HttpConfig::default().with_keys(keys),
+        HttpConfig::default()
+            .with_keys(keys)
+            .with_audit(audit.clone()),
         None,
     )
     .await;
@@ -444,6 +449,74 @@ async fn api_keys_scopes_and_admin_endpoints() {
     );
     let (_, _, text) = raw("POST", &format!("{b}/v2/repository/index"), &admin, vec![]).await;
     assert!(text.contains("\"READY\""), "{text}");
+
+    // Every admin action that changes something is in the audit log, with the
+    // key that asked and the outcome (refused ones too); reads are not.
+    use mlops_core::audit::AuditLog as _;
+    let entries = audit.entries(1, 100).await.unwrap();
+    let seen: Vec<(&str, &str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.event.actor.as_str(),
+                e.event.action.as_str(),
+                e.event.target.as_str(),
+                e.event.details["status"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "api-key:ops",
+                "http POST",
+                "/admin/models/fraud/routing",
+                "200"
+            ),
+            (
+                "api-key:ops",
+                "http POST",
+                "/admin/models/fraud/canary",
+                "200"
+            ),
+            (
+                "api-key:ops",
+                "http POST",
+                "/admin/models/fraud/canary",
+                "400"
+            ),
+            (
+                "api-key:ops",
+                "http POST",
+                "/admin/models/fraud/routing",
+                "400"
+            ),
+            (
+                "api-key:ops",
+                "http POST",
+                "/v2/repository/models/fraud/unload",
+                "200"
+            ),
+            (
+                "api-key:ops",
+                "http POST",
+                "/v2/repository/models/fraud/load",
+                "200"
+            ),
+        ]
+    );
+    assert!(matches!(
+        audit.verify().await.unwrap(),
+        mlops_core::audit::ChainVerdict::Intact { .. }
+    ));
+    // Refusals are counted by route group and status, never by key.
+    let text = running.server.metrics_text();
+    let refused = |labels: &str| sample(&text, "mlops_http_auth_failures_total", labels);
+    assert_eq!(refused(r#"group="infer",status="401""#), 3.0, "{text}");
+    assert_eq!(refused(r#"group="admin",status="403""#), 1.0);
+    assert_eq!(refused(r#"group="metrics",status="403""#), 1.0);
+    assert!(!text.contains("wrong-key") && !text.contains("\"app\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
