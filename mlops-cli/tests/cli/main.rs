@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -65,6 +65,20 @@ async fn register(registry: &ObjectRegistry, shift: f64) -> u64 {
         .await
         .unwrap()
         .version
+}
+
+/// A file store whose `fraud` v1 is the champion, and the test config written
+/// beside it: the directory (removed when dropped), the registry and the
+/// config's path.
+async fn champion_store(name: &str) -> (TempDir, ObjectRegistry, PathBuf) {
+    let dir = temp_dir(name);
+    let root = StoreRoot::open(&store_url(&dir)).unwrap();
+    let registry = ObjectRegistry::new(&root);
+    let v1 = register(&registry, 0.0).await;
+    registry.set_alias("fraud", "champion", v1).await.unwrap();
+    let path = dir.path().join("mlops.toml");
+    std::fs::write(&path, config(dir.path())).unwrap();
+    (dir, registry, path)
 }
 
 fn config(dir: &Path) -> String {
@@ -195,13 +209,7 @@ fn request() -> InferenceRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_reloads_and_stops_cleanly_under_load() {
-    let dir = temp_dir("serve");
-    let root = StoreRoot::open(&store_url(&dir)).unwrap();
-    let registry = ObjectRegistry::new(&root);
-    let v1 = register(&registry, 0.0).await;
-    registry.set_alias("fraud", "champion", v1).await.unwrap();
-    let path = dir.path().join("mlops.toml");
-    std::fs::write(&path, config(dir.path())).unwrap();
+    let (dir, registry, path) = champion_store("serve").await;
 
     let Served { child, base, logs } = start(&path);
     let client = RemoteServer::new(&base).unwrap().with_api_key(KEY);
@@ -749,13 +757,7 @@ async fn runs_commands_list_and_show_tracked_runs() {
 /// plain: no colour escape codes, which only a terminal gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_to_a_pipe_carry_no_escape_codes() {
-    let dir = temp_dir("ansi");
-    let root = StoreRoot::open(&store_url(&dir)).unwrap();
-    let registry = ObjectRegistry::new(&root);
-    let v1 = register(&registry, 0.0).await;
-    registry.set_alias("fraud", "champion", v1).await.unwrap();
-    let path = dir.path().join("mlops.toml");
-    std::fs::write(&path, config(dir.path())).unwrap();
+    let (_dir, _registry, path) = champion_store("ansi").await;
     let mut child = ChildGuard::spawn(
         "mlops serve (text logs)",
         Command::new(env!("CARGO_BIN_EXE_mlops"))
@@ -782,13 +784,8 @@ async fn text_logs_to_a_pipe_carry_no_escape_codes() {
 /// old one is refused; a key removed from the config stops working at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_keys() {
-    let dir = temp_dir("keys");
-    let root = StoreRoot::open(&store_url(&dir)).unwrap();
-    let registry = ObjectRegistry::new(&root);
-    let v1 = register(&registry, 0.0).await;
-    registry.set_alias("fraud", "champion", v1).await.unwrap();
-    let path = dir.path().join("mlops.toml");
-    let base_config = config(dir.path());
+    let (dir, _registry, path) = champion_store("keys").await;
+    let base_config = std::fs::read_to_string(&path).unwrap();
     let with_extra = base_config.replace(
         "[[deployments]]",
         &format!(
