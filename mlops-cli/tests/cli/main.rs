@@ -239,6 +239,13 @@ async fn serves_reloads_and_stops_cleanly_under_load() {
     let (code, text) = health(&["--url", &nowhere, "--timeout", "5s"]);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains(&nowhere), "{text}");
+    // Bad arguments are usage errors (exit 2) naming what was wrong.
+    let (code, text) = health(&["--url", "not a url"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("not a url"), "{text}");
+    let (code, text) = health(&["--url", &base, "--timeout", "0s"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("timeout"), "{text}");
     let answer = client.infer("fraud", None, request()).await.unwrap();
     assert_eq!(answer.model_version.as_deref(), Some("1"));
     let wrong = RemoteServer::new(&base).unwrap().with_api_key("wrong");
@@ -397,6 +404,11 @@ fn a_broken_config_fails_fast_naming_the_key() {
             good.replace("[[http.keys]]", "[[http.nokeys]]"),
             2,
             vec!["unknown field `nokeys`"],
+        ),
+        (
+            good.replace("bind = ", "max_header_bytes = 100\nbind = "),
+            2,
+            vec!["max_header_bytes", "8192"],
         ),
     ] {
         let path = dir.path().join("broken.toml");

@@ -209,3 +209,50 @@ impl HttpConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Scope;
+
+    fn keyed() -> HttpConfig {
+        HttpConfig::default().with_keys(ApiKeys::new().with_key("k", "s3cret", &[Scope::Infer]))
+    }
+
+    #[test]
+    fn a_header_budget_below_the_minimum_is_refused_by_name() {
+        assert!(keyed().validate().is_ok());
+        assert!(
+            keyed()
+                .with_max_header_bytes(MIN_HEADER_BYTES)
+                .validate()
+                .is_ok()
+        );
+        let err = keyed()
+            .with_max_header_bytes(MIN_HEADER_BYTES - 1)
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("max_header_bytes") && err.contains("8192"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_key_ring_counts_as_the_keys() {
+        // A ring with keys satisfies "fails closed"; an empty one does not.
+        let ring = KeyRing::new(ApiKeys::new().with_key("k", "s3cret", &[Scope::Infer]));
+        let config = HttpConfig::default().with_key_ring(ring.clone());
+        assert!(config.validate().is_ok());
+        assert_eq!(config.ring().names(), ["k"]);
+        let empty = HttpConfig::default().with_key_ring(KeyRing::default());
+        assert!(empty.validate().is_err());
+        assert!(
+            ring.replace(ApiKeys::new()).is_err(),
+            "an empty key set is refused"
+        );
+        assert_eq!(ring.names(), ["k"], "and the keys stay");
+    }
+}
