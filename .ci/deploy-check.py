@@ -8,8 +8,9 @@
    `mlops check`, with the dev overlay's keys in place of the mounted Secret;
 4. each rendered overlay is safe to run: no replica count fighting the HPA, no
    service-account token, a startupProbe, a preStop delay, a PDB that lets a
-   single replica be drained, a NetworkPolicy, and a termination grace period
-   longer than preStop plus draining;
+   single replica be drained, a NetworkPolicy, a termination grace period
+   longer than preStop plus draining, and init containers of the same image
+   as locked down as the server (.ci/deploy-smoke.py then runs each overlay);
 5. the Prometheus alert rules pass `promtool check rules` and their unit tests
    `promtool test rules`. (That every metric the rules and the Grafana dashboard
    use is exported is a test of mlops-cli against a real scrape.)
@@ -58,6 +59,14 @@ def operational_problems(docs: list) -> list:
     pre_stop = container.get("lifecycle", {}).get("preStop", {})
     if not pre_stop:
         out.append("no preStop delay: SIGTERM closes the port while the Service still routes to it")
+    # Init containers (the dev overlay's seeding) run as locked down as the server.
+    for c in [container, *pod.get("initContainers", [])]:
+        security = c.get("securityContext", {})
+        if (security.get("readOnlyRootFilesystem") is not True or security.get("allowPrivilegeEscalation") is not False
+                or "ALL" not in security.get("capabilities", {}).get("drop", [])):
+            out.append(f"container {c['name']}: not read-only, unprivileged and without capabilities")
+        if c.get("image") != container.get("image"):
+            out.append(f"container {c['name']}: image {c.get('image')} is not the server's {container.get('image')}")
     pdb = kinds.get("PodDisruptionBudget")
     if pdb is not None and "minAvailable" in pdb["spec"]:
         out.append("the PDB's minAvailable blocks node drains when one replica runs")
