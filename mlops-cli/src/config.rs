@@ -9,6 +9,7 @@
 //! [http]
 //! bind = "0.0.0.0:8000"
 //! max_body_bytes = 67108864
+//! # max_body_budget_bytes = 335544320   # bodies read or decoded at once (default 5 x max_body_bytes)
 //! request_timeout = "30s"
 //!
 //! [[http.keys]]
@@ -21,6 +22,14 @@
 //! key_file = "/run/secrets/ops-key"     # or key = "${OPS_KEY}"
 //! scopes = ["admin"]
 //!
+//! [registry]
+//! require_signatures = true             # refuse unsigned versions (needs a trusted key)
+//! signing_key = { id = "release", key_file = "/run/secrets/release.key" }   # register --sign
+//!
+//! [[registry.trusted_keys]]             # versions signed by these load, no others
+//! id = "release"
+//! public_key_file = "/etc/mlops/keys/release.pub"
+//!
 //! [[deployments]]
 //! name = "fraud"
 //! model = "fraud"
@@ -28,6 +37,9 @@
 //! shadows = ["@challenger"]
 //! reload_interval = "10s"
 //! batching = { max_batch_size = 64, max_queue_delay = "500us" }
+//! # unbatched: calls at once (default: CPUs) and requests waiting (1024)
+//! # max_running_calls = 4
+//! # max_queued_calls = 1024
 //! cache = { max_entries = 100000, ttl = "60s" }
 //! monitoring = { window_rows = 1000, min_rows = 100 }   # drift of inputs and predictions
 //! feedback = { task = "binary_classification", window = 1000 }   # live quality
@@ -37,17 +49,38 @@
 //! `${ENV_VAR}` (the whole value), a key may be given as `key_file`, and keys in
 //! the file itself are SHA-256 digests (`sha256`). Every error names the key, and
 //! parse errors the line and what was expected.
+//!
+//! `[registry]` is model provenance. A key file is one line: a public key
+//! `mlops-ed25519-public:` then 64 hex characters (the 32-byte ed25519 public
+//! key), a private one `mlops-ed25519-secret:` then 64 hex characters (its
+//! seed); `mlops models keygen --out DIR --id ID` writes `ID.key` (mode 0600)
+//! and `ID.pub`. Once any key is trusted, only versions signed by a trusted key
+//! load (an unsigned, differently signed or altered version is refused: a
+//! running deployment logs why and keeps serving the versions it has, one
+//! starting up waits, not ready); `require_signatures = true` states it and is
+//! an error without a trusted key. Paths take `${ENV_VAR}`; the private key is
+//! never written in the config, and only `mlops models register --sign` reads
+//! it (`mlops check` and `mlops serve` never do, so servers need not hold it).
+//! Changes to `[registry]` take effect on restart.
+//!
+//! A deployment whose model, alias or version is missing or refused at start
+//! does not stop the service: it comes up with that deployment not ready (the
+//! reason in its log line and in `GET /admin/models/{name}`), retried at its
+//! `reload_interval` (every 5 s without one) until it serves. Exit code 2 is for
+//! errors in the file itself.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use mlops::core::model::VersionSelector;
 use mlops::core::{Error, Result};
 use mlops::serve::{
     ApiKeys, Arm, BatchConfig, CacheConfig, DeploymentConfig, FeedbackConfig, HttpConfig,
     MonitorConfig, Routing, Scope,
 };
+use mlops::store::RegistryOptions;
 use serde::{Deserialize, Deserializer};
 
 /// The whole file.
@@ -58,7 +91,38 @@ pub(crate) struct Config {
     #[serde(default)]
     pub(crate) http: Http,
     #[serde(default)]
+    pub(crate) registry: Registry,
+    #[serde(default)]
     pub(crate) deployments: Vec<Deployment>,
+}
+
+/// `[registry]`: which model versions are trusted, and the key
+/// `mlops models register --sign` signs with.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Registry {
+    #[serde(default)]
+    pub(crate) require_signatures: bool,
+    #[serde(default)]
+    pub(crate) trusted_keys: Vec<TrustedKey>,
+    pub(crate) signing_key: Option<SigningKeyToml>,
+}
+
+/// `[[registry.trusted_keys]]`: a public key, by the id signatures name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrustedKey {
+    pub(crate) id: String,
+    pub(crate) public_key_file: String,
+}
+
+/// `[registry] signing_key = { id, key_file }`: the private key, always in a
+/// file of its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SigningKeyToml {
+    pub(crate) id: String,
+    pub(crate) key_file: String,
 }
 
 /// `[storage]`.
@@ -83,8 +147,11 @@ pub(crate) struct Http {
     #[serde(default)]
     pub(crate) allow_unauthenticated: bool,
     pub(crate) max_body_bytes: Option<usize>,
+    /// Bytes of bodies read or decoded at once, server-wide (default 5 x max_body_bytes).
+    pub(crate) max_body_budget_bytes: Option<usize>,
     pub(crate) max_concurrency: Option<usize>,
     pub(crate) max_connections: Option<usize>,
+    pub(crate) probe_connections: Option<usize>,
     pub(crate) max_header_bytes: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub(crate) request_timeout: Option<Duration>,
@@ -105,8 +172,10 @@ impl Default for Http {
             keys: Vec::new(),
             allow_unauthenticated: false,
             max_body_bytes: None,
+            max_body_budget_bytes: None,
             max_concurrency: None,
             max_connections: None,
+            probe_connections: None,
             max_header_bytes: None,
             request_timeout: None,
             header_read_timeout: None,
@@ -147,6 +216,10 @@ pub(crate) struct Deployment {
     pub(crate) cache: Option<Cache>,
     #[serde(default)]
     pub(crate) inline_max_rows: usize,
+    /// Unbatched model calls at once (default: the CPU count).
+    pub(crate) max_running_calls: Option<usize>,
+    /// Unbatched requests waiting for a call, at most (default 1,024).
+    pub(crate) max_queued_calls: Option<usize>,
     pub(crate) monitoring: Option<Monitoring>,
     pub(crate) feedback: Option<Feedback>,
 }
@@ -244,6 +317,89 @@ fn selector(key: &str, text: &str) -> Result<VersionSelector> {
         .map_err(|e: Error| Error::invalid_input(format!("config {key}"), format!("{text:?}: {e}")))
 }
 
+/// How a public key file starts (then 64 hex characters: the 32-byte ed25519
+/// public key), as `mlops models keygen` writes it.
+pub(crate) const PUBLIC_KEY_PREFIX: &str = "mlops-ed25519-public:";
+/// How a private key file starts (then 64 hex characters: the 32-byte ed25519
+/// seed), as `mlops models keygen` writes it.
+pub(crate) const SECRET_KEY_PREFIX: &str = "mlops-ed25519-secret:";
+
+/// The 32 bytes of a key file's text: `prefix` then 64 hex characters
+/// (surrounding whitespace ignored; the bare 64 hex characters are accepted
+/// too). The error says what was expected and what was found, never the
+/// text itself (it may be a private key).
+fn key_bytes(text: &str, prefix: &str, other: &str) -> std::result::Result<[u8; 32], String> {
+    let expected = format!(
+        "expected one line, \"{prefix}\" then 64 hex characters (32 bytes), as `mlops models \
+         keygen` writes"
+    );
+    let text = text.trim();
+    if text.starts_with(other) {
+        return Err(if other == SECRET_KEY_PREFIX {
+            "this is a private key: name its public half (the .pub file), and keep the private \
+             key out of the config"
+                .to_owned()
+        } else {
+            "this is a public key; the signing key is the private half (the .key file)".to_owned()
+        });
+    }
+    let hex_text = text.strip_prefix(prefix).unwrap_or(text);
+    if hex_text.len() != 64 || !hex_text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{expected}; found {} characters{}",
+            text.len(),
+            if text.contains('\n') {
+                " on several lines"
+            } else {
+                ""
+            }
+        ));
+    }
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_text, &mut bytes).map_err(|e| format!("{expected}: {e}"))?;
+    Ok(bytes)
+}
+
+/// Whether `id` can name a key (what signatures name their key by): 1 to 64
+/// letters, digits, '-', '_' or '.', so it is also a file name.
+pub(crate) fn is_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `id`, which must be a key id (named `at` in the error).
+fn check_key_id(at: &str, id: &str) -> Result<()> {
+    if !is_key_id(id) {
+        return Err(Error::invalid_input(
+            format!("config {at}.id"),
+            format!("{id:?} is not a key id: use 1 to 64 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the key file `file` (named `at` in errors) for the key `id`.
+fn read_key_file(at: &str, id: &str, file: &str, prefix: &str, other: &str) -> Result<[u8; 32]> {
+    let what = || format!("config {at} (key '{id}')");
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Error::invalid_input(what(), format!("cannot read {file}: {e}")))?;
+    key_bytes(&text, prefix, other)
+        .map_err(|e| Error::invalid_input(what(), format!("{file}: {e}")))
+}
+
+/// The text of a public key file for `key`.
+pub(crate) fn public_key_text(key: &VerifyingKey) -> String {
+    format!("{PUBLIC_KEY_PREFIX}{}\n", hex::encode(key.as_bytes()))
+}
+
+/// The text of a private key file for `key`.
+pub(crate) fn secret_key_text(key: &SigningKey) -> String {
+    format!("{SECRET_KEY_PREFIX}{}\n", hex::encode(key.as_bytes()))
+}
+
 impl Config {
     /// Reads and checks the file at `path`.
     pub(crate) fn load(path: &Path) -> Result<Self> {
@@ -272,6 +428,97 @@ impl Config {
         for (k, v) in &self.storage.options {
             options.push((k.clone(), expand(&format!("storage.options.{k}"), v)?));
         }
+        Ok(options)
+    }
+
+    /// The trusted public keys of `[registry]`, by id, read from their files.
+    pub(crate) fn trusted_keys(&self) -> Result<BTreeMap<String, VerifyingKey>> {
+        let mut keys = BTreeMap::new();
+        for (i, k) in self.registry.trusted_keys.iter().enumerate() {
+            let at = format!("registry.trusted_keys[{i}]");
+            check_key_id(&at, &k.id)?;
+            let file = expand(&format!("{at}.public_key_file"), &k.public_key_file)?;
+            let bytes = read_key_file(&at, &k.id, &file, PUBLIC_KEY_PREFIX, SECRET_KEY_PREFIX)?;
+            let key = VerifyingKey::from_bytes(&bytes).map_err(|_| {
+                Error::invalid_input(
+                    format!("config {at} (key '{}')", k.id),
+                    format!("{file}: the 32 bytes are not an ed25519 public key"),
+                )
+            })?;
+            if keys.insert(k.id.clone(), key).is_some() {
+                return Err(Error::invalid_input(
+                    format!("config {at}.id"),
+                    format!("key id {:?} is trusted twice", k.id),
+                ));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// How the registry is opened: the trusted keys and `require_signatures`
+    /// (for `serve` and every `mlops models` command), and with `sign`, the
+    /// signing key read from its file (only `mlops models register --sign`
+    /// reads it: a server never needs the private key). Checks the whole
+    /// `[registry]` section but the private key file.
+    pub(crate) fn registry_options(&self, sign: bool) -> Result<RegistryOptions> {
+        let r = &self.registry;
+        let mut options = RegistryOptions::default();
+        options.trusted_keys = self.trusted_keys()?;
+        options.require_signatures = r.require_signatures;
+        if r.require_signatures && options.trusted_keys.is_empty() {
+            return Err(Error::invalid_input(
+                "config registry.require_signatures",
+                "it is true but registry.trusted_keys names no key, so no version could load: \
+                 add [[registry.trusted_keys]] with id and public_key_file (`mlops models \
+                 keygen` makes a key pair)",
+            ));
+        }
+        if let Some(s) = &r.signing_key {
+            let at = "registry.signing_key";
+            check_key_id(at, &s.id)?;
+            let raw = s.key_file.trim();
+            if raw.starts_with(SECRET_KEY_PREFIX)
+                || (raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(Error::invalid_input(
+                    format!("config {at}.key_file"),
+                    "a key is never written in the file: give the path of its key file, or \
+                     \"${ENV_VAR}\" naming a variable that holds the path",
+                ));
+            }
+        }
+        if !sign {
+            return Ok(options);
+        }
+        let s = r.signing_key.as_ref().ok_or_else(|| {
+            Error::invalid_input(
+                "config registry.signing_key",
+                "not set, and --sign needs it: add signing_key = { id = \"...\", key_file = \
+                 \"...\" } to [registry] (`mlops models keygen` makes a key pair)",
+            )
+        })?;
+        let at = "registry.signing_key";
+        let file = expand(&format!("{at}.key_file"), &s.key_file)?;
+        let key = SigningKey::from_bytes(&read_key_file(
+            at,
+            &s.id,
+            &file,
+            SECRET_KEY_PREFIX,
+            PUBLIC_KEY_PREFIX,
+        )?);
+        if let Some(trusted) = options.trusted_keys.get(&s.id)
+            && *trusted != key.verifying_key()
+        {
+            return Err(Error::invalid_input(
+                format!("config {at} (key '{}')", s.id),
+                format!(
+                    "{file} is not the private half of the trusted key '{}': what it signs \
+                     would be refused",
+                    s.id
+                ),
+            ));
+        }
+        options.signing_key = Some((s.id.clone(), key));
         Ok(options)
     }
 
@@ -336,11 +583,17 @@ impl Config {
         if let Some(v) = h.max_body_bytes {
             c = c.with_max_body_bytes(v);
         }
+        if let Some(v) = h.max_body_budget_bytes {
+            c = c.with_max_body_budget_bytes(v);
+        }
         if let Some(v) = h.max_concurrency {
             c = c.with_max_concurrency(v);
         }
         if let Some(v) = h.max_connections {
             c = c.with_max_connections(v);
+        }
+        if let Some(v) = h.probe_connections {
+            c = c.with_probe_connections(v);
         }
         if let Some(v) = h.max_header_bytes {
             c = c.with_max_header_bytes(v);
@@ -416,6 +669,12 @@ impl Config {
                     .collect::<Result<_>>()?;
                 c.reload_interval = d.reload_interval;
                 c.inline_max_rows = d.inline_max_rows;
+                if let Some(n) = d.max_running_calls {
+                    c.max_running_calls = n;
+                }
+                if let Some(n) = d.max_queued_calls {
+                    c.max_queued_calls = n;
+                }
                 if let Some(b) = &d.batching {
                     let mut batching = BatchConfig::default();
                     if let Some(v) = b.max_batch_size {
@@ -570,6 +829,90 @@ routing = { canary = { stable = "1", canary = "2", weight = 0.05 } }
                 assert!(err.contains(n), "{n:?} not in {err}");
             }
         }
+    }
+
+    /// `GOOD` with a `[registry]` trusting `dir/release.pub`, signing with
+    /// `dir/release.key` (written from a fixed seed), and requiring signatures.
+    fn with_registry(dir: &Path) -> (String, SigningKey) {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        std::fs::write(dir.join("release.key"), secret_key_text(&key)).unwrap();
+        std::fs::write(
+            dir.join("release.pub"),
+            public_key_text(&key.verifying_key()),
+        )
+        .unwrap();
+        let text = format!(
+            "{GOOD}\n[registry]\nrequire_signatures = true\n\
+             signing_key = {{ id = \"release\", key_file = \"{}\" }}\n\
+             [[registry.trusted_keys]]\nid = \"release\"\npublic_key_file = \"{}\"\n",
+            dir.join("release.key").display(),
+            dir.join("release.pub").display()
+        );
+        (text, key)
+    }
+
+    #[test]
+    fn registry_keys_are_read_from_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (text, key) = with_registry(dir.path());
+        let c = Config::parse(&text, "test").unwrap();
+        let o = c.registry_options(false).unwrap();
+        assert!(o.require_signatures);
+        assert_eq!(o.trusted_keys.get("release"), Some(&key.verifying_key()));
+        assert!(
+            o.signing_key.is_none(),
+            "the private key read without --sign"
+        );
+        let o = c.registry_options(true).unwrap();
+        let (id, signing) = o.signing_key.unwrap();
+        assert_eq!(
+            (id.as_str(), signing.to_bytes()),
+            ("release", key.to_bytes())
+        );
+        // The bare 64 hex characters are a key too; no [registry] trusts nothing.
+        std::fs::write(
+            dir.path().join("release.pub"),
+            hex::encode(key.verifying_key().as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(c.trusted_keys().unwrap().len(), 1);
+        let plain = Config::parse(GOOD, "test").unwrap().registry_options(true);
+        assert!(
+            plain
+                .unwrap_err()
+                .to_string()
+                .contains("registry.signing_key")
+        );
+        let o = Config::parse(GOOD, "test")
+            .unwrap()
+            .registry_options(false)
+            .unwrap();
+        assert!(o.trusted_keys.is_empty() && !o.require_signatures);
+    }
+
+    #[test]
+    fn key_files_are_checked_naming_what_was_expected() {
+        let prefix = PUBLIC_KEY_PREFIX;
+        let good = "ab".repeat(32);
+        assert!(key_bytes(&format!("{prefix}{good}\n"), prefix, SECRET_KEY_PREFIX).is_ok());
+        for (text, needle) in [
+            (String::new(), "found 0 characters"),
+            (format!("{prefix}{}", &good[..62]), "64 hex characters"),
+            (format!("{prefix}{good}00"), "64 hex characters"),
+            (format!("{prefix}{}zz", &good[..62]), "64 hex characters"),
+            (format!("{SECRET_KEY_PREFIX}{good}"), "private key"),
+            (format!("{prefix}{good}\n{prefix}{good}"), "several lines"),
+        ] {
+            let err = key_bytes(&text, prefix, SECRET_KEY_PREFIX).unwrap_err();
+            assert!(err.contains(needle), "{text:?}: {needle:?} not in {err}");
+            assert!(!err.contains(&good), "the error repeats the key: {err}");
+        }
+        let err = key_bytes(&format!("{prefix}{good}"), SECRET_KEY_PREFIX, prefix).unwrap_err();
+        assert!(err.contains("public key"), "{err}");
+        for id in ["", "a b", "../x", &"k".repeat(65)] {
+            assert!(!is_key_id(id), "{id:?}");
+        }
+        assert!(is_key_id("release-2026.1_a"));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!                                     SIGTERM drains and exits, SIGHUP applies
 //!                                     deployment changes from the file
 //! mlops check --config mlops.toml     check a config file, change nothing
-//! mlops models --config mlops.toml list | show | register | alias | archive | verify
+//! mlops models --config mlops.toml list | show | register [--sign] | alias | archive | verify
+//! mlops models keygen --out DIR --id ID   an ed25519 key pair for [registry]
 //!
 //! mlops audit --config mlops.toml verify | tail
 //! mlops runs --config mlops.toml list | show
@@ -13,9 +14,11 @@
 //!                                     HEALTHCHECK: no curl in the image)
 //! ```
 //!
-//! Exit codes: 0 success; 1 a runtime failure (storage, a model that does not
-//! load, a port in use, an unknown name); 2 a usage or config error (the message
-//! names the key); 3 an integrity check failed (a digest or the audit chain).
+//! Exit codes: 0 success; 1 a runtime failure (storage, a port in use, an
+//! unknown name); 2 a usage or config error (the message names the key); 3 an
+//! integrity check failed (a digest, a signature or the audit chain). A
+//! deployment whose model does not load is not an exit: `serve` comes up with
+//! it not ready and retries.
 //! Logs go to stderr, as text or, with `--log-format json`, one JSON object per
 //! line; `RUST_LOG` filters them (default `info`).
 

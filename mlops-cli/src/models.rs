@@ -1,5 +1,6 @@
 //! `mlops models`: the registry from the command line (list, show, register,
-//! alias set, archive, verify), on the storage root of the config file.
+//! alias set, archive, verify), on the storage root of the config file, with
+//! its `[registry]` keys; and `keygen`, which makes a signing key pair.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,9 @@ use mlops::core::model::{
 use mlops::core::{Error, Result};
 use mlops::store::{ObjectAuditLog, ObjectRegistry, StoreRoot};
 
-use crate::config::Config;
+use ed25519_dalek::SigningKey;
+
+use crate::config::{Config, is_key_id, public_key_text, secret_key_text};
 
 /// What `mlops models` does.
 #[derive(Debug, Subcommand)]
@@ -32,6 +35,9 @@ pub(crate) enum ModelsCommand {
         /// The loader that reads it (e.g. `tabular-mlp`).
         #[arg(long)]
         flavor: String,
+        /// Sign the version with `[registry] signing_key`.
+        #[arg(long)]
+        sign: bool,
     },
     /// Points an alias at a version.
     Alias {
@@ -58,15 +64,108 @@ pub(crate) enum ModelsCommand {
         #[arg(default_value = "latest")]
         version: String,
     },
+    /// Makes an ed25519 key pair for signing versions: DIR/ID.key (the private
+    /// key, mode 0600, for `[registry] signing_key`) and DIR/ID.pub (for
+    /// `[[registry.trusted_keys]]`). Never overwrites a key. Reads no config.
+    Keygen {
+        /// The directory to write them in (made if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// The key id signatures name it by.
+        #[arg(long, default_value = "mlops")]
+        id: String,
+    },
 }
 
-fn registry(config: &Path) -> Result<ObjectRegistry> {
+/// The registry of `config` with its `[registry]` keys (and, with `sign`, its
+/// signing key), and whether it checks signatures.
+fn registry(config: &Path, sign: bool) -> Result<(ObjectRegistry, bool)> {
     let config = Config::load(config)?;
+    let options = config.registry_options(sign)?;
+    let checks = options.require_signatures || !options.trusted_keys.is_empty();
     let root = StoreRoot::open_with_options(&config.storage_root()?, config.storage_options()?)?;
     // Every change made from the command line is in the audit log.
-    Ok(ObjectRegistry::new(&root)
+    let registry = ObjectRegistry::new(&root)
+        .with_options(options)
         .with_audit(Arc::new(ObjectAuditLog::new(&root)))
-        .with_actor("mlops-cli"))
+        .with_actor("mlops-cli");
+    Ok((registry, checks))
+}
+
+/// Writes `text` to the new file `path` (never over an existing one), readable
+/// by its owner only when `private`.
+fn write_new(path: &Path, text: &str, private: bool) -> Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let what = || format!("key file {}", path.display());
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::invalid_input(what(), "it exists; a key is never overwritten")
+        } else {
+            Error::invalid_input(what(), e.to_string())
+        }
+    })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::backend(what(), e))
+}
+
+/// `mlops models keygen`: a new key pair in `out`.
+fn keygen(out: &Path, id: &str, json: bool) -> Result<()> {
+    if !is_key_id(id) {
+        return Err(Error::invalid_input(
+            "keygen --id",
+            format!("{id:?} is not a key id: use 1 to 64 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let secret = out.join(format!("{id}.key"));
+    let public = out.join(format!("{id}.pub"));
+    for p in [&secret, &public] {
+        if p.exists() {
+            return Err(Error::invalid_input(
+                format!("key file {}", p.display()),
+                "it exists; a key is never overwritten",
+            ));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| {
+        Error::invalid_input(format!("keygen --out {}", out.display()), e.to_string())
+    })?;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| Error::backend("the operating system's random source", e.to_string()))?;
+    let key = SigningKey::from_bytes(&seed);
+    // The private key first: a pair is never left with only its public half.
+    write_new(&secret, &secret_key_text(&key), true)?;
+    write_new(&public, &public_key_text(&key.verifying_key()), false)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"id": id, "key_file": secret.display().to_string(), "public_key_file": public.display().to_string()})
+        );
+    } else {
+        println!(
+            "wrote {} (private, mode 0600) and {}\n\n\
+             [registry]\n\
+             signing_key = {{ id = \"{id}\", key_file = \"{}\" }}\n\n\
+             [[registry.trusted_keys]]\n\
+             id = \"{id}\"\n\
+             public_key_file = \"{}\"",
+            secret.display(),
+            public.display(),
+            secret.display(),
+            public.display()
+        );
+    }
+    Ok(())
 }
 
 fn status(v: &ModelVersion) -> &'static str {
@@ -91,8 +190,14 @@ fn version_json(v: &ModelVersion) -> serde_json::Value {
 
 /// Runs `command` on the registry of the `config` file.
 pub(crate) async fn run(config: &Path, command: ModelsCommand, json: bool) -> Result<()> {
-    let registry = registry(config)?;
+    let sign = match &command {
+        ModelsCommand::Keygen { out, id } => return keygen(out, id, json),
+        ModelsCommand::Register { sign, .. } => *sign,
+        _ => false,
+    };
+    let (registry, checks_signatures) = registry(config, sign)?;
     match command {
+        ModelsCommand::Keygen { .. } => {}
         ModelsCommand::List => {
             let mut rows = Vec::new();
             for name in registry.list_models().await? {
@@ -148,7 +253,9 @@ pub(crate) async fn run(config: &Path, command: ModelsCommand, json: bool) -> Re
                 }
             }
         }
-        ModelsCommand::Register { name, file, flavor } => {
+        ModelsCommand::Register {
+            name, file, flavor, ..
+        } => {
             let bytes = std::fs::read(&file).map_err(|e| {
                 Error::invalid_input(format!("artifact file {}", file.display()), e.to_string())
             })?;
@@ -162,7 +269,14 @@ pub(crate) async fn run(config: &Path, command: ModelsCommand, json: bool) -> Re
             if json {
                 println!("{}", version_json(&v));
             } else {
-                println!("registered {name} version {} ({})", v.version, v.digest);
+                println!(
+                    "registered {name} version {} ({}){}",
+                    v.version,
+                    v.digest,
+                    v.signature
+                        .as_ref()
+                        .map_or(String::new(), |s| format!(", signed by {}", s.key_id))
+                );
             }
         }
         ModelsCommand::Alias {
@@ -192,21 +306,31 @@ pub(crate) async fn run(config: &Path, command: ModelsCommand, json: bool) -> Re
             let selector: VersionSelector = version.parse()?;
             let number = registry.get_version(&name, &selector).await?.version;
             let (v, _) = registry.load_archived_artifact(&name, number).await?;
+            // With trusted keys, the load above checked the signature too.
+            let signature = match (&v.signature, checks_signatures) {
+                (Some(s), true) => format!("signed by {}, signature verified", s.key_id),
+                (Some(s), false) => format!(
+                    "signed by {}, signature not checked: [registry] trusts no key",
+                    s.key_id
+                ),
+                (None, _) => "unsigned".to_owned(),
+            };
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"model": name, "version": v.version, "verified": true, "digest": v.digest.to_string()})
+                    serde_json::json!({
+                        "model": name,
+                        "version": v.version,
+                        "verified": true,
+                        "digest": v.digest.to_string(),
+                        "signed_by": v.signature.as_ref().map(|s| s.key_id.clone()),
+                        "signature_verified": v.signature.is_some() && checks_signatures,
+                    })
                 );
             } else {
                 println!(
-                    "{name} version {}: digest {} verified{}",
-                    v.version,
-                    v.digest,
-                    v.signature.as_ref().map_or(String::new(), |s| format!(
-                        ", signed by {} (the signature is checked only against trusted keys, \
-                             which the config does not name yet)",
-                        s.key_id
-                    ))
+                    "{name} version {}: digest {} verified; {signature}",
+                    v.version, v.digest
                 );
             }
         }

@@ -20,6 +20,7 @@ pub(crate) fn check(path: &Path, json: bool) -> Result<()> {
     config.storage_root()?;
     config.storage_options()?;
     config.http_config()?;
+    config.registry_options(false)?;
     let deployments = config.deployment_configs()?;
     if json {
         let names: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
@@ -134,6 +135,8 @@ struct Applied {
     deployments: BTreeMap<String, String>,
     /// `[http]` but its keys, which a reload replaces in `keys`.
     http: String,
+    /// `[registry]`, which only a restart changes.
+    registry: String,
     keys: KeyRing,
 }
 
@@ -144,6 +147,16 @@ fn http_fingerprint(config: &Config) -> String {
         .ok()
         .map(|h| format!("{:?}", h.with_key_ring(KeyRing::default())));
     format!("{} {settings:?}", config.http.bind)
+}
+
+/// What of `[registry]` the service runs with: the settings and the trusted
+/// keys' contents (a key file rewritten in place is a change too).
+fn registry_fingerprint(config: &Config) -> String {
+    format!(
+        "{:?} {:?}",
+        config.registry,
+        config.trusted_keys().map_err(|e| e.to_string())
+    )
 }
 
 /// Re-reads the config and applies its deployment changes: changed ones are
@@ -171,6 +184,9 @@ async fn apply(path: &Path, server: &ModelServer, applied: &mut Applied) {
     if http_fingerprint(&config) != applied.http {
         tracing::warn!("changes to [http] other than its keys take effect on restart only");
     }
+    if registry_fingerprint(&config) != applied.registry {
+        tracing::warn!("changes to [registry] take effect on restart only");
+    }
     let mut next = BTreeMap::new();
     for d in deployments {
         let name = d.name.clone();
@@ -179,9 +195,20 @@ async fn apply(path: &Path, server: &ModelServer, applied: &mut Applied) {
             next.insert(name, fingerprint);
             continue;
         }
-        match server.redeploy(d).await {
+        // A new deployment (or one still waiting) whose versions do not load
+        // yet is deployed waiting; one that serves keeps serving.
+        match server.redeploy_or_wait(d).await {
             Ok(report) => {
-                tracing::info!(deployment = %name, versions = ?report.resolved, "redeployed");
+                match &report.waiting {
+                    Some(reason) => tracing::warn!(
+                        deployment = %name,
+                        reason = %reason,
+                        "redeployed, not ready: its versions do not load yet; retrying"
+                    ),
+                    None => {
+                        tracing::info!(deployment = %name, versions = ?report.resolved, "redeployed");
+                    }
+                }
                 next.insert(name, fingerprint);
             }
             Err(e) => {
@@ -219,21 +246,34 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
             .map(|d| (d.name.clone(), format!("{d:?}")))
             .collect(),
         http: http_fingerprint(&config),
+        registry: registry_fingerprint(&config),
         keys,
     };
+    // Trusted keys: a version they did not sign is refused at load.
+    let registry_options = config.registry_options(false)?;
     let url = config.storage_root()?;
     let root = StoreRoot::open_with_options(&url, config.storage_options()?)?;
-    let registry = Arc::new(ObjectRegistry::new(&root));
+    let registry = Arc::new(ObjectRegistry::new(&root).with_options(registry_options));
     let server = ModelServer::new(registry, vec![Arc::new(TabularLoader::default())]);
     for d in deployments {
         let name = d.name.clone();
-        let report = server.deploy(d).await.map_err(|e| match e {
+        // A model, alias or version that is missing (or refused) does not stop
+        // the service: that deployment comes up not ready and its poller
+        // retries. Only a config error fails here.
+        let report = server.deploy_or_wait(d).await.map_err(|e| match e {
             Error::InvalidInput { what, reason } => {
                 Error::invalid_input(format!("deployment {name}: {what}"), reason)
             }
             other => other,
         })?;
-        tracing::info!(deployment = %name, versions = ?report.loaded, "deployed");
+        match &report.waiting {
+            Some(reason) => tracing::warn!(
+                deployment = %name,
+                reason = %reason,
+                "deployed, not ready: its versions do not load yet; retrying"
+            ),
+            None => tracing::info!(deployment = %name, versions = ?report.loaded, "deployed"),
+        }
     }
     let listener = tokio::net::TcpListener::bind(&config.http.bind)
         .await

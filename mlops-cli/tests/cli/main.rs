@@ -24,6 +24,8 @@ use mlops::train::{ModelSpec, Progress, TabularTrainer, TrainConfig};
 use mlops_core::testkit::process::{ChildGuard, Lines, output_within};
 use tempfile::TempDir;
 
+mod trust;
+
 const KEY: &str = "cli-test-key";
 
 /// The deadline of every wait on the binary, its logs, its HTTP face and the
@@ -420,15 +422,12 @@ fn a_broken_config_fails_fast_naming_the_key() {
             assert!(stderr.contains(n), "{n:?} not in {stderr}");
         }
     }
-    // No config file at all: named, exit 2; a model that is not there: exit 1.
+    // No config file at all: named, exit 2. (A model that is not there is no
+    // config error: the service comes up without it, see
+    // trust::a_missing_alias_at_start_leaves_the_model_not_ready_until_it_appears.)
     let (code, _, stderr) = mlops_within(&["serve"], Path::new("/nonexistent/mlops.toml"), FAST);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("/nonexistent/mlops.toml"));
-    let path = dir.path().join("empty-store.toml");
-    std::fs::write(&path, config(dir.path())).unwrap();
-    let (code, _, stderr) = mlops_within(&["serve"], &path, FAST);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("fraud"));
 }
 
 #[test]

@@ -11,14 +11,18 @@
 
 use std::fmt;
 
+use std::marker::PhantomData;
+
 use mlops_core::inference::{
-    Datatype, InferenceRequest, InferenceResponse, Parameters, RequestOutput, Shape, Tensor,
-    TensorData, check_element_count,
+    Datatype, InferenceRequest, InferenceResponse, ParameterValue, Parameters, RequestOutput,
+    Shape, Tensor, TensorData, check_element_count,
 };
 use mlops_core::{Error, Result};
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
+
+use super::meter;
 
 /// A tensor in the protocol's JSON form (`$request_input` / `$response_output`).
 pub(super) struct TensorJson<'a>(pub(super) &'a Tensor);
@@ -123,12 +127,185 @@ pub(super) enum WireDatatype {
 
 /// The `data` of a [`WireTensor`].
 pub(super) enum WireData {
-    /// Read straight into typed elements.
-    Typed(TensorData),
-    /// Read before the datatype was known: kept as its JSON text (a generic
-    /// value tree would take many times the body's size), typed once the
-    /// datatype is.
+    /// Read straight into typed elements: at most as many as the shape holds,
+    /// with the count of those beyond it (counted, not kept).
+    Typed(TensorData, usize),
+    /// Read before the datatype and shape were known: kept as its JSON text (a
+    /// generic value tree would take many times the body's size), typed once
+    /// they are.
     Deferred(Box<serde_json::value::RawValue>),
+}
+
+/// The elements `shape` holds, or the reason it holds none (a negative
+/// dimension, or more than a `usize` counts), worded as the tensor's errors are.
+fn element_count(name: &str, shape: &[i64]) -> std::result::Result<usize, String> {
+    shape.iter().try_fold(1usize, |acc, &d| {
+        let d = usize::try_from(d).map_err(|_| {
+            format!(
+                "input '{name}': shape {shape:?} has a negative dimension; shapes must be concrete"
+            )
+        })?;
+        acc.checked_mul(d).ok_or_else(|| {
+            format!("input '{name}': shape {shape:?} of '{name}' overflows the element count")
+        })
+    })
+}
+
+/// Reads the elements of a `datatype` tensor named `name` whose shape holds
+/// `n` of them, counting them with the meter before they are allocated.
+fn read_data<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    name: &str,
+    datatype: Datatype,
+    n: usize,
+) -> std::result::Result<(TensorData, usize), D::Error> {
+    let bytes = meter::elements_bytes(datatype, n).unwrap_or(usize::MAX);
+    meter::take(
+        format_args!("input '{name}' ({n} {datatype} elements)"),
+        bytes,
+    )
+    .map_err(de::Error::custom)?;
+    let mut out = TensorData::with_capacity(datatype, n);
+    let mut extra = 0;
+    DataSeed {
+        out: &mut out,
+        name,
+        room: n,
+        extra: &mut extra,
+    }
+    .deserialize(deserializer)
+    .map_err(|e| de::Error::custom(format_args!("input '{name}': data: {e}")))?;
+    Ok((out, extra))
+}
+
+/// A map of parameters, each counted with the meter as it is read.
+struct ParametersSeed;
+
+impl<'de> DeserializeSeed<'de> for ParametersSeed {
+    type Value = Parameters;
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<Parameters, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Parameters;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of parameters")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Parameters, A::Error> {
+                let mut out = Parameters::new();
+                while let Some((key, value)) = map.next_entry::<String, ParameterValue>()? {
+                    meter::take("parameters", meter::parameter_bytes(&key, &value))
+                        .map_err(de::Error::custom)?;
+                    out.insert(key, value);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_map(V)
+    }
+}
+
+/// `parameters`, counted with the meter (for `deserialize_with`).
+fn metered_parameters<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Parameters, D::Error> {
+    ParametersSeed.deserialize(deserializer)
+}
+
+/// An array of `T`, each counted with the meter as `bytes` (at least its
+/// own size) under `what` before it is kept.
+struct MeteredSeq<T> {
+    what: &'static str,
+    bytes: fn(&T) -> usize,
+    _of: PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for MeteredSeq<T> {
+    type Value = Vec<T>;
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<Vec<T>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for MeteredSeq<T> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array ({})", self.what)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Vec<T>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(item) = seq.next_element::<T>()? {
+            meter::take(self.what, (self.bytes)(&item)).map_err(de::Error::custom)?;
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+/// A shape's dimensions, each counted twice (as read, and as the tensor's
+/// [`Shape`]).
+fn shape_seed() -> MeteredSeq<i64> {
+    MeteredSeq {
+        what: "shape",
+        bytes: |_| 2 * std::mem::size_of::<i64>(),
+        _of: PhantomData,
+    }
+}
+
+/// A requested output: [`RequestOutput`] with its parameters counted.
+#[derive(Deserialize)]
+struct OutputDe {
+    name: String,
+    #[serde(default, deserialize_with = "metered_parameters")]
+    parameters: Parameters,
+}
+
+/// `outputs`, each counted with the meter (for `deserialize_with`).
+fn metered_outputs<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<Vec<RequestOutput>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Vec<OutputDe>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of requested outputs, or null")
+        }
+        fn visit_none<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> std::result::Result<Self::Value, D::Error> {
+            MeteredSeq {
+                what: "outputs",
+                bytes: |o: &OutputDe| std::mem::size_of::<RequestOutput>() + o.name.len(),
+                _of: PhantomData,
+            }
+            .deserialize(deserializer)
+            .map(Some)
+        }
+    }
+    Ok(deserializer.deserialize_option(V)?.map(|outputs| {
+        outputs
+            .into_iter()
+            .map(|o| RequestOutput {
+                name: o.name,
+                parameters: o.parameters,
+            })
+            .collect()
+    }))
 }
 
 impl WireDatatype {
@@ -217,7 +394,7 @@ impl<'de> Visitor<'de> for WireTensorVisitor {
                 }
                 TensorField::Shape => {
                     once(&shape, "shape")?;
-                    shape = Some(map.next_value()?);
+                    shape = Some(map.next_value_seed(shape_seed())?);
                 }
                 TensorField::Datatype => {
                     once(&datatype, "datatype")?;
@@ -225,35 +402,25 @@ impl<'de> Visitor<'de> for WireTensorVisitor {
                 }
                 TensorField::Parameters => {
                     once(&parameters, "parameters")?;
-                    parameters = Some(map.next_value()?);
+                    parameters = Some(map.next_value_seed(ParametersSeed)?);
                 }
                 TensorField::Data => {
                     once(&data, "data")?;
-                    data = Some(match &datatype {
-                        Some(WireDatatype::Known(d)) => {
-                            // Cap the pre-allocation: a shape may claim more than the
-                            // payload carries.
-                            let capacity = shape
-                                .as_deref()
-                                .and_then(|s| {
-                                    s.iter().try_fold(1usize, |acc, &d| {
-                                        acc.checked_mul(usize::try_from(d).ok()?)
-                                    })
-                                })
-                                .unwrap_or(0)
-                                .min(1 << 20);
-                            let mut out = TensorData::with_capacity(*d, capacity);
-                            map.next_value_seed(DataSeed { out: &mut out }).map_err(
-                                |e| match &name {
-                                    Some(n) => {
-                                        de::Error::custom(format_args!("input '{n}': data: {e}"))
-                                    }
-                                    None => de::Error::custom(format_args!("data: {e}")),
-                                },
-                            )?;
-                            WireData::Typed(out)
+                    data = Some(match (&datatype, &shape) {
+                        // Typed as it is read when the datatype and the shape are
+                        // known: the shape says how many elements to count (and
+                        // make room for) before any is read.
+                        (Some(WireDatatype::Known(d)), Some(dims)) => {
+                            let label = name.as_deref().unwrap_or("");
+                            let n = element_count(label, dims).map_err(de::Error::custom)?;
+                            let (out, extra) = map.next_value_seed(TypedSeed(label, *d, n))?;
+                            WireData::Typed(out, extra)
                         }
-                        _ => WireData::Deferred(map.next_value()?),
+                        _ => {
+                            let raw: Box<serde_json::value::RawValue> = map.next_value()?;
+                            meter::take("data", raw.get().len()).map_err(de::Error::custom)?;
+                            WireData::Deferred(raw)
+                        }
                     });
                 }
                 TensorField::Other => {
@@ -261,8 +428,11 @@ impl<'de> Visitor<'de> for WireTensorVisitor {
                 }
             }
         }
+        let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
+        meter::take(format_args!("input '{name}'"), meter::tensor_bytes(&name))
+            .map_err(de::Error::custom)?;
         Ok(WireTensor {
-            name: name.ok_or_else(|| de::Error::missing_field("name"))?,
+            name,
             shape: shape.ok_or_else(|| de::Error::missing_field("shape"))?,
             datatype: datatype.ok_or_else(|| de::Error::missing_field("datatype"))?,
             parameters: parameters.unwrap_or_default(),
@@ -291,19 +461,16 @@ impl WireTensor {
         let datatype = self.datatype.known(&self.name)?;
         let shape = self.dimensions()?;
         let name = self.name;
-        let data = match self.data {
+        let (data, extra) = match self.data {
             None => return Err(format!("input '{name}': missing \"data\"")),
-            Some(WireData::Typed(d)) => d,
+            Some(WireData::Typed(d, extra)) => (d, extra),
             Some(WireData::Deferred(raw)) => {
-                let mut out = TensorData::with_capacity(datatype, 0);
+                let n = element_count(&name, &self.shape)?;
                 let mut de = serde_json::Deserializer::from_str(raw.get());
-                DataSeed { out: &mut out }
-                    .deserialize(&mut de)
-                    .map_err(|e| format!("input '{name}': data: {e}"))?;
-                out
+                read_data(&mut de, &name, datatype, n).map_err(|e| e.to_string())?
             }
         };
-        check_element_count(&name, &shape, data.len())
+        check_element_count(&name, &shape, data.len() + extra)
             .map_err(|r| format!("input '{name}': {r}"))?;
         Ok(Tensor {
             name,
@@ -326,9 +493,29 @@ impl<'de> Deserialize<'de> for TensorDe {
     }
 }
 
-/// Pushes the (possibly nested) JSON array's leaves into a typed vector.
-struct DataSeed<'a> {
-    out: &'a mut TensorData,
+/// A tensor's `data`, typed as [`read_data`] reads it: the tensor's name, its
+/// datatype and the elements its shape holds.
+struct TypedSeed<'a>(&'a str, Datatype, usize);
+
+impl<'de> DeserializeSeed<'de> for TypedSeed<'_> {
+    type Value = (TensorData, usize);
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        read_data(deserializer, self.0, self.1, self.2)
+    }
+}
+
+/// Pushes the (possibly nested) JSON array's leaves into a typed vector: at
+/// most `room` kept in `out`, the rest only counted in `extra` (the element
+/// count check then words the error).
+struct DataSeed<'s> {
+    out: &'s mut TensorData,
+    /// The tensor's name, for the meter.
+    name: &'s str,
+    room: usize,
+    extra: &'s mut usize,
 }
 
 impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
@@ -337,15 +524,22 @@ impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
         self,
         deserializer: D,
     ) -> std::result::Result<(), D::Error> {
-        deserializer.deserialize_any(ElementVisitor { out: self.out })
+        // The seed is its own visitor: one per element, no state of its own.
+        deserializer.deserialize_any(self)
     }
 }
 
-struct ElementVisitor<'a> {
-    out: &'a mut TensorData,
-}
+impl DataSeed<'_> {
+    /// Whether `out` is full: the element is counted, not kept.
+    fn full(&mut self) -> bool {
+        if self.out.len() >= self.room {
+            *self.extra += 1;
+            true
+        } else {
+            false
+        }
+    }
 
-impl ElementVisitor<'_> {
     fn mismatch<E: de::Error>(&self, what: &str) -> E {
         E::custom(format!(
             "element {} is {what}, which is not a valid {} value",
@@ -354,7 +548,10 @@ impl ElementVisitor<'_> {
         ))
     }
 
-    fn push_int<E: de::Error>(self, v: i128) -> std::result::Result<(), E> {
+    fn push_int<E: de::Error>(mut self, v: i128) -> std::result::Result<(), E> {
+        if self.full() {
+            return Ok(());
+        }
         let index = self.out.len();
         let datatype = self.out.datatype();
         let range = || {
@@ -381,7 +578,10 @@ impl ElementVisitor<'_> {
         Ok(())
     }
 
-    fn push_float<E: de::Error>(self, v: f64) -> std::result::Result<(), E> {
+    fn push_float<E: de::Error>(mut self, v: f64) -> std::result::Result<(), E> {
+        if self.full() {
+            return Ok(());
+        }
         let index = self.out.len();
         match self.out {
             TensorData::Fp16(o) => {
@@ -409,14 +609,17 @@ impl ElementVisitor<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for ElementVisitor<'_> {
+impl<'de> Visitor<'de> for DataSeed<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "an array of {} values", self.out.datatype())
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<(), E> {
+    fn visit_bool<E: de::Error>(mut self, v: bool) -> std::result::Result<(), E> {
+        if self.full() {
+            return Ok(());
+        }
         match self.out {
             TensorData::Bool(o) => {
                 o.push(v);
@@ -438,9 +641,16 @@ impl<'de> Visitor<'de> for ElementVisitor<'_> {
         self.push_float(v)
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<(), E> {
+    fn visit_str<E: de::Error>(mut self, v: &str) -> std::result::Result<(), E> {
+        if self.full() {
+            return Ok(());
+        }
         match self.out {
             TensorData::Bytes(o) => {
+                if !v.is_empty() {
+                    meter::take(format_args!("input '{}'", self.name), v.len())
+                        .map_err(E::custom)?;
+                }
                 o.push(v.as_bytes().to_vec());
                 Ok(())
             }
@@ -457,9 +667,18 @@ impl<'de> Visitor<'de> for ElementVisitor<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let DataSeed {
+            out,
+            name,
+            room,
+            extra,
+        } = self;
         while seq
             .next_element_seed(DataSeed {
-                out: &mut *self.out,
+                out: &mut *out,
+                name,
+                room,
+                extra: &mut *extra,
             })?
             .is_some()
         {}
@@ -472,10 +691,10 @@ impl<'de> Visitor<'de> for ElementVisitor<'_> {
 pub(super) struct RequestDe {
     #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metered_parameters")]
     parameters: Parameters,
     inputs: Vec<TensorDe>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metered_outputs")]
     outputs: Option<Vec<RequestOutput>>,
 }
 
@@ -520,10 +739,10 @@ impl ResponseDe {
 pub(super) struct WireRequest {
     #[serde(default)]
     pub(super) id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metered_parameters")]
     pub(super) parameters: Parameters,
     pub(super) inputs: Vec<WireTensor>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "metered_outputs")]
     pub(super) outputs: Option<Vec<RequestOutput>>,
 }
 

@@ -7,7 +7,15 @@
 //!   JSON or the JSON part of a binary body); it gives up rather than err;
 //! - `json`: the general serde decoder and the encoder; it words every error;
 //! - `raw`: a tensor's elements as raw little-endian bytes;
-//! - `binary`: the binary extension's general path on `json` and `raw`.
+//! - `binary`: the binary extension's general path on `json` and `raw`;
+//! - `meter`: what decoding may allocate, counted before it is.
+//!
+//! Decoding a request costs a bounded multiple of its body: every decoder counts
+//! what its values will take before allocating them (a tensor's data from its
+//! shape), and a request whose inputs would take more than [`DECODE_FACTOR`] x
+//! its body is refused, naming the input and the limit (the table at
+//! [`DECODE_FACTOR`] gives the factor of each datatype). [`decode_request_within`]
+//! also asks a [`DecodeGrant`] (a server-wide byte budget) for it as it goes.
 //!
 //! [`decode_request`] tries the scanner and falls back to the general decoder, so a
 //! request decodes to the same value whichever path reads it (property tests hold
@@ -51,8 +59,11 @@
 
 mod binary;
 mod json;
+mod meter;
 mod raw;
 mod scan;
+
+use std::sync::Arc;
 
 use mlops_core::Result;
 use mlops_core::inference::{
@@ -60,24 +71,48 @@ use mlops_core::inference::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use meter::{DECODE_FACTOR, DECODE_SLACK, DecodeGrant};
 pub use raw::{BINARY_DATA, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, HEADER_CONTENT_LENGTH};
 
 /// Decodes a request body: plain JSON when `json_len` is `None`, else the binary
 /// tensor extension with the JSON part `json_len` bytes long (the
 /// `Inference-Header-Content-Length` header). Every problem is
 /// [`Error::InvalidInput`](mlops_core::Error::InvalidInput) naming the input and
-/// element concerned.
+/// element concerned, a request whose inputs would take more than
+/// [`DECODE_FACTOR`] x the body among them (refused before they are allocated).
 pub fn decode_request(body: &[u8], json_len: Option<usize>) -> Result<InferenceRequest> {
+    meter::metered(body.len(), None, || decode(body, json_len))
+}
+
+/// [`decode_request`], asking `grant` for the memory the decoded inputs take
+/// as they are decoded (before each is allocated, in steps of 16 KiB); when it
+/// refuses, its error is the answer. What it granted is the caller's to
+/// release once the request is dropped.
+pub fn decode_request_within(
+    body: &[u8],
+    json_len: Option<usize>,
+    grant: Arc<dyn DecodeGrant>,
+) -> Result<InferenceRequest> {
+    meter::metered(body.len(), Some(grant), || decode(body, json_len))
+}
+
+fn decode(body: &[u8], json_len: Option<usize>) -> Result<InferenceRequest> {
     match json_len {
         None => match scan::parse_request(body) {
             Some(request) => Ok(request),
-            None => json::decode_request(body),
+            None => {
+                meter::restart();
+                json::decode_request(body)
+            }
         },
         Some(n) => {
             let (json, bytes) = binary::split(body, n, "inference request")?;
             match scan::parse_binary_request(json, bytes) {
                 Some(request) => Ok(request),
-                None => binary::decode_request(json, bytes),
+                None => {
+                    meter::restart();
+                    binary::decode_request(json, bytes)
+                }
             }
         }
     }
@@ -239,6 +274,147 @@ mod tests {
         let mut body = s.to_vec();
         body.extend_from_slice(&[9, 0, 0, 0, 1]);
         check(&body, Some(s.len()), "claims 9 bytes");
+    }
+
+    /// Grants everything, recording the total.
+    #[derive(Default)]
+    struct Tally(std::sync::atomic::AtomicUsize);
+
+    impl super::DecodeGrant for Tally {
+        fn grant(&self, bytes: usize) -> mlops_core::Result<()> {
+            self.0
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// Decodes `body` with a tally; the result and what was granted.
+    fn tallied(
+        body: &[u8],
+        json_len: Option<usize>,
+    ) -> (mlops_core::Result<InferenceRequest>, usize) {
+        let tally = std::sync::Arc::new(Tally::default());
+        let out = super::decode_request_within(body, json_len, tally.clone());
+        (out, tally.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn strings_body(shape: usize, n: usize, s: &str, data_first: bool) -> Vec<u8> {
+        let data = vec![format!("\"{s}\""); n].join(",");
+        if data_first {
+            format!(r#"{{"inputs":[{{"data":[{data}],"name":"x","datatype":"BYTES","shape":[{shape}]}}]}}"#)
+        } else {
+            format!(r#"{{"inputs":[{{"name":"x","shape":[{shape}],"datatype":"BYTES","data":[{data}]}}]}}"#)
+        }
+        .into_bytes()
+    }
+
+    #[test]
+    fn empty_strings_are_refused_before_they_are_decoded() {
+        // 8x the body as vectors: beyond the factor, refused by name and limit
+        // with next to nothing granted (the 300,000 headers are counted from the
+        // shape before any is made).
+        for data_first in [false, true] {
+            let body = strings_body(300_000, 300_000, "", data_first);
+            let (out, granted) = tallied(&body, None);
+            let err = out.unwrap_err().to_string();
+            assert!(
+                err.contains("input 'x'")
+                    && err.contains(
+                        &(body.len() * super::DECODE_FACTOR + super::DECODE_SLACK).to_string()
+                    ),
+                "{err}"
+            );
+            // Data read before its shape is known is held as its text, at most
+            // the body.
+            assert!(
+                granted <= body.len() + (16 << 10),
+                "{data_first}: {granted}"
+            );
+        }
+        // A shape that claims one string for 300,000: the others are counted,
+        // not kept, and the count is the error.
+        let body = strings_body(1, 300_000, "", false);
+        let (out, granted) = tallied(&body, None);
+        let err = out.unwrap_err().to_string();
+        assert!(
+            err.contains("holds 1 elements but data has 300000"),
+            "{err}"
+        );
+        assert!(granted <= 16 << 10, "{granted}");
+    }
+
+    #[test]
+    fn strings_of_a_few_bytes_and_every_numeric_body_decode_within_the_factor() {
+        let body = strings_body(100_000, 100_000, "abcdef", false);
+        let (out, granted) = tallied(&body, None);
+        let request = out.unwrap();
+        assert_eq!(request.inputs[0].data.len(), 100_000);
+        let heap = request.inputs[0].data.heap_bytes();
+        assert!(
+            granted >= heap && granted <= super::DECODE_FACTOR * body.len(),
+            "{granted} {heap}"
+        );
+        // The densest numeric JSON (one digit each, 8 bytes decoded) stays
+        // within 4x, on the fast path and the general one.
+        for datatype in ["INT64", "FP64", "UINT64"] {
+            let n = 200_000;
+            let zeros = vec!["0"; n].join(",");
+            let body = format!(
+                r#"{{"inputs":[{{"name":"x","shape":[{n}],"datatype":"{datatype}","data":[{zeros}]}}]}}"#
+            );
+            let (out, granted) = tallied(body.as_bytes(), None);
+            assert_eq!(out.unwrap().inputs[0].data.len(), n, "{datatype}");
+            assert!(granted <= super::DECODE_FACTOR * body.len() + super::DECODE_SLACK);
+        }
+    }
+
+    #[test]
+    fn binary_empty_strings_are_refused_by_name() {
+        let n = 100_000;
+        let json = format!(
+            r#"{{"inputs":[{{"name":"s","shape":[{n}],"datatype":"BYTES","parameters":{{"binary_data_size":{}}}}}]}}"#,
+            4 * n
+        );
+        let mut body = json.clone().into_bytes();
+        body.resize(json.len() + 4 * n, 0);
+        let (out, granted) = tallied(&body, Some(json.len()));
+        let err = out.unwrap_err().to_string();
+        assert!(err.contains("tensor 's'") && err.contains("limit"), "{err}");
+        assert!(granted <= 16 << 10, "{granted}");
+        // Elements of 4 bytes (8 on the wire, 28 decoded) are within it.
+        let m = n / 4;
+        let json = format!(
+            r#"{{"inputs":[{{"name":"s","shape":[{m}],"datatype":"BYTES","parameters":{{"binary_data_size":{}}}}}]}}"#,
+            8 * m
+        );
+        let mut body = json.clone().into_bytes();
+        for _ in 0..m {
+            body.extend_from_slice(&4u32.to_le_bytes());
+            body.extend_from_slice(b"abcd");
+        }
+        let (out, _) = tallied(&body, Some(json.len()));
+        assert_eq!(out.unwrap().inputs[0].data.len(), m);
+    }
+
+    #[test]
+    fn a_grant_that_refuses_is_the_answer() {
+        struct Spent;
+        impl super::DecodeGrant for Spent {
+            fn grant(&self, _: usize) -> mlops_core::Result<()> {
+                Err(mlops_core::Error::Unavailable {
+                    what: "budget".into(),
+                    reason: "spent".into(),
+                })
+            }
+        }
+        let body = br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#;
+        let err = super::decode_request_within(body, None, std::sync::Arc::new(Spent)).unwrap_err();
+        assert!(
+            matches!(err, mlops_core::Error::Unavailable { .. }),
+            "{err}"
+        );
+        // Without a grant the same body decodes.
+        assert!(super::decode_request(body, None).is_ok());
     }
 
     /// What our own encoder writes for a plain request is what the scanner reads,

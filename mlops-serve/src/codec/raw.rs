@@ -42,6 +42,10 @@ pub(super) fn decode_raw(
             })
             .collect())
     }
+    super::meter::take(
+        format_args!("tensor '{name}'"),
+        decoded_bytes(datatype, bytes),
+    )?;
     let d = datatype;
     Ok(match datatype {
         Datatype::Bool => TensorData::Bool(
@@ -95,6 +99,32 @@ pub(super) fn decode_raw(
             TensorData::Bytes(out)
         }
     })
+}
+
+/// The bytes the elements of `datatype` in `bytes` take once decoded, counted
+/// before they are: a `BYTES` element its vector's header and its bytes (the
+/// length prefixes are walked, nothing is allocated). Malformed data counts
+/// what can be walked; decoding then says what is wrong.
+fn decoded_bytes(datatype: Datatype, bytes: &[u8]) -> usize {
+    let wire = match datatype {
+        Datatype::Bool | Datatype::Uint8 | Datatype::Int8 => 1,
+        Datatype::Uint16 | Datatype::Int16 | Datatype::Fp16 => 2,
+        Datatype::Uint32 | Datatype::Int32 | Datatype::Fp32 => 4,
+        Datatype::Uint64 | Datatype::Int64 | Datatype::Fp64 => 8,
+        Datatype::Bytes => {
+            let (mut count, mut payload, mut rest) = (0usize, 0usize, bytes);
+            while let Some((prefix, tail)) = rest.split_first_chunk::<4>() {
+                let len = (u32::from_le_bytes(*prefix) as usize).min(tail.len());
+                count += 1;
+                payload += len;
+                rest = &tail[len..];
+            }
+            return count
+                .saturating_mul(std::mem::size_of::<Vec<u8>>())
+                .saturating_add(payload);
+        }
+    };
+    super::meter::elements_bytes(datatype, bytes.len() / wire).unwrap_or(usize::MAX)
 }
 
 /// Writes the elements raw, little-endian.

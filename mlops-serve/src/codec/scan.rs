@@ -25,6 +25,7 @@ use mlops_core::inference::{
     TensorData, check_element_count,
 };
 
+use super::meter;
 use super::raw::{BINARY_DATA_SIZE, decode_raw};
 
 /// The request, when `body` is in the subset this scanner reads; `None` means
@@ -194,7 +195,7 @@ impl<'a> Scanner<'a> {
     fn array<T>(
         &mut self,
         capacity: usize,
-        item: impl Fn(&mut Self) -> Option<T>,
+        item: impl FnMut(&mut Self) -> Option<T>,
     ) -> Option<Vec<T>> {
         self.items(Vec::with_capacity(capacity), item)
     }
@@ -203,7 +204,7 @@ impl<'a> Scanner<'a> {
     fn items<T, C: Extend<T>>(
         &mut self,
         mut out: C,
-        item: impl Fn(&mut Self) -> Option<T>,
+        mut item: impl FnMut(&mut Self) -> Option<T>,
     ) -> Option<C> {
         self.expect(b'[')?;
         if self.eat(b']') {
@@ -344,7 +345,11 @@ impl<'a> Scanner<'a> {
     }
 
     fn shape(&mut self) -> Option<Shape> {
-        self.items(Shape::new(), |s| usize::try_from(s.integer()?).ok())
+        self.items(Shape::new(), |s| {
+            let d = usize::try_from(s.integer()?).ok()?;
+            meter::take("shape", std::mem::size_of::<usize>()).ok()?;
+            Some(d)
+        })
     }
 
     fn output(&mut self) -> Option<RequestOutput> {
@@ -358,8 +363,10 @@ impl<'a> Scanner<'a> {
             }
             Some(())
         })?;
+        let name = name?;
+        meter::take("outputs", std::mem::size_of::<RequestOutput>() + name.len()).ok()?;
         Some(RequestOutput {
-            name: name?,
+            name,
             parameters: parameters.unwrap_or_default(),
         })
     }
@@ -410,6 +417,7 @@ impl<'a> Scanner<'a> {
                 b'"' => ParameterValue::String(self.string()?.to_owned()),
                 _ => ParameterValue::Int(self.integer()?),
             };
+            meter::take("parameters", meter::parameter_bytes(&key, &value)).ok()?;
             if out.insert(key, value).is_some() {
                 return None;
             }
@@ -455,7 +463,7 @@ impl<'a> Scanner<'a> {
         .into_iter()
         .find_map(|(text, datatype)| self.literal(text).map(|()| datatype))?;
         self.literal(b",\"data\":")?;
-        let data = self.data(datatype, capacity(&shape))?;
+        let data = self.data(&name, datatype, &shape)?;
         self.literal(b"}")?;
         finish(name, shape, Parameters::new(), data)
     }
@@ -483,8 +491,7 @@ impl<'a> Scanner<'a> {
                     });
                 }
                 b"data" if data.is_none() => {
-                    let capacity = shape.as_ref().map_or(0, capacity);
-                    data = Some(s.data(datatype?, capacity)?);
+                    data = Some(s.data(name.as_deref()?, datatype?, shape.as_ref()?)?);
                 }
                 b"parameters" if parameters.is_none() && binary_size.is_none() => {
                     let at = s.at;
@@ -510,36 +517,47 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    /// A flat array of `datatype` elements.
-    fn data(&mut self, datatype: Datatype, capacity: usize) -> Option<TensorData> {
-        Some(match datatype {
-            Datatype::Fp32 => TensorData::Fp32(self.array(capacity, |s| {
+    /// A flat array of the `datatype` elements of tensor `name` of `shape`:
+    /// exactly as many as the shape holds, counted with the meter before room
+    /// is made for them.
+    fn data(&mut self, name: &str, datatype: Datatype, shape: &Shape) -> Option<TensorData> {
+        let n = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+        meter::take(
+            format_args!("input '{name}'"),
+            meter::elements_bytes(datatype, n)?,
+        )
+        .ok()?;
+        let data = match datatype {
+            Datatype::Fp32 => TensorData::Fp32(self.bounded(n, |s| {
                 let v = s.float()?;
                 (v.abs() <= f64::from(f32::MAX)).then_some(v as f32)
             })?),
-            Datatype::Fp64 => TensorData::Fp64(self.array(capacity, Scanner::float)?),
+            Datatype::Fp64 => TensorData::Fp64(self.bounded(n, Scanner::float)?),
             Datatype::Int32 => {
-                TensorData::Int32(self.array(capacity, |s| i32::try_from(s.integer()?).ok())?)
+                TensorData::Int32(self.bounded(n, |s| i32::try_from(s.integer()?).ok())?)
             }
-            Datatype::Int64 => TensorData::Int64(self.array(capacity, Scanner::integer)?),
+            Datatype::Int64 => TensorData::Int64(self.bounded(n, Scanner::integer)?),
             _ => return None,
+        };
+        (data.len() == n).then_some(data)
+    }
+
+    /// `[item, ...]` of at most `n` items (with room for `n`); `None` beyond.
+    fn bounded<T>(&mut self, n: usize, item: impl Fn(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+        let mut count = 0usize;
+        self.array(n, |s| {
+            count += 1;
+            if count > n { None } else { item(s) }
         })
     }
-}
-
-/// Room for the elements `shape` holds, within reason: a claimed shape is not
-/// trusted with a large allocation.
-fn capacity(shape: &Shape) -> usize {
-    shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .unwrap_or(0)
-        .min(1 << 20)
 }
 
 /// The tensor, when its shape holds exactly its elements.
 fn finish(name: String, shape: Shape, parameters: Parameters, data: TensorData) -> Option<Tensor> {
     check_element_count(&name, &shape, data.len()).ok()?;
+    meter::take(format_args!("input '{name}'"), meter::tensor_bytes(&name)).ok()?;
     Some(Tensor {
         name,
         shape,

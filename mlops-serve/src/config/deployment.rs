@@ -118,6 +118,9 @@ pub struct Enrichment {
     pub entity_keys: Vec<String>,
 }
 
+/// The default of [`DeploymentConfig::max_queued_calls`].
+const DEFAULT_MAX_QUEUED_CALLS: usize = 1024;
+
 /// One deployment of a registry model: made by [`DeploymentConfig::new`], then
 /// set field by field (`#[non_exhaustive]`: new settings may be added in minor
 /// releases).
@@ -151,6 +154,18 @@ pub struct DeploymentConfig {
     /// 0 (the default: every call on the blocking pool) for models whose calls
     /// take longer than about 100 µs, so they never stall the async workers.
     pub inline_max_rows: usize,
+    /// Unbatched model calls that run at once on tokio's blocking pool, at most
+    /// (as Triton's instance count). Default: the machine's CPU count, since a
+    /// CPU-bound model gains nothing from more; raise it for a model that waits
+    /// on I/O. Batched deployments use [`BatchConfig::instances`].
+    pub max_running_calls: usize,
+    /// Unbatched requests waiting for one of the
+    /// [`max_running_calls`](Self::max_running_calls), at most; beyond it they
+    /// are shed at once with [`Error::Unavailable`] (HTTP 503 with
+    /// `Retry-After`). Default 1,024. A request that times out or whose client
+    /// leaves while it waits gives up its place, and its model call is skipped
+    /// if it has not started. Batched deployments use [`BatchConfig::max_queue`].
+    pub max_queued_calls: usize,
     /// Drift monitoring of served inputs and predictions against the references
     /// the model carries; `None` for none.
     pub monitoring: Option<MonitorConfig>,
@@ -173,6 +188,8 @@ impl DeploymentConfig {
             canary_ramp: None,
             enrichment: None,
             inline_max_rows: 0,
+            max_running_calls: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_queued_calls: DEFAULT_MAX_QUEUED_CALLS,
             monitoring: None,
             feedback: None,
         }
@@ -189,6 +206,12 @@ impl DeploymentConfig {
             return Err(Error::invalid_input(
                 format!("batching of {}", self.name),
                 "max_batch_size, max_queue and instances must be at least 1",
+            ));
+        }
+        if self.max_running_calls == 0 || self.max_queued_calls == 0 {
+            return Err(Error::invalid_input(
+                format!("deployment {}", self.name),
+                "max_running_calls and max_queued_calls must be at least 1",
             ));
         }
         if let Some(c) = &self.cache

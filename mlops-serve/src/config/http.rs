@@ -20,6 +20,17 @@ use crate::auth::{ApiKeys, KeyRing};
 pub struct HttpConfig {
     /// Largest request body, in bytes (413 beyond). Default 64 MiB.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies being read or decoded at once, server-wide (infer,
+    /// feedback and admin bodies alike): a body is charged as its bytes arrive,
+    /// its decoded inputs as they are decoded, and both are released when the
+    /// request ends. Beyond it a request is answered 503 with `Retry-After`, so
+    /// memory is bounded by this, not by connections x `max_body_bytes`. `None`
+    /// (the default): 5 x `max_body_bytes` (320 MiB with the default limit), room for one
+    /// largest body together with its inputs decoded at the most the decoder
+    /// allows ([`DECODE_FACTOR`](crate::codec::DECODE_FACTOR) x the body), so
+    /// any request within the limits is served when it arrives alone; see
+    /// [`body_budget_bytes`](Self::body_budget_bytes). At least `max_body_bytes`.
+    pub max_body_budget_bytes: Option<usize>,
     /// Longest time an inference may take (504 beyond). Default 30 s.
     pub request_timeout: Duration,
     /// Inference requests handled at once, counted once their body is in; more
@@ -40,6 +51,13 @@ pub struct HttpConfig {
     pub write_timeout: Duration,
     /// Connections open at once; more are answered 503 and closed. Default 4096.
     pub max_connections: usize,
+    /// Connections kept beyond `max_connections` for health probes: when every
+    /// other slot is taken (clients holding idle keep-alives, say), a new
+    /// connection still gets `GET /v2/health/live` and `/v2/health/ready`
+    /// answered, so the orchestrator does not restart a busy pod; any other
+    /// request on it gets the over-capacity 503. One request per connection.
+    /// Default 8; 0 turns the reserve off.
+    pub probe_connections: usize,
     /// After shutdown starts, how long requests in flight may take to finish
     /// before their connections are closed. Default 10 s.
     pub shutdown_grace: Duration,
@@ -57,6 +75,10 @@ pub struct HttpConfig {
     pub audit: Option<Arc<dyn AuditLog>>,
 }
 
+/// The default body budget, in largest bodies: one body and its decoded inputs
+/// at the most decoding may take (1 + [`DECODE_FACTOR`](crate::codec::DECODE_FACTOR)).
+pub(crate) const DEFAULT_BUDGET_BODIES: usize = 1 + crate::codec::DECODE_FACTOR;
+
 /// The smallest header buffer hyper accepts.
 pub(crate) const MIN_HEADER_BYTES: usize = 8 << 10;
 
@@ -64,6 +86,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 64 << 20,
+            max_body_budget_bytes: None,
             request_timeout: Duration::from_secs(30),
             max_concurrency: 1024,
             keys: ApiKeys::new(),
@@ -72,6 +95,7 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            probe_connections: 8,
             shutdown_grace: Duration::from_secs(10),
             max_header_bytes: 64 << 10,
             key_ring: None,
@@ -99,6 +123,20 @@ impl HttpConfig {
     pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
         self
+    }
+
+    /// Holds the bodies being read or decoded at once to `bytes` in all (503
+    /// with `Retry-After` beyond); at least `max_body_bytes`.
+    pub fn with_max_body_budget_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_budget_bytes = Some(bytes);
+        self
+    }
+
+    /// The server-wide byte budget of bodies in effect: the one set, or
+    /// 5 x `max_body_bytes` (one body and its decoded inputs at the most).
+    pub fn body_budget_bytes(&self) -> usize {
+        self.max_body_budget_bytes
+            .unwrap_or_else(|| self.max_body_bytes.saturating_mul(DEFAULT_BUDGET_BODIES))
     }
 
     /// Answers 504 to an inference that takes longer than `timeout`.
@@ -135,6 +173,12 @@ impl HttpConfig {
     /// Keeps at most `connections` open at once.
     pub fn with_max_connections(mut self, connections: usize) -> Self {
         self.max_connections = connections;
+        self
+    }
+
+    /// Keeps `connections` beyond the cap for health probes (0: none).
+    pub fn with_probe_connections(mut self, connections: usize) -> Self {
+        self.probe_connections = connections;
         self
     }
 
@@ -199,6 +243,18 @@ impl HttpConfig {
                 ),
             ));
         }
+        if let Some(budget) = self.max_body_budget_bytes
+            && budget < self.max_body_bytes.max(1)
+        {
+            return Err(Error::invalid_input(
+                "HTTP config max_body_budget_bytes",
+                format!(
+                    "{budget} is below max_body_bytes ({}): the largest body allowed could \
+                     never be read",
+                    self.max_body_bytes
+                ),
+            ));
+        }
         if self.ring().current().is_empty() && !self.allow_unauthenticated {
             return Err(Error::invalid_input(
                 "HTTP config",
@@ -238,6 +294,29 @@ mod tests {
             err.contains("max_header_bytes") && err.contains("8192"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_body_budget_below_the_body_limit_or_zero_is_refused_by_name() {
+        let derived = keyed().with_max_body_bytes(1 << 20);
+        assert_eq!(derived.body_budget_bytes(), DEFAULT_BUDGET_BODIES << 20);
+        assert!(derived.validate().is_ok());
+        let set = derived.clone().with_max_body_budget_bytes(1 << 20);
+        assert_eq!(set.body_budget_bytes(), 1 << 20);
+        assert!(set.validate().is_ok());
+        for bad in [0, (1 << 20) - 1] {
+            let err = derived
+                .clone()
+                .with_max_body_budget_bytes(bad)
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("max_body_budget_bytes") && err.contains("max_body_bytes"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -16,29 +16,36 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{Refusals, audited, with_scope};
-use super::body::{BodyLimits, read_json};
+use super::body::{BodyBudget, BodyLimits, read_json};
 use super::error::{ApiResult, json_response};
 use crate::auth::{KeyRing, Scope};
 use crate::codec;
 use crate::config::{Arm, Routing};
 use crate::server::{ModelServer, ReloadReport};
 
-/// The server and the body limits, shared by every admin handler.
+/// The server, the body limits and the face's body budget, shared by every
+/// admin handler.
 #[derive(Debug, Clone)]
 struct AdminState {
     server: ModelServer,
     limits: BodyLimits,
+    budget: Arc<BodyBudget>,
 }
 
 /// The routes for `server`, each group behind its scope.
 pub(super) fn routes(
     server: ModelServer,
     limits: BodyLimits,
+    budget: Arc<BodyBudget>,
     keys: &KeyRing,
     refusals: &Refusals,
     audit: Option<Arc<dyn AuditLog>>,
 ) -> Router {
-    let state = AdminState { server, limits };
+    let state = AdminState {
+        server,
+        limits,
+        budget,
+    };
     let infer = Router::new()
         .route("/v2/models/{model}/feedback", post(feedback))
         .route("/v2/models/{model}/health", get(health_of))
@@ -82,7 +89,7 @@ struct FeedbackBody {
 }
 
 async fn feedback(State(s): State<AdminState>, Path(model): Path<String>, body: Body) -> ApiResult {
-    let parsed: FeedbackBody = read_json(body, s.limits, "feedback").await?;
+    let parsed: FeedbackBody = read_json(body, s.limits, &s.budget, "feedback").await?;
     let version = s
         .server
         .record_feedback(&model, &parsed.id, &parsed.outcomes)?;
@@ -99,7 +106,14 @@ async fn repository_index(State(s): State<AdminState>) -> ApiResult {
         .list_models()
         .await?
         .into_iter()
-        .map(|name| json!({"name": name, "state": "READY"}))
+        .map(|name| {
+            // A deployment waiting for its versions is listed as Triton lists a
+            // model that failed to load: UNAVAILABLE, with the reason.
+            match s.server.status(&name).ok().and_then(|st| st.not_ready) {
+                None => json!({"name": name, "state": "READY"}),
+                Some(reason) => json!({"name": name, "state": "UNAVAILABLE", "reason": reason}),
+            }
+        })
         .collect();
     json_response(&models)
 }
@@ -140,6 +154,8 @@ async fn admin_status(State(s): State<AdminState>, Path(model): Path<String>) ->
         "versions": st.versions,
         "shadows": st.shadows,
         "cache": st.cache.map(|c| json!({"hits": c.hits, "misses": c.misses, "entries": c.entries})),
+        "not_ready": st.not_ready,
+        "last_reload_error": st.last_reload_error,
     }))
 }
 
@@ -171,7 +187,7 @@ async fn admin_routing(
     Path(model): Path<String>,
     body: Body,
 ) -> ApiResult {
-    let parsed: RoutingBody = read_json(body, s.limits, "routing").await?;
+    let parsed: RoutingBody = read_json(body, s.limits, &s.budget, "routing").await?;
     let routing = match parsed {
         RoutingBody::Fixed(v) => Routing::Fixed(selector(&v)?),
         RoutingBody::Split(arms) => Routing::Split(
@@ -203,7 +219,7 @@ async fn admin_canary(
     Path(model): Path<String>,
     body: Body,
 ) -> ApiResult {
-    let parsed: CanaryBody = read_json(body, s.limits, "canary weight").await?;
+    let parsed: CanaryBody = read_json(body, s.limits, &s.budget, "canary weight").await?;
     s.server.set_canary_weight(&model, parsed.weight).await?;
     json_response(&json!({"weight": parsed.weight}))
 }

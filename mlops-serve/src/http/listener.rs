@@ -10,7 +10,9 @@
 //! - bodies: `body_timeout`, in the handlers that read them (408);
 //! - answers: a write that makes no progress for `write_timeout` closes the
 //!   connection ([`WriteDeadline`]);
-//! - connections: at most `max_connections`; the next ones get a 503 and are
+//! - connections: at most `max_connections`; beyond them `probe_connections`
+//!   more serve health probes only (one request each), so a pod whose slots are
+//!   all held still answers its liveness probe; the next ones get a 503 and are
 //!   closed at once;
 //! - shutdown: no new connections, idle ones closed, requests in flight get
 //!   `shutdown_grace` to finish, then every connection is dropped.
@@ -23,7 +25,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::service::{Service as _, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -81,6 +87,7 @@ pub async fn serve(
         max_header_bytes: config.max_header_bytes.max(crate::config::MIN_HEADER_BYTES),
     };
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let probe_slots = Arc::new(Semaphore::new(config.probe_connections));
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
@@ -99,11 +106,17 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // One non-blocking write: a client that does not read cannot hold
-            // anything here.
-            let _ = stream.try_write(OVER_CAPACITY);
-            continue;
+        let (slot, probes_only) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, false),
+            Err(_) => match probe_slots.clone().try_acquire_owned() {
+                Ok(slot) => (slot, true),
+                Err(_) => {
+                    // One non-blocking write: a client that does not read
+                    // cannot hold anything here.
+                    let _ = stream.try_write(OVER_CAPACITY);
+                    continue;
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
         connections.spawn(connection(
@@ -112,6 +125,7 @@ pub async fn serve(
             limits,
             stopping.clone(),
             slot,
+            probes_only,
         ));
     }
     drop(listener);
@@ -137,6 +151,7 @@ async fn connection(
     limits: ConnectionLimits,
     mut stopping: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
+    probes_only: bool,
 ) {
     let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
     let service = TowerToHyperService::new(router);
@@ -146,6 +161,27 @@ async fn connection(
         .header_read_timeout(limits.header_read_timeout)
         // Headers beyond this are answered 431 before any key is checked.
         .max_buf_size(limits.max_header_bytes);
+    if probes_only {
+        // A reserve slot serves one probe and closes: it cannot be held.
+        builder.keep_alive(false);
+        let probes = service_fn(move |request: Request<Incoming>| {
+            let answer = is_probe(&request).then(|| service.call(request));
+            async move {
+                match answer {
+                    Some(answer) => answer.await,
+                    None => Ok(over_capacity()),
+                }
+            }
+        });
+        let mut conn = pin!(builder.serve_connection(io, probes));
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+        return;
+    }
     let mut conn = pin!(builder.serve_connection(io, service));
     tokio::select! {
         _ = conn.as_mut() => return,
@@ -155,6 +191,29 @@ async fn connection(
     // (or when `serve` drops it at the end of the grace period).
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// Whether `request` is a health probe (`GET /v2/health/live` or `/ready`),
+/// the only requests a reserve slot serves.
+fn is_probe<B>(request: &Request<B>) -> bool {
+    request.method() == Method::GET
+        && matches!(request.uri().path(), "/v2/health/live" | "/v2/health/ready")
+}
+
+/// The over-capacity 503 as a response, for requests on a reserve slot that
+/// are not probes.
+fn over_capacity() -> Response<Body> {
+    let mut response = Response::new(Body::from(
+        r#"{"error":"unavailable: too many connections; retry later"}"#,
+    ));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// A stream whose writes fail with [`io::ErrorKind::TimedOut`] once one has made

@@ -26,6 +26,15 @@
 //! 413, bodies that do not arrive in time 408, requests over the time limit 504,
 //! requests beyond the concurrency limit 503.
 //!
+//! Memory of bodies is bounded whatever clients do: a body costs about its own
+//! size however it is chunked (copied into one buffer as it arrives), its
+//! decoding at most [`DECODE_FACTOR`](crate::codec::DECODE_FACTOR) times its
+//! size (refused with 400 beyond, before it is allocated), and every body being
+//! read or decoded is charged to one byte budget per face (each [`router`] or
+//! [`v2_router`] has its own:
+//! [`max_body_budget_bytes`](HttpConfig::max_body_budget_bytes)) until its
+//! request ends: beyond it, 503 with `Retry-After`.
+//!
 //! The face fails closed: without keys it is not built unless the config says
 //! [`allow_unauthenticated`](HttpConfig::allow_unauthenticated), and then the
 //! admin endpoints still answer 403. [`serve`] bounds every connection: header,
@@ -77,13 +86,22 @@ pub fn router(server: ModelServer, config: HttpConfig) -> Result<Router> {
     let refusals = auth::Refusals::counted(server.auth_failures());
     let audit = config.audit.clone();
     let control = body::BodyLimits::control(&config);
+    // One budget for every body this face reads: inference, feedback, admin.
+    let budget = body::BodyBudget::of(&config);
     let shared: Arc<dyn Server> = Arc::new(server.clone());
-    Ok(
-        v2::routes(shared, Some(server.clone()), config, &keys, &refusals)
-            .merge(admin::routes(server, control, &keys, &refusals, audit))
-            .fallback(error::not_found)
-            .layer(DefaultBodyLimit::disable()),
+    Ok(v2::routes(
+        shared,
+        Some(server.clone()),
+        config,
+        budget.clone(),
+        &keys,
+        &refusals,
     )
+    .merge(admin::routes(
+        server, control, budget, &keys, &refusals, audit,
+    ))
+    .fallback(error::not_found)
+    .layer(DefaultBodyLimit::disable()))
 }
 
 /// The v2 endpoints (health, metadata, readiness, inference) of any [`Server`]
@@ -93,9 +111,15 @@ pub fn router(server: ModelServer, config: HttpConfig) -> Result<Router> {
 pub fn v2_router(server: Arc<dyn Server>, config: HttpConfig) -> Result<Router> {
     checked(&config)?;
     let keys = config.ring();
-    Ok(
-        v2::routes(server, None, config, &keys, &auth::Refusals::default())
-            .fallback(error::not_found)
-            .layer(DefaultBodyLimit::disable()),
+    let budget = body::BodyBudget::of(&config);
+    Ok(v2::routes(
+        server,
+        None,
+        config,
+        budget,
+        &keys,
+        &auth::Refusals::default(),
     )
+    .fallback(error::not_found)
+    .layer(DefaultBodyLimit::disable()))
 }

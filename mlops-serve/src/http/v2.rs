@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::auth::{Refusals, with_scope};
-use super::body::{BodyLimits, read_body};
+use super::body::{BodyBudget, BodyLimits, ReadBody, read_body};
 use super::error::{ApiError, ApiResult, json_response};
 use crate::auth::{KeyRing, Scope};
 use crate::codec::{self, HEADER_CONTENT_LENGTH, ModelReadyResponse};
@@ -40,6 +40,8 @@ pub(super) struct Shared {
     local: Option<ModelServer>,
     config: HttpConfig,
     permits: Semaphore,
+    /// The bytes of bodies read or decoded at once, shared with the admin routes.
+    budget: Arc<BodyBudget>,
 }
 
 impl std::ops::Deref for V2State {
@@ -55,6 +57,7 @@ pub(super) fn routes(
     server: Arc<dyn Server>,
     local: Option<ModelServer>,
     config: HttpConfig,
+    budget: Arc<BodyBudget>,
     keys: &KeyRing,
     refusals: &Refusals,
 ) -> Router {
@@ -63,6 +66,7 @@ pub(super) fn routes(
         server,
         local,
         config,
+        budget,
     }));
     let open = Router::new()
         .route("/v2/health/live", get(live))
@@ -218,7 +222,10 @@ async fn infer_response(
                 })?,
         ),
     };
-    let bytes = read_body(body, BodyLimits::inference(&s.config)).await?;
+    // Charged to the budget as it arrives; the charge is held (with the
+    // decoded inputs') until this request ends.
+    let ReadBody { bytes, charge } =
+        read_body(body, BodyLimits::inference(&s.config), &s.budget).await?;
     // The permit is taken once the body is in: clients that are slow to send
     // (or stall) hold a connection, never a place among the requests running.
     let Ok(_permit) = s.permits.try_acquire() else {
@@ -231,7 +238,14 @@ async fn infer_response(
         }
         .into());
     };
-    let request = codec::decode_request(&bytes, json_len)?;
+    let charge = Arc::new(charge);
+    let grant: Arc<dyn codec::DecodeGrant> = charge.clone();
+    let request = codec::decode_request_within(&bytes, json_len, grant)?;
+    // The body is no longer needed: its memory and its charge go now, the
+    // decoded inputs' stay until the answer.
+    let body_len = bytes.len();
+    drop(bytes);
+    charge.shrink(body_len);
     // Which outputs go back binary: the request's flags, kept past the move.
     let flags = InferenceRequest {
         id: None,

@@ -214,6 +214,7 @@ pub(crate) struct ServerMetrics {
     pub(crate) latency: Bounded<ModelLabels, Histogram, fn() -> Histogram>,
     pub(crate) batch_rows: Bounded<ModelLabels, Histogram, fn() -> Histogram>,
     pub(crate) queue_depth: Bounded<ModelLabels, Gauge>,
+    pub(crate) abandoned: Bounded<ModelLabels, Counter>,
     pub(crate) cache: Bounded<OutcomeLabels, Counter>,
     pub(crate) loads: Bounded<RequestLabels, Counter>,
     pub(crate) shadow: Bounded<OutcomeLabels, Counter>,
@@ -235,6 +236,7 @@ impl ServerMetrics {
             batch_histogram,
         );
         let queue_depth = Family::<ModelLabels, Gauge>::default();
+        let abandoned = Family::<ModelLabels, Counter>::default();
         let cache = Family::<OutcomeLabels, Counter>::default();
         let loads = Family::<RequestLabels, Counter>::default();
         let shadow = Family::<OutcomeLabels, Counter>::default();
@@ -267,8 +269,13 @@ impl ServerMetrics {
         );
         registry.register(
             "queue_depth",
-            "Requests waiting in a model's batch queue",
+            "Requests waiting in a model version's queue (batched, or for a running slot)",
             queue_depth.clone(),
+        );
+        registry.register(
+            "abandoned_calls",
+            "Requests whose model call was skipped because they timed out or their client left before it started",
+            abandoned.clone(),
         );
         registry.register(
             "prediction_cache",
@@ -321,6 +328,7 @@ impl ServerMetrics {
             latency: Bounded::new(latency),
             batch_rows: Bounded::new(batch_rows),
             queue_depth: Bounded::new(queue_depth),
+            abandoned: Bounded::new(abandoned),
             cache: Bounded::new(cache),
             loads: Bounded::new(loads),
             shadow: Bounded::new(shadow),

@@ -17,7 +17,7 @@ use mlops_core::{Error, Result, Server};
 use super::ModelServer;
 use super::enrich::enrich;
 use super::state::{Deployment, LoadedVersion};
-use crate::runtime::batch::{call_model, predict_blocking};
+use crate::runtime::batch::call_model;
 use crate::runtime::cache;
 use crate::runtime::metrics::ServerMetrics;
 use crate::runtime::shadow::ShadowRecord;
@@ -40,7 +40,12 @@ impl ModelServer {
             None if inputs.first().map_or(0, Tensor::rows) <= inline_max_rows => {
                 call_model(loaded.predictor.as_ref(), &inputs, checked)
             }
-            None => predict_blocking(loaded.predictor.clone(), inputs, checked).await,
+            None => {
+                loaded
+                    .calls
+                    .call(name, loaded.predictor.clone(), inputs, checked)
+                    .await
+            }
         }
     }
 
@@ -244,7 +249,7 @@ impl Server for ModelServer {
     }
 
     async fn ready(&self) -> Result<bool> {
-        Ok(!self.is_draining())
+        Ok(self.is_ready())
     }
 
     async fn server_metadata(&self) -> Result<ServerMetadataResponse> {
@@ -299,19 +304,7 @@ impl Server for ModelServer {
     }
 
     async fn model_ready(&self, model: &str, version: Option<&str>) -> Result<bool> {
-        let d = self.deployment(model)?;
-        if self.is_draining() {
-            return Ok(false);
-        }
-        let state = d.state();
-        Ok(match version {
-            None => true,
-            Some(v) => v
-                .parse::<VersionSelector>()
-                .ok()
-                .and_then(|s| state.number_of(&s))
-                .is_some(),
-        })
+        self.is_model_ready(model, version)
     }
 
     async fn infer(

@@ -55,6 +55,10 @@ pub struct ReloadReport {
     pub loaded: Vec<u64>,
     /// Versions no longer served.
     pub unloaded: Vec<u64>,
+    /// Set by [`ModelServer::deploy_or_wait`] and
+    /// [`ModelServer::redeploy_or_wait`] when the deployment was deployed
+    /// waiting: why its versions did not load (nothing was resolved or loaded).
+    pub waiting: Option<String>,
 }
 
 /// A deployment's state, for admin views.
@@ -74,6 +78,13 @@ pub struct DeploymentStatus {
     pub shadows: Vec<u64>,
     /// Prediction cache counters, when caching.
     pub cache: Option<CacheStats>,
+    /// Why it serves nothing yet, while it waits for its model, an alias or a
+    /// loadable version ([`ModelServer::deploy_or_wait`]); `None` once it serves.
+    pub not_ready: Option<String>,
+    /// Why its last reload failed (an alias moved to a version that does not
+    /// load, e.g. one refused by a signature check), while the versions it
+    /// had go on serving; `None` after a reload that succeeded.
+    pub last_reload_error: Option<String>,
 }
 
 /// Shadow requests running at once, across deployments; beyond it, copies are
@@ -173,6 +184,43 @@ impl ModelServer {
             versions: s.versions.keys().copied().collect(),
             shadows: s.shadows.clone(),
             cache: d.cache.as_ref().map(PredictionCache::stats),
+            not_ready: s.waiting.clone(),
+            last_reload_error: d.last_error(),
+        })
+    }
+
+    /// Whether the server takes requests: it is not draining and every
+    /// deployment serves (none waits for its versions). The
+    /// [`Server::ready`](mlops_core::Server::ready) answer.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining()
+            && self
+                .inner
+                .deployments
+                .read()
+                .is_ok_and(|map| map.values().all(|d| d.state().waiting.is_none()))
+    }
+
+    /// Whether deployment `name` (at `version`, a number or an alias it routes
+    /// to, when given) serves: false while draining or while it waits for its
+    /// versions. An unknown name is [`Error::NotFound`]. The
+    /// [`Server::model_ready`](mlops_core::Server::model_ready) answer.
+    pub fn is_model_ready(&self, name: &str, version: Option<&str>) -> Result<bool> {
+        let d = self.deployment(name)?;
+        if self.is_draining() {
+            return Ok(false);
+        }
+        let state = d.state();
+        if state.waiting.is_some() {
+            return Ok(false);
+        }
+        Ok(match version {
+            None => true,
+            Some(v) => v
+                .parse::<VersionSelector>()
+                .ok()
+                .and_then(|s| state.number_of(&s))
+                .is_some(),
         })
     }
 

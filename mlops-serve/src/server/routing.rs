@@ -40,6 +40,13 @@ impl ModelServer {
         version: Option<&str>,
         request: &InferenceRequest,
     ) -> Result<Arc<LoadedVersion>> {
+        // A deployment waiting for its versions has none to answer with.
+        if let Some(reason) = &state.waiting {
+            return Err(Error::Unavailable {
+                what: format!("model {name}"),
+                reason: format!("not ready: {reason}"),
+            });
+        }
         let not_found =
             |v: &str| Error::not_found(ResourceKind::ModelVersion, format!("{name}/{v}"));
         let number = match version {

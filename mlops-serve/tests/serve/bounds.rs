@@ -148,6 +148,9 @@ async fn slow_shadows_are_skipped_not_piled_up() {
     d.shadows = vec![VersionSelector::Number(2)];
     // Model calls on the blocking pool, where a held shadow blocks no worker.
     d.inline_max_rows = 0;
+    // Every shadow call in flight is held in the model, not in the version's
+    // queue, so the gate counts them all.
+    d.max_running_calls = CAP;
     in_time("deploying fraud", s.deploy(d)).await.unwrap();
     in_time(
         "1,000 requests answered while their shadows are held",

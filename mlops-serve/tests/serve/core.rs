@@ -436,6 +436,76 @@ async fn dynamic_batching_combines_and_sheds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_time_out_while_queued_never_reach_the_model() {
+    // Batched and unbatched alike: with the model held by a first request, a
+    // second one waits in the version's queue and times out there (as the HTTP
+    // face's request timeout drops it). Its call must never run: once the
+    // model is free it sees the first request and the next one only.
+    let batched = BatchConfig::default()
+        .with_max_batch_size(1)
+        .with_max_queue_delay(Duration::ZERO)
+        .with_max_queue(4)
+        .with_instances(1);
+    for batching in [None, Some(batched)] {
+        let what = if batching.is_some() {
+            "batched"
+        } else {
+            "unbatched"
+        };
+        let held = Linear {
+            w: [1.0, 1.0],
+            b: 0.0,
+            delay_ms: GATED,
+        };
+        let gate = Gate::closed();
+        let loader = Arc::new(LinearLoader::default().gated_calls(&gate));
+        let s = ModelServer::new(crate::common::registry(&[held]).await, vec![loader.clone()]);
+        let mut config = DeploymentConfig::new("held", "m", Routing::Fixed(v(1)));
+        config.batching = batching;
+        config.max_running_calls = 1;
+        s.deploy(config).await.unwrap();
+        let infer = |s: &ModelServer, x: f32| {
+            let s = s.clone();
+            async move { s.infer("held", None, request(&[[x, 0.0]])).await }
+        };
+        let first = tokio::spawn(infer(&s, 1.0));
+        gate.held(1, &format!("{what}: the first request, in the model"))
+            .await;
+        let second = tokio::time::timeout(Duration::from_millis(50), infer(&s, 2.0)).await;
+        assert!(
+            second.is_err(),
+            "{what}: the second request cannot answer while the model is held"
+        );
+        gate.open();
+        let r = join("the first request", first).await.unwrap();
+        assert_eq!(y_of(&r), vec![1.0]);
+        let r = within("a request after the model is free", infer(&s, 3.0))
+            .await
+            .unwrap();
+        assert_eq!(y_of(&r), vec![3.0], "{what}");
+        let calls = loader.stats.calls.load(Ordering::SeqCst);
+        assert_eq!(
+            calls, 2,
+            "{what}: the timed-out request's call ran ({calls} calls)"
+        );
+        if batching.is_some() {
+            // The batcher had taken it already: it was skipped, and counted.
+            eventually(
+                "the skipped call in mlops_abandoned_calls_total",
+                async || {
+                    sample(
+                        &s.metrics_text(),
+                        "mlops_abandoned_calls_total",
+                        r#"model="held",version="1""#,
+                    ) == 1.0
+                },
+            )
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prediction_cache_counts_hits_and_expires() {
     let (s, _, loader) = server(2).await;
     let mut config = DeploymentConfig::new("fraud", "m", Routing::Fixed(v(1)));
@@ -618,6 +688,12 @@ async fn bad_deployment_configs_are_named() {
     let mut c = base();
     c.reload_interval = Some(Duration::ZERO);
     cases.push((c, "reload interval"));
+    let mut c = base();
+    c.max_running_calls = 0;
+    cases.push((c, "max_running_calls"));
+    let mut c = base();
+    c.max_queued_calls = 0;
+    cases.push((c, "max_queued_calls"));
     cases.push((
         DeploymentConfig::new(
             "fraud",
