@@ -10,6 +10,7 @@
 //!
 //! mlops audit --config mlops.toml verify | tail
 //! mlops runs --config mlops.toml list | show
+//! mlops datasets --config mlops.toml snapshot FILE... | list | show ID | verify ID
 //! mlops health [--url URL] [--ready]  probe a running server (a container's
 //!                                     HEALTHCHECK: no curl in the image)
 //! ```
@@ -23,6 +24,7 @@
 //! line; `RUST_LOG` filters them (default `info`).
 
 mod config;
+mod datasets;
 mod models;
 mod records;
 mod serve;
@@ -98,6 +100,14 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Content-addressed dataset snapshots on the config's storage root.
+    Datasets {
+        /// The config file (only its [storage] is read).
+        #[arg(long, short, global = true, default_value = "mlops.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: datasets::DatasetsCommand,
+    },
     /// Experiment runs on the config's storage root.
     Runs {
         /// The config file (only its [storage] is read).
@@ -153,6 +163,9 @@ fn main() -> ExitCode {
             Command::Models { config, command } => models::run(&config, command, cli.json).await,
             Command::Audit { config, command } => records::audit(&config, command, cli.json).await,
             Command::Runs { config, command } => records::runs(&config, command, cli.json).await,
+            Command::Datasets { config, command } => {
+                datasets::run(&config, command, cli.json).await
+            }
             Command::Health {
                 url,
                 ready,

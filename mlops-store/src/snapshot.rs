@@ -165,6 +165,56 @@ impl ObjectSnapshotStore {
         .await
     }
 
+    /// Snapshots named byte contents (files read from outside the root, say: the
+    /// command line's `mlops datasets snapshot FILE...`). Names must be non-empty
+    /// and distinct; the order given is kept and is part of the id.
+    pub async fn snapshot_contents(
+        &self,
+        contents: Vec<(String, Bytes)>,
+        description: &str,
+    ) -> Result<DatasetSnapshot> {
+        if contents.is_empty() {
+            return Err(Error::invalid_input("snapshot", "no files given"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in &contents {
+            if name.is_empty() {
+                return Err(Error::invalid_input("snapshot", "a file has an empty name"));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(Error::invalid_input(
+                    format!("snapshot file {name:?}"),
+                    "given twice",
+                ));
+            }
+        }
+        self.snapshot(contents, description).await
+    }
+
+    /// Every snapshot's manifest, newest first. A manifest that does not match
+    /// its id is an [`Error::Integrity`] naming it, as in [`get`](Self::get).
+    pub async fn list(&self) -> Result<Vec<DatasetSnapshot>> {
+        let dir = self.root.path("snapshots");
+        let metas: Vec<object_store::ObjectMeta> = self
+            .root
+            .store()
+            .list_with_delimiter(Some(&dir))
+            .await
+            .map(|l| l.objects)
+            .map_err(|e| crate::storage_error(&self.root.describe(&dir), e))?;
+        let mut out = Vec::new();
+        for m in metas {
+            let Some(id) = m.location.filename().and_then(|f| f.strip_suffix(".json")) else {
+                continue;
+            };
+            if check_id(id).is_ok() {
+                out.push(self.get(id).await?);
+            }
+        }
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
     async fn snapshot(
         &self,
         contents: Vec<(String, Bytes)>,

@@ -24,6 +24,7 @@ use mlops::train::{ModelSpec, Progress, TabularTrainer, TrainConfig};
 use mlops_core::testkit::process::{ChildGuard, Lines, output_within};
 use tempfile::TempDir;
 
+mod datasets;
 mod trust;
 
 const KEY: &str = "cli-test-key";

@@ -100,3 +100,67 @@ async fn resolving_detects_changed_bytes_and_manifests() {
     let err = s.get(&snap.id).await.unwrap_err();
     assert!(err.to_string().contains("does not match its id"), "{err}");
 }
+
+#[tokio::test]
+async fn snapshots_of_named_contents_are_listed_newest_first() {
+    for root in roots("snapshot-list") {
+        let s = ObjectSnapshotStore::new(&root).with_actor("ci");
+        assert!(s.list().await.unwrap().is_empty(), "a fresh root has none");
+        let a = s
+            .snapshot_contents(vec![("train.csv".into(), "a,b\n1,2\n".into())], "v1")
+            .await
+            .unwrap();
+        let b = s
+            .snapshot_contents(
+                vec![
+                    ("train.csv".into(), "a,b\n1,3\n".into()),
+                    ("test.csv".into(), "a,b\n".into()),
+                ],
+                "v2",
+            )
+            .await
+            .unwrap();
+        let listed = s.list().await.unwrap();
+        let ids: Vec<&str> = listed.iter().map(|x| x.id.as_str()).collect();
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains(&a.id.as_str()) && ids.contains(&b.id.as_str()));
+        assert!(listed[0].created_at >= listed[1].created_at);
+        assert_eq!(s.resolve(&b.id).await.unwrap().files.len(), 2);
+
+        // Bad input names what is wrong and stores nothing.
+        let err = s.snapshot_contents(Vec::new(), "none").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        let err = s
+            .snapshot_contents(
+                vec![("x".into(), "1".into()), ("x".into(), "2".into())],
+                "dup",
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("\"x\""), "{err}");
+        let err = s
+            .snapshot_contents(vec![(String::new(), "1".into())], "empty name")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert_eq!(s.list().await.unwrap().len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_tampered_manifest_fails_the_listing_by_name() {
+    let root = local_root("snapshot-list-tamper");
+    let s = ObjectSnapshotStore::new(&root);
+    let a = s
+        .snapshot_contents(vec![("f".into(), "1".into())], "v1")
+        .await
+        .unwrap();
+    let path = format!("snapshots/{}.json", a.id);
+    let text = String::from_utf8(root.get(&path).await.unwrap().to_vec()).unwrap();
+    root.put(&path, text.replace("\"size\": 1", "\"size\": 2").into())
+        .await
+        .unwrap();
+    let err = s.list().await.unwrap_err();
+    assert!(matches!(err, Error::Integrity { .. }), "{err}");
+    assert!(err.to_string().contains(&a.id), "{err}");
+}
