@@ -11,13 +11,16 @@
 //! mlops audit --config mlops.toml verify | tail
 //! mlops runs --config mlops.toml list | show
 //! mlops datasets --config mlops.toml snapshot FILE... | list | show ID | verify ID
+//! mlops drift check --current NOW.parquet --reference REF.parquet | --model NAME [--version V]
+//!                                     [--fail-on-drift: exit 4 when the data drifted]
 //! mlops health [--url URL] [--ready]  probe a running server (a container's
 //!                                     HEALTHCHECK: no curl in the image)
 //! ```
 //!
 //! Exit codes: 0 success; 1 a runtime failure (storage, a port in use, an
 //! unknown name); 2 a usage or config error (the message names the key); 3 an
-//! integrity check failed (a digest, a signature or the audit chain). A
+//! integrity check failed (a digest, a signature or the audit chain); 4 drift
+//! found by `drift check --fail-on-drift`. A
 //! deployment whose model does not load is not an exit: `serve` comes up with
 //! it not ready and retries.
 //! Logs go to stderr, as text or, with `--log-format json`, one JSON object per
@@ -25,6 +28,8 @@
 
 mod config;
 mod datasets;
+mod drift;
+mod io;
 mod models;
 mod records;
 mod serve;
@@ -100,6 +105,15 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Data drift of a Parquet file against a reference file or a registered
+    /// model's training reference.
+    Drift {
+        /// The config file (read only for `--model`).
+        #[arg(long, short, global = true, default_value = "mlops.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: drift::DriftCommand,
+    },
     /// Content-addressed dataset snapshots on the config's storage root.
     Datasets {
         /// The config file (only its [storage] is read).
@@ -156,6 +170,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Set by `drift check --fail-on-drift` when the data drifted.
+    let mut drifted = false;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve { config } => serve::run(&config).await,
@@ -163,6 +179,11 @@ fn main() -> ExitCode {
             Command::Models { config, command } => models::run(&config, command, cli.json).await,
             Command::Audit { config, command } => records::audit(&config, command, cli.json).await,
             Command::Runs { config, command } => records::runs(&config, command, cli.json).await,
+            Command::Drift { config, command } => {
+                drift::run(&config, command, cli.json).await.map(|d| {
+                    drifted = d.0;
+                })
+            }
             Command::Datasets { config, command } => {
                 datasets::run(&config, command, cli.json).await
             }
@@ -174,6 +195,7 @@ fn main() -> ExitCode {
         }
     });
     match result {
+        Ok(()) if drifted => ExitCode::from(drift::DRIFT_EXIT),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if cli.json {

@@ -79,7 +79,7 @@ pub(crate) enum ModelsCommand {
 
 /// The registry of `config` with its `[registry]` keys (and, with `sign`, its
 /// signing key), and whether it checks signatures.
-fn registry(config: &Path, sign: bool) -> Result<(ObjectRegistry, bool)> {
+pub(crate) fn registry(config: &Path, sign: bool) -> Result<(ObjectRegistry, bool)> {
     let config = Config::load(config)?;
     let options = config.registry_options(sign)?;
     let checks = options.require_signatures || !options.trusted_keys.is_empty();

@@ -25,6 +25,7 @@ use mlops_core::testkit::process::{ChildGuard, Lines, output_within};
 use tempfile::TempDir;
 
 mod datasets;
+mod drift;
 mod trust;
 
 const KEY: &str = "cli-test-key";
