@@ -110,7 +110,7 @@ pub(crate) async fn serve_champion(
     deployment.inline_max_rows = 64;
     server.deploy(deployment).await?;
     let inference_log = Arc::new(ObjectInferenceLog::new(root));
-    server.set_inference_log(inference_log.clone(), LogConfig::default());
+    server.set_inference_log(inference_log.clone(), LogConfig::default())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| Error::backend("listener", e))?;

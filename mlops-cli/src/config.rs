@@ -30,6 +30,10 @@
 //! id = "release"
 //! public_key_file = "/etc/mlops/keys/release.pub"
 //!
+//! [inference_log]                      # optional: every request as Parquet
+//! flush_rows = 10000                   # under the root's inference-log/
+//! flush_interval = "5s"
+//!
 //! [[deployments]]
 //! name = "fraud"
 //! model = "fraud"
@@ -94,6 +98,28 @@ pub(crate) struct Config {
     pub(crate) registry: Registry,
     #[serde(default)]
     pub(crate) deployments: Vec<Deployment>,
+    /// Every served request written to the storage root as Parquet; off when
+    /// absent.
+    pub(crate) inference_log: Option<InferenceLogToml>,
+}
+
+/// `[inference_log]`: every served request (id, time, model, version, inputs,
+/// outputs, latency) written under the storage root's `inference-log/` as
+/// Parquet files, in the background. Each key defaults to the SDK's
+/// `LogConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InferenceLogToml {
+    /// Records per written file, at most (default 10,000).
+    pub(crate) flush_rows: Option<usize>,
+    /// Longest time a record waits to be written (default 5 s).
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) flush_interval: Option<Duration>,
+    /// Records waiting, at most; beyond it they are dropped and counted
+    /// (default 100,000).
+    pub(crate) max_buffered: Option<usize>,
+    /// Bytes the waiting records may hold, at most (default 256 MiB).
+    pub(crate) max_buffered_bytes: Option<usize>,
 }
 
 /// `[registry]`: which model versions are trusted, and the key
@@ -619,6 +645,38 @@ impl Config {
     }
 
     /// The deployments, checked.
+    /// The inference log's settings, checked; `None` when `[inference_log]` is
+    /// absent.
+    pub(crate) fn inference_log(&self) -> Result<Option<mlops::serve::LogConfig>> {
+        let Some(t) = &self.inference_log else {
+            return Ok(None);
+        };
+        let mut c = mlops::serve::LogConfig::default();
+        if let Some(v) = t.flush_rows {
+            c = c.with_flush_rows(v);
+        }
+        if let Some(v) = t.flush_interval {
+            c = c.with_flush_interval(v);
+        }
+        if let Some(v) = t.max_buffered {
+            c = c.with_max_buffered(v);
+        }
+        if let Some(v) = t.max_buffered_bytes {
+            c = c.with_max_buffered_bytes(v);
+        }
+        c.validate().map_err(|e| match e {
+            Error::InvalidInput { what, reason } => Error::invalid_input(
+                format!(
+                    "config {}",
+                    what.replace("inference log ", "inference_log.")
+                ),
+                reason,
+            ),
+            other => other,
+        })?;
+        Ok(Some(c))
+    }
+
     pub(crate) fn deployment_configs(&self) -> Result<Vec<DeploymentConfig>> {
         let mut names = std::collections::BTreeSet::new();
         self.deployments

@@ -9,7 +9,7 @@ use std::time::Duration;
 use mlops::core::{Error, Result};
 use mlops::serve::http::{router, serve};
 use mlops::serve::{KeyRing, ModelServer};
-use mlops::store::{ObjectAuditLog, ObjectRegistry, StoreRoot};
+use mlops::store::{ObjectAuditLog, ObjectInferenceLog, ObjectRegistry, StoreRoot};
 use mlops::train::TabularLoader;
 
 use crate::config::Config;
@@ -21,6 +21,7 @@ pub(crate) fn check(path: &Path, json: bool) -> Result<()> {
     config.storage_options()?;
     config.http_config()?;
     config.registry_options(false)?;
+    config.inference_log()?;
     let deployments = config.deployment_configs()?;
     if json {
         let names: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
@@ -137,6 +138,8 @@ struct Applied {
     http: String,
     /// `[registry]`, which only a restart changes.
     registry: String,
+    /// `[inference_log]`, which only a restart changes.
+    inference_log: String,
     keys: KeyRing,
 }
 
@@ -186,6 +189,9 @@ async fn apply(path: &Path, server: &ModelServer, applied: &mut Applied) {
     }
     if registry_fingerprint(&config) != applied.registry {
         tracing::warn!("changes to [registry] take effect on restart only");
+    }
+    if format!("{:?}", config.inference_log) != applied.inference_log {
+        tracing::warn!("changes to [inference_log] take effect on restart only");
     }
     let mut next = BTreeMap::new();
     for d in deployments {
@@ -247,6 +253,7 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
             .collect(),
         http: http_fingerprint(&config),
         registry: registry_fingerprint(&config),
+        inference_log: format!("{:?}", config.inference_log),
         keys,
     };
     // Trusted keys: a version they did not sign is refused at load.
@@ -255,6 +262,9 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     let root = StoreRoot::open_with_options(&url, config.storage_options()?)?;
     let registry = Arc::new(ObjectRegistry::new(&root).with_options(registry_options));
     let server = ModelServer::new(registry, vec![Arc::new(TabularLoader::default())]);
+    if let Some(log) = config.inference_log()? {
+        server.set_inference_log(Arc::new(ObjectInferenceLog::new(&root)), log)?;
+    }
     for d in deployments {
         let name = d.name.clone();
         // A model, alias or version that is missing (or refused) does not stop

@@ -26,6 +26,7 @@ use tempfile::TempDir;
 
 mod datasets;
 mod drift;
+mod inference_log;
 mod trust;
 
 const KEY: &str = "cli-test-key";

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mlops_core::Task;
 use mlops_core::drift::{DriftDetector, Window};
+use mlops_core::{Error, Result, Task};
 
 /// Drift monitoring of a deployment's versions.
 ///
@@ -193,5 +193,24 @@ impl LogConfig {
     pub fn with_max_buffered_bytes(mut self, bytes: usize) -> Self {
         self.max_buffered_bytes = bytes;
         self
+    }
+
+    /// Checks that every limit is positive; the error names the first that is
+    /// not.
+    pub fn validate(&self) -> Result<()> {
+        for (name, ok) in [
+            ("flush_rows", self.flush_rows > 0),
+            ("flush_interval", !self.flush_interval.is_zero()),
+            ("max_buffered", self.max_buffered > 0),
+            ("max_buffered_bytes", self.max_buffered_bytes > 0),
+        ] {
+            if !ok {
+                return Err(Error::invalid_input(
+                    format!("inference log {name}"),
+                    "must be positive",
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -292,12 +292,20 @@ impl ModelServer {
     }
 
     /// Writes an inference log of every served request (request id, time, model,
-    /// version, inputs, outputs, latency) to `sink` in the background.
-    pub fn set_inference_log(&self, sink: Arc<dyn InferenceLogSink>, config: LogConfig) {
+    /// version, inputs, outputs, latency) to `sink` in the background. Refused
+    /// ([`Error::InvalidInput`] naming the setting) when a limit of `config` is
+    /// zero.
+    pub fn set_inference_log(
+        &self,
+        sink: Arc<dyn InferenceLogSink>,
+        config: LogConfig,
+    ) -> Result<()> {
+        config.validate()?;
         let logger = InferenceLogger::start(sink, config, self.inner.metrics.clone());
         if let Ok(mut slot) = self.inner.logger.lock() {
             *slot = Some(logger);
         }
+        Ok(())
     }
 
     /// Writes the queued inference log records now; returns how many records were

@@ -208,7 +208,25 @@ async fn a_failing_log_sink_is_retried_with_backoff_within_a_byte_budget() {
         LogConfig::default()
             .with_flush_rows(10)
             .with_max_buffered_bytes(256 << 10),
-    );
+    )
+    .unwrap();
+    // Zero limits are refused, naming the setting (a zero interval would panic
+    // in the writer's timer).
+    for (config, name) in [
+        (LogConfig::default().with_flush_rows(0), "flush_rows"),
+        (
+            LogConfig::default().with_flush_interval(Duration::ZERO),
+            "flush_interval",
+        ),
+        (LogConfig::default().with_max_buffered(0), "max_buffered"),
+        (
+            LogConfig::default().with_max_buffered_bytes(0),
+            "max_buffered_bytes",
+        ),
+    ] {
+        let err = s.set_inference_log(sink.clone(), config).unwrap_err();
+        assert!(err.to_string().contains(name), "{name}: {err}");
+    }
     // 2,000 requests of 50 rows: every 10 records would be a write attempt
     // (200 of them) without backoff, and the buffer would hold ~5 MB.
     in_time("2,000 requests", async {

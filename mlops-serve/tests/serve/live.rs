@@ -322,7 +322,8 @@ async fn the_inference_log_keeps_every_request_through_shutdown() {
             .with_flush_rows(10)
             .with_flush_interval(Duration::from_secs(3600))
             .with_max_buffered(1000),
-    );
+    )
+    .unwrap();
     for i in 0..25 {
         s.infer("m", None, request(&[0.5], &format!("q{i}")))
             .await
