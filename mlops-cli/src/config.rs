@@ -30,6 +30,10 @@
 //! id = "release"
 //! public_key_file = "/etc/mlops/keys/release.pub"
 //!
+//! [online]                             # optional: where feature values live
+//! url = "${REDIS_URL}"                 # redis://host:port/db; default memory://
+//! namespace = "mlops"
+//!
 //! [inference_log]                      # optional: every request as Parquet
 //! flush_rows = 10000                   # under the root's inference-log/
 //! flush_interval = "5s"
@@ -75,16 +79,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use mlops::core::feature::{FeatureRef, OnlineFeatureStore};
 use mlops::core::model::VersionSelector;
 use mlops::core::{Error, Result};
 use mlops::serve::{
-    ApiKeys, Arm, BatchConfig, CacheConfig, DeploymentConfig, FeedbackConfig, HttpConfig,
-    MonitorConfig, Routing, Scope,
+    ApiKeys, Arm, BatchConfig, CacheConfig, DeploymentConfig, Enrichment, FeedbackConfig,
+    HttpConfig, MonitorConfig, Routing, Scope,
 };
-use mlops::store::RegistryOptions;
+use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore, RegistryOptions, StoreRoot};
 use serde::{Deserialize, Deserializer};
 
 /// The whole file.
@@ -101,6 +107,61 @@ pub(crate) struct Config {
     /// Every served request written to the storage root as Parquet; off when
     /// absent.
     pub(crate) inference_log: Option<InferenceLogToml>,
+    /// Where the latest feature values live (enrichment, `features
+    /// materialize`); this process's memory when absent.
+    #[serde(default)]
+    pub(crate) online: Online,
+}
+
+/// A deployment's `enrichment = { features = ["view:feature", ...],
+/// entity_keys = ["user_id"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnrichmentToml {
+    /// `view:feature` references; each becomes the model input of the
+    /// feature's name.
+    pub(crate) features: Vec<String>,
+    /// The inputs requests carry instead (the views' join keys).
+    pub(crate) entity_keys: Vec<String>,
+}
+
+/// A feature store that reads nothing: for checking a config (`mlops check`)
+/// without opening storage or the online store.
+pub(crate) fn unopened_features() -> Result<Arc<dyn OnlineFeatureStore>> {
+    Ok(Arc::new(ObjectFeatureStore::new(
+        &StoreRoot::open("memory://")?,
+        Arc::new(InMemoryOnlineStore::new()),
+    )))
+}
+
+/// `[online]`: the online feature store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Online {
+    /// `memory://` (the default: this process's memory) or
+    /// `redis://host:port[/db]`, usually `${REDIS_URL}`.
+    #[serde(default = "default_online_url")]
+    pub(crate) url: String,
+    /// Prefix of every Redis key (default `mlops`).
+    #[serde(default = "default_namespace")]
+    pub(crate) namespace: String,
+}
+
+impl Default for Online {
+    fn default() -> Self {
+        Self {
+            url: default_online_url(),
+            namespace: default_namespace(),
+        }
+    }
+}
+
+fn default_online_url() -> String {
+    "memory://".into()
+}
+
+fn default_namespace() -> String {
+    "mlops".into()
 }
 
 /// `[inference_log]`: every served request (id, time, model, version, inputs,
@@ -248,6 +309,9 @@ pub(crate) struct Deployment {
     pub(crate) max_queued_calls: Option<usize>,
     pub(crate) monitoring: Option<Monitoring>,
     pub(crate) feedback: Option<Feedback>,
+    /// Features looked up in the online store for requests that carry entity
+    /// keys instead of the model's inputs.
+    pub(crate) enrichment: Option<EnrichmentToml>,
 }
 
 /// Drift monitoring of served inputs and predictions against the references the
@@ -645,6 +709,24 @@ impl Config {
     }
 
     /// The deployments, checked.
+    /// The online store `[online]` names, opened (a Redis URL is connected to),
+    /// and whether it lives in this process's memory (then nothing written to
+    /// it outlives the process).
+    pub(crate) async fn online_store(
+        &self,
+    ) -> Result<(std::sync::Arc<dyn mlops::store::OnlineStore>, bool)> {
+        let url = expand("online.url", &self.online.url)?;
+        let store = mlops::store::open_online_store(&url, &self.online.namespace)
+            .await
+            .map_err(|e| match e {
+                Error::InvalidInput { reason, .. } => {
+                    Error::invalid_input("config online.url", reason)
+                }
+                other => other,
+            })?;
+        Ok((store, url.starts_with("memory://")))
+    }
+
     /// The inference log's settings, checked; `None` when `[inference_log]` is
     /// absent.
     pub(crate) fn inference_log(&self) -> Result<Option<mlops::serve::LogConfig>> {
@@ -677,7 +759,11 @@ impl Config {
         Ok(Some(c))
     }
 
-    pub(crate) fn deployment_configs(&self) -> Result<Vec<DeploymentConfig>> {
+    /// The deployments, checked; enrichment reads `features`.
+    pub(crate) fn deployment_configs(
+        &self,
+        features: &Arc<dyn OnlineFeatureStore>,
+    ) -> Result<Vec<DeploymentConfig>> {
         let mut names = std::collections::BTreeSet::new();
         self.deployments
             .iter()
@@ -727,6 +813,25 @@ impl Config {
                     .collect::<Result<_>>()?;
                 c.reload_interval = d.reload_interval;
                 c.inline_max_rows = d.inline_max_rows;
+                if let Some(e) = &d.enrichment {
+                    c.enrichment = Some(Enrichment {
+                        store: features.clone(),
+                        features: e
+                            .features
+                            .iter()
+                            .enumerate()
+                            .map(|(j, f)| {
+                                f.parse::<FeatureRef>().map_err(|err| {
+                                    Error::invalid_input(
+                                        format!("config {at}.enrichment.features[{j}]"),
+                                        format!("{f:?}: {err}"),
+                                    )
+                                })
+                            })
+                            .collect::<Result<_>>()?,
+                        entity_keys: e.entity_keys.clone(),
+                    });
+                }
                 if let Some(n) = d.max_running_calls {
                     c.max_running_calls = n;
                 }
@@ -827,7 +932,7 @@ routing = { canary = { stable = "1", canary = "2", weight = 0.05 } }
                 .authorize(Some("Bearer password"), Scope::Infer)
                 .is_ok()
         );
-        let d = c.deployment_configs().unwrap();
+        let d = c.deployment_configs(&unopened_features().unwrap()).unwrap();
         assert_eq!(d.len(), 3);
         assert_eq!(d[0].batching.unwrap().max_batch_size, 32);
         assert_eq!(d[0].reload_interval, Some(Duration::from_secs(10)));
@@ -1005,7 +1110,7 @@ routing = { canary = { stable = "1", canary = "2", weight = 0.05 } }
             let c = Config::parse(&text, "test").unwrap();
             let err = c
                 .http_config()
-                .and_then(|_| c.deployment_configs().map(|_| ()))
+                .and_then(|_| c.deployment_configs(&unopened_features()?).map(|_| ()))
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(needle), "{needle:?} not in {err}");

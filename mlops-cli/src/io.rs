@@ -27,3 +27,31 @@ pub(crate) fn read_parquet(path: &Path) -> Result<RecordBatch> {
     }
     Ok(batch)
 }
+
+/// Writes `batch` to the Parquet file at `path`: into a temporary file beside
+/// it, renamed into place once complete, so a failure never leaves a truncated
+/// file (nor replaces an existing one). The error names the file.
+pub(crate) fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let what = || format!("output file {}", path.display());
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid_input(what(), "it names no file"))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| -> std::result::Result<(), String> {
+        let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)
+            .map_err(|e| e.to_string())?;
+        writer.write(batch).map_err(|e| e.to_string())?;
+        let file = writer.into_inner().map_err(|e| e.to_string())?;
+        file.sync_all().map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    })();
+    written.map_err(|reason| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::invalid_input(what(), format!("cannot write it: {reason}"))
+    })
+}

@@ -11,6 +11,9 @@
 //! mlops audit --config mlops.toml verify | tail
 //! mlops runs --config mlops.toml list | show
 //! mlops datasets --config mlops.toml snapshot FILE... | list | show ID | verify ID
+//! mlops features --config mlops.toml apply DEFS.toml | list | ingest VIEW FILE.parquet
+//!     | materialize [--incremental] | historical ENTITIES.parquet --feature VIEW:FEATURE...
+//!     -o OUT.parquet | get --feature VIEW:FEATURE... --entity KEY=VALUE...
 //! mlops drift check --current NOW.parquet --reference REF.parquet | --model NAME [--version V]
 //!                                     [--fail-on-drift: exit 4 when the data drifted]
 //! mlops health [--url URL] [--ready]  probe a running server (a container's
@@ -29,6 +32,7 @@
 mod config;
 mod datasets;
 mod drift;
+mod features;
 mod io;
 mod models;
 mod records;
@@ -38,6 +42,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// mimalloc, as the in-process serving benchmark runs: every request allocates
+/// (decoded tensors, the answer, hyper's buffers), and its thread-local free
+/// lists are faster than the system allocator at that (benches/serve_binary.py).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use mlops::core::Error;
 
 /// The mlops service: models served from a registry, configured by a file.
@@ -122,6 +132,15 @@ enum Command {
         #[command(subcommand)]
         command: datasets::DatasetsCommand,
     },
+    /// The feature store: definitions, history and training sets on the
+    /// config's storage root, the latest values in its `[online]` store.
+    Features {
+        /// The config file (its [storage] and [online] are read).
+        #[arg(long, short, global = true, default_value = "mlops.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: features::FeaturesCommand,
+    },
     /// Experiment runs on the config's storage root.
     Runs {
         /// The config file (only its [storage] is read).
@@ -186,6 +205,9 @@ fn main() -> ExitCode {
             }
             Command::Datasets { config, command } => {
                 datasets::run(&config, command, cli.json).await
+            }
+            Command::Features { config, command } => {
+                features::run(&config, command, cli.json).await
             }
             Command::Health {
                 url,

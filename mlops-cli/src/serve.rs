@@ -6,13 +6,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mlops::core::feature::OnlineFeatureStore;
 use mlops::core::{Error, Result};
 use mlops::serve::http::{router, serve};
 use mlops::serve::{KeyRing, ModelServer};
-use mlops::store::{ObjectAuditLog, ObjectInferenceLog, ObjectRegistry, StoreRoot};
+use mlops::store::{
+    ObjectAuditLog, ObjectFeatureStore, ObjectInferenceLog, ObjectRegistry, StoreRoot,
+};
 use mlops::train::TabularLoader;
 
-use crate::config::Config;
+use crate::config::{Config, unopened_features};
 
 /// Checks everything `serve` would, without opening storage or a port.
 pub(crate) fn check(path: &Path, json: bool) -> Result<()> {
@@ -22,7 +25,7 @@ pub(crate) fn check(path: &Path, json: bool) -> Result<()> {
     config.http_config()?;
     config.registry_options(false)?;
     config.inference_log()?;
-    let deployments = config.deployment_configs()?;
+    let deployments = config.deployment_configs(&unopened_features()?)?;
     if json {
         let names: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
         println!(
@@ -165,9 +168,14 @@ fn registry_fingerprint(config: &Config) -> String {
 /// Re-reads the config and applies its deployment changes: changed ones are
 /// redeployed (their new versions load before they take traffic), new ones
 /// deployed, removed ones unloaded. A config that does not load changes nothing.
-async fn apply(path: &Path, server: &ModelServer, applied: &mut Applied) {
+async fn apply(
+    path: &Path,
+    server: &ModelServer,
+    features: &Arc<dyn OnlineFeatureStore>,
+    applied: &mut Applied,
+) {
     let (config, deployments) =
-        match Config::load(path).and_then(|c| c.deployment_configs().map(|d| (c, d))) {
+        match Config::load(path).and_then(|c| c.deployment_configs(features).map(|d| (c, d))) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "the config was not reloaded; serving as before");
@@ -245,7 +253,25 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     // The face checks this ring; SIGHUP replaces what it holds.
     let keys = KeyRing::new(http.keys.clone());
     let http = http.with_key_ring(keys.clone());
-    let deployments = config.deployment_configs()?;
+    // Enrichment reads the online store of [online], through the feature
+    // views defined on the storage root.
+    let url = config.storage_root()?;
+    let root = StoreRoot::open_with_options(&url, config.storage_options()?)?;
+    let (online, in_memory) = config.online_store().await?;
+    if in_memory
+        && let Some(i) = config
+            .deployments
+            .iter()
+            .position(|d| d.enrichment.is_some())
+    {
+        return Err(Error::invalid_input(
+            format!("config deployments[{i}].enrichment"),
+            "needs [online] url = \"redis://...\": nothing fills this process's \
+             in-memory online store",
+        ));
+    }
+    let features: Arc<dyn OnlineFeatureStore> = Arc::new(ObjectFeatureStore::new(&root, online));
+    let deployments = config.deployment_configs(&features)?;
     let mut applied = Applied {
         deployments: deployments
             .iter()
@@ -258,8 +284,6 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     };
     // Trusted keys: a version they did not sign is refused at load.
     let registry_options = config.registry_options(false)?;
-    let url = config.storage_root()?;
-    let root = StoreRoot::open_with_options(&url, config.storage_options()?)?;
     let registry = Arc::new(ObjectRegistry::new(&root).with_options(registry_options));
     let server = ModelServer::new(registry, vec![Arc::new(TabularLoader::default())]);
     if let Some(log) = config.inference_log()? {
@@ -314,7 +338,7 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
             () = &mut stopping => break,
             () = hangup(&mut hangups) => {
                 tracing::info!("SIGHUP: reloading the config");
-                apply(path, &server, &mut applied).await;
+                apply(path, &server, &features, &mut applied).await;
             }
         }
     }

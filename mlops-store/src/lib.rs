@@ -55,7 +55,7 @@ pub use inference_log::ObjectInferenceLog;
 pub use offline::ObjectOfflineStore;
 #[cfg(feature = "redis")]
 pub use online::RedisOnlineStore;
-pub use online::{InMemoryOnlineStore, OnlineRead, OnlineRow, OnlineStore};
+pub use online::{InMemoryOnlineStore, OnlineRead, OnlineRow, OnlineStore, open_online_store};
 pub use registry::{DEFAULT_MAX_METADATA_BYTES, ObjectRegistry, RegistryOptions};
 pub use retry::RetryPolicy;
 pub use root::{DEFAULT_MULTIPART_THRESHOLD, StoreRoot};

@@ -26,6 +26,8 @@ use tempfile::TempDir;
 
 mod datasets;
 mod drift;
+mod enrichment;
+mod features;
 mod inference_log;
 mod trust;
 
@@ -891,4 +893,40 @@ async fn sighup_reloads_the_keys() {
         .await
         .unwrap();
     assert_eq!(stop(child).await.code(), Some(0));
+}
+
+/// The Redis server the online part runs against: `MLOPS_TEST_REDIS_URL`, or
+/// a `redis-server` started here on a free port (the guard stops it). Neither
+/// available is a failure, never a skipped test.
+pub(crate) fn redis() -> (String, Option<ChildGuard>) {
+    if let Ok(url) = std::env::var("MLOPS_TEST_REDIS_URL") {
+        return (url, None);
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = ChildGuard::spawn(
+        "redis-server (MLOPS_TEST_REDIS_URL is unset; install redis-server or set it)",
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let deadline = Instant::now() + LIMIT;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+        if let Some(status) = child.child_mut().try_wait().unwrap() {
+            panic!("redis-server on port {port} exited before listening: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on port {port} within {LIMIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (format!("redis://127.0.0.1:{port}"), Some(child))
 }

@@ -18,6 +18,60 @@ pub use memory::InMemoryOnlineStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisOnlineStore;
 
+/// Opens the online store at `url`: `memory://` keeps the values in this
+/// process's memory (nothing outlives it, and no other process sees them);
+/// `redis://host:port[/db]` or `rediss://` shares them through Redis (the
+/// `redis` cargo feature), every key starting with `namespace`. A URL of
+/// another scheme, or Redis in a build without the feature, is
+/// [`Error::InvalidInput`](mlops_core::Error::InvalidInput) naming what is
+/// wrong (never the URL itself, which may hold a password).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = mlops_store::open_online_store("memory://", "mlops").await?;
+/// assert!(mlops_store::open_online_store("ftp://x", "mlops").await.is_err());
+/// # Ok::<(), mlops_core::Error>(()) }).unwrap();
+/// ```
+pub async fn open_online_store(
+    url: &str,
+    namespace: &str,
+) -> Result<std::sync::Arc<dyn OnlineStore>> {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some("memory") => Ok(std::sync::Arc::new(InMemoryOnlineStore::new())),
+        Some("redis" | "rediss") => open_redis(url, namespace).await,
+        Some(other) => Err(mlops_core::Error::invalid_input(
+            "online store URL",
+            format!("unsupported scheme {other:?}: expected memory:// or redis://"),
+        )),
+        None => Err(mlops_core::Error::invalid_input(
+            "online store URL",
+            "expected memory:// or redis://host:port",
+        )),
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(url: &str, namespace: &str) -> Result<std::sync::Arc<dyn OnlineStore>> {
+    if namespace.is_empty() {
+        return Err(mlops_core::Error::invalid_input(
+            "online store namespace",
+            "must not be empty",
+        ));
+    }
+    Ok(std::sync::Arc::new(
+        RedisOnlineStore::connect(url, namespace).await?,
+    ))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(_url: &str, _namespace: &str) -> Result<std::sync::Arc<dyn OnlineStore>> {
+    Err(mlops_core::Error::invalid_input(
+        "online store URL",
+        "redis:// needs the `redis` cargo feature (mlops/redis), which this build lacks",
+    ))
+}
+
 /// One entity's stored row for a view, as read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnlineRow {

@@ -83,7 +83,8 @@ impl RedisOnlineStore {
     /// `namespace`.
     pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
         let client = redis::Client::open(url)
-            .map_err(|e| Error::invalid_input(format!("Redis URL {url:?}"), e.to_string()))?;
+            // The URL may hold a password: the error names the setting only.
+            .map_err(|e| Error::invalid_input("Redis URL", e.to_string()))?;
         let connection = ConnectionManager::new(client).await.map_err(redis_error)?;
         Ok(Self {
             connection,
