@@ -149,10 +149,17 @@ pub(crate) async fn read_columns(
         builder = builder.with_row_groups(groups);
     }
     let schema = builder.parquet_schema();
-    let indices: Vec<usize> = (0..schema.num_columns())
-        .filter(|&i| columns.iter().any(|c| c == schema.column(i).name()))
+    // By top-level field: a nested column (a list feature) has leaves named
+    // after its items (`item`), not after the column.
+    let roots: Vec<usize> = schema
+        .root_schema()
+        .get_fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| columns.iter().any(|c| c == f.name()))
+        .map(|(i, _)| i)
         .collect();
-    let mask = ProjectionMask::leaves(schema, indices);
+    let mask = ProjectionMask::roots(schema, roots);
     let stream = builder
         .with_projection(mask)
         .with_batch_size(64 * 1024)

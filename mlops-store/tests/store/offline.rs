@@ -671,3 +671,69 @@ async fn empty_inputs_give_empty_answers() {
         .unwrap();
     assert_eq!(column(&out, "spend"), vec![None, Some(3.0)]);
 }
+
+#[tokio::test]
+async fn list_features_are_read_back_with_their_values() {
+    // A nested column's Parquet leaves are named after its items (`item`):
+    // reading by column name must still find it.
+    use arrow::array::{Float32Builder, ListBuilder};
+    use arrow::datatypes::Field;
+    let item = Arc::new(Field::new("item", DataType::Float32, true));
+    let root = local_root("offline-list");
+    let s = ObjectOfflineStore::new(&root);
+    let view = FeatureView::builder("card")
+        .join_key("card_id", DataType::Int64)
+        .event_time("event_ts")
+        .feature("embedding", DataType::List(item.clone()))
+        .feature("spend", DataType::Float64)
+        .build()
+        .unwrap();
+    s.apply_view(view, ApplyOptions::default()).await.unwrap();
+    let mut lists = ListBuilder::new(Float32Builder::new()).with_field(item);
+    lists.values().append_slice(&[1.0, 2.0]);
+    lists.append(true);
+    lists.values().append_slice(&[3.0]);
+    lists.append(true);
+    let rows = RecordBatch::try_from_iter([
+        (
+            "card_id",
+            Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef,
+        ),
+        ("event_ts", ts(vec![DAY, DAY])),
+        ("embedding", Arc::new(lists.finish()) as ArrayRef),
+        (
+            "spend",
+            Arc::new(Float64Array::from(vec![1.5, 2.5])) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    s.ingest("card", rows).await.unwrap();
+    let refs: Vec<FeatureRef> = vec![
+        "card:embedding".parse().unwrap(),
+        "card:spend".parse().unwrap(),
+    ];
+    let out = s
+        .get_historical_features(
+            entities(vec![2, 1], vec![2 * DAY, 2 * DAY]),
+            &refs,
+            HistoricalOptions::default(),
+        )
+        .await
+        .unwrap();
+    let embedding = out.column_by_name("embedding").unwrap().as_list::<i32>();
+    let values: Vec<Option<Vec<Option<f32>>>> = embedding
+        .iter()
+        .map(|l| {
+            l.map(|a| {
+                a.as_primitive::<arrow::datatypes::Float32Type>()
+                    .iter()
+                    .collect()
+            })
+        })
+        .collect();
+    assert_eq!(
+        values,
+        vec![Some(vec![Some(3.0)]), Some(vec![Some(1.0), Some(2.0)])]
+    );
+    assert_eq!(column(&out, "spend"), vec![Some(2.5), Some(1.5)]);
+}
