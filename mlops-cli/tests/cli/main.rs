@@ -54,8 +54,8 @@ fn store_url(dir: &TempDir) -> String {
     format!("file://{}", dir.path().join("store").display())
 }
 
-/// A model of `x -> y` trained on a little data, registered as the next version.
-async fn register(registry: &ObjectRegistry, shift: f64) -> u64 {
+/// A model of `x -> y` (y = x > shift) trained on a little data.
+fn trained(shift: f64) -> mlops::core::TrainedModel {
     let x: Vec<f64> = (0..400).map(|i| f64::from(i) / 100.0 - 2.0).collect();
     let y: Vec<i64> = x.iter().map(|v| i64::from(*v > shift)).collect();
     let data = RecordBatch::try_from_iter([
@@ -66,7 +66,12 @@ async fn register(registry: &ObjectRegistry, shift: f64) -> u64 {
     let mut c = TrainConfig::new(Task::BinaryClassification, ModelSpec::Linear);
     c.progress = Progress::Hidden;
     c.epochs = 3;
-    let trained = TabularTrainer::new(c).fit(&data, "y").unwrap();
+    TabularTrainer::new(c).fit(&data, "y").unwrap()
+}
+
+/// [`trained`], registered as the next version.
+async fn register(registry: &ObjectRegistry, shift: f64) -> u64 {
+    let trained = trained(shift);
     registry
         .register("fraud", trained.artifact, trained.metadata)
         .await

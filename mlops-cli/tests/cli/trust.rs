@@ -10,24 +10,14 @@ use mlops::core::model::ModelArtifact;
 use super::*;
 
 /// The artifact of a model trained as [`register`] does, without registering it.
-fn trained(shift: f64) -> ModelArtifact {
-    let x: Vec<f64> = (0..400).map(|i| f64::from(i) / 100.0 - 2.0).collect();
-    let y: Vec<i64> = x.iter().map(|v| i64::from(*v > shift)).collect();
-    let data = RecordBatch::try_from_iter([
-        ("x", Arc::new(Float64Array::from(x)) as ArrayRef),
-        ("y", Arc::new(Int64Array::from(y)) as ArrayRef),
-    ])
-    .unwrap();
-    let mut c = TrainConfig::new(Task::BinaryClassification, ModelSpec::Linear);
-    c.progress = Progress::Hidden;
-    c.epochs = 3;
-    TabularTrainer::new(c).fit(&data, "y").unwrap().artifact
+fn trained_artifact(shift: f64) -> ModelArtifact {
+    trained(shift).artifact
 }
 
 /// Writes a trained model's bytes to `dir/name` for `mlops models register`;
 /// its path and flavor.
 fn artifact_file(dir: &Path, name: &str, shift: f64) -> (PathBuf, String) {
-    let artifact = trained(shift);
+    let artifact = trained_artifact(shift);
     let path = dir.join(name);
     std::fs::write(&path, &artifact.bytes).unwrap();
     (path, artifact.flavor)
@@ -208,21 +198,26 @@ fn signed_config(dir: &Path) -> String {
     )
 }
 
-/// `mlops models keygen` into `dir/keys`: the private key is its owner's only.
-fn keygen(dir: &Path) {
-    let keys = dir.join("keys");
-    let out = output_within(
-        "mlops models keygen",
+/// `mlops models keygen --out keys --id id`, bounded in time.
+fn run_keygen(what: &str, keys: &Path, id: &str) -> std::process::Output {
+    output_within(
+        what,
         Command::new(env!("CARGO_BIN_EXE_mlops")).args([
             "models",
             "keygen",
             "--out",
             keys.to_str().unwrap(),
             "--id",
-            "release",
+            id,
         ]),
         LIMIT,
-    );
+    )
+}
+
+/// `mlops models keygen` into `dir/keys`: the private key is its owner's only.
+fn keygen(dir: &Path) {
+    let keys = dir.join("keys");
+    let out = run_keygen("mlops models keygen", &keys, "release");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}");
@@ -242,18 +237,7 @@ fn keygen(dir: &Path) {
     let public = std::fs::read_to_string(keys.join("release.pub")).unwrap();
     assert!(public.starts_with("mlops-ed25519-public:"), "{public}");
     // Never over an existing key.
-    let again = output_within(
-        "mlops models keygen (again)",
-        Command::new(env!("CARGO_BIN_EXE_mlops")).args([
-            "models",
-            "keygen",
-            "--out",
-            keys.to_str().unwrap(),
-            "--id",
-            "release",
-        ]),
-        LIMIT,
-    );
+    let again = run_keygen("mlops models keygen (again)", &keys, "release");
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
     assert_eq!(
@@ -536,18 +520,7 @@ fn registry_config_errors_name_the_key_the_file_and_what_was_expected() {
         }
     }
     // A second pair: its private key signs what the trusted key refuses.
-    let other = output_within(
-        "mlops models keygen (other)",
-        Command::new(env!("CARGO_BIN_EXE_mlops")).args([
-            "models",
-            "keygen",
-            "--out",
-            keys.to_str().unwrap(),
-            "--id",
-            "other",
-        ]),
-        LIMIT,
-    );
+    let other = run_keygen("mlops models keygen (other)", &keys, "other");
     assert_eq!(other.status.code(), Some(0));
     let (code, _, err) =
         register(&good.replace(&secret, &keys.join("other.key").display().to_string()));
@@ -556,18 +529,7 @@ fn registry_config_errors_name_the_key_the_file_and_what_was_expected() {
     let (code, _, err) = register(&good);
     assert_eq!(code, Some(0), "{err}");
     // A bad key id for keygen.
-    let bad = output_within(
-        "mlops models keygen (bad id)",
-        Command::new(env!("CARGO_BIN_EXE_mlops")).args([
-            "models",
-            "keygen",
-            "--out",
-            keys.to_str().unwrap(),
-            "--id",
-            "../escape",
-        ]),
-        LIMIT,
-    );
+    let bad = run_keygen("mlops models keygen (bad id)", &keys, "../escape");
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a key id"));
     assert!(!dir.path().join("escape.key").exists());
