@@ -311,12 +311,22 @@ fn status_of(text: &str) -> Option<u16> {
 /// Every step has a deadline far past the server's own ([`PATIENCE`]).
 async fn exchange(addr: SocketAddr, request: &[u8]) -> (Option<u16>, String, Duration) {
     let started = Instant::now();
+    let (status, text) = exchange_within(addr, request, PATIENCE).await;
+    (status, text, started.elapsed())
+}
+
+/// [`exchange`] with `patience` for each step: the status and the answer.
+async fn exchange_within(
+    addr: SocketAddr,
+    request: &[u8],
+    patience: Duration,
+) -> (Option<u16>, String) {
     let mut stream = connect(addr).await;
     // The server may answer (413, 401) and close before reading all of it: a
     // failed write is fine, one that hangs is not.
     let _ = within(
         "sending a request (the server neither read it nor closed)",
-        PATIENCE,
+        patience,
         stream.write_all(request),
     )
     .await;
@@ -324,12 +334,12 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> (Option<u16>, String, Dur
     // A reset after the answer is fine: what arrived is kept.
     let _ = within(
         "the server's answer and close",
-        PATIENCE,
+        patience,
         stream.read_to_end(&mut answer),
     )
     .await;
     let text = String::from_utf8_lossy(&answer).into_owned();
-    (status_of(&text), text, started.elapsed())
+    (status_of(&text), text)
 }
 
 /// Reads one answer (headers and a `content-length` body) from a connection
@@ -1210,23 +1220,7 @@ const SLOW_PATIENCE: Duration = Duration::from_secs(300);
 /// [`exchange`] with [`SLOW_PATIENCE`] for each step: the status (None when the
 /// connection closed without an answer) and the answer.
 async fn slow_exchange(addr: SocketAddr, request: &[u8]) -> (Option<u16>, String) {
-    let mut stream = connect(addr).await;
-    // Refused clients are cut off while they send: a failed write is fine.
-    let _ = within(
-        "sending a hostile body (the server neither read it nor closed)",
-        SLOW_PATIENCE,
-        stream.write_all(request),
-    )
-    .await;
-    let mut answer = Vec::new();
-    let _ = within(
-        "the answer to a hostile body, and the close",
-        SLOW_PATIENCE,
-        stream.read_to_end(&mut answer),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    (status_of(&text), text)
+    exchange_within(addr, request, SLOW_PATIENCE).await
 }
 
 /// A server process serving [`memory_limits`], its pid and address.
