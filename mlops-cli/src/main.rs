@@ -10,6 +10,7 @@
 //!
 //! mlops audit --config mlops.toml verify | tail
 //! mlops runs --config mlops.toml list | show
+//! mlops train --config mlops.toml JOB.toml   train on the feature store, track, register
 //! mlops datasets --config mlops.toml snapshot FILE... | list | show ID | verify ID
 //! mlops features --config mlops.toml apply DEFS.toml | list | ingest VIEW FILE.parquet
 //!     | materialize [--incremental] | historical ENTITIES.parquet --feature VIEW:FEATURE...
@@ -37,6 +38,7 @@ mod io;
 mod models;
 mod records;
 mod serve;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -124,6 +126,16 @@ enum Command {
         #[command(subcommand)]
         command: drift::DriftCommand,
     },
+    /// Trains a model on a training set the feature store builds
+    /// point-in-time, tracks the run, snapshots the training set and registers
+    /// the model with that lineage.
+    Train {
+        /// The config file (its [storage] and [registry] are read).
+        #[arg(long, short, default_value = "mlops.toml")]
+        config: PathBuf,
+        /// The training job (model, task, label, entities file, features).
+        job: PathBuf,
+    },
     /// Content-addressed dataset snapshots on the config's storage root.
     Datasets {
         /// The config file (only its [storage] is read).
@@ -203,6 +215,7 @@ fn main() -> ExitCode {
                     drifted = d.0;
                 })
             }
+            Command::Train { config, job } => train::run(&config, &job, cli.json).await,
             Command::Datasets { config, command } => {
                 datasets::run(&config, command, cli.json).await
             }

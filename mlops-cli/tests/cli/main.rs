@@ -29,6 +29,7 @@ mod drift;
 mod enrichment;
 mod features;
 mod inference_log;
+mod train;
 mod trust;
 
 const KEY: &str = "cli-test-key";
