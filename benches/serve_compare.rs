@@ -7,6 +7,8 @@
 //!
 //! ```text
 //! python3 benches/serve_vs_python.py          # everything, side by side, with wrk
+//! python3 benches/serve_binary.py             # the `mlops` binary as deployed, beside
+//!                          # this in-process server and the floor, pinned
 //! cargo bench --bench serve_compare -- DIR    # this side alone (Ctrl-D stops it)
 //! MLOPS_SERVE_PROFILE=1 cargo bench --bench serve_compare   # where a request's time
 //!                          # goes: JSON decode, encode, model call direct or pooled
@@ -121,7 +123,7 @@ async fn main() {
     .unwrap_or_else(|e| panic!("{e}"));
 
     // The same model in a file registry under the export, for the service
-    // binary's cold-start benchmark (benches/cold_start.py).
+    // binary's benchmarks (benches/cold_start.py, benches/serve_binary.py).
     let store_dir = format!("{export}/store");
     let _ = std::fs::remove_dir_all(&store_dir);
     let on_disk = ObjectRegistry::new(

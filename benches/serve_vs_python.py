@@ -32,6 +32,11 @@ do-nothing floor's too, ranged from 0.8 to 2.9 ms over runs on the same code. So
 a latency pass follows at 8 connections for mlops-serve and the floor: the
 process serving both pinned to one core and a single wrk thread to the other
 (taskset), so the client never takes the server's core. --no-pin-latency skips it.
+
+This is the library served in process (`ModelServer` and `http::serve`, no key,
+`inline_max_rows = 64`). The `mlops` binary as deployed (its shipped config, API
+key and /metrics on) is measured beside the same in-process server and the floor
+by benches/serve_binary.py.
 """
 import json
 import os

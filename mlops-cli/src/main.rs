@@ -44,13 +44,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use mlops::core::Error;
 
 /// mimalloc, as the in-process serving benchmark runs: every request allocates
 /// (decoded tensors, the answer, hyper's buffers), and its thread-local free
-/// lists are faster than the system allocator at that (benches/serve_binary.py).
+/// lists are faster than the system allocator at that: with it the served
+/// binary answers about 10% more requests (docs/performance.md,
+/// benches/serve_binary.py).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use mlops::core::Error;
 
 /// The mlops service: models served from a registry, configured by a file.
 #[derive(Debug, Parser)]
