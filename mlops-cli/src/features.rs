@@ -51,7 +51,8 @@
 //! change that does not fit a view's stored data (a join key, time column or
 //! feature type changed, a feature removed; `--force` replaces it anyway)
 //! applies nothing. Applying the same file again changes nothing; the report
-//! says, per entity and view, `created`, `updated` or `unchanged`.
+//! says, per entity and view, `created`, `updated` or `unchanged`; each change
+//! is recorded in the audit log.
 //!
 //! Entity files for `historical` hold the join keys and a timestamp column
 //! (`event_timestamp` unless `--timestamp-column`); each row gets the feature
@@ -77,12 +78,13 @@ use arrow_array::{
 use clap::Subcommand;
 use mlops::arrow::schema::{DataType, Field};
 use mlops::chrono::{DateTime, Utc};
+use mlops::core::audit::{AuditEvent, AuditLog};
 use mlops::core::feature::{
     ApplyOptions, Entity, FeatureDefinitions, FeatureField, FeatureRef, FeatureView,
     HistoricalOptions, OfflineFeatureStore, OnlineFeatureStore,
 };
 use mlops::core::{Error, Result};
-use mlops::store::{InMemoryOnlineStore, ObjectFeatureStore, StoreRoot};
+use mlops::store::{InMemoryOnlineStore, ObjectAuditLog, ObjectFeatureStore, StoreRoot};
 use serde::Deserialize;
 
 use crate::config::Config;
@@ -172,7 +174,10 @@ pub(crate) async fn run(config: &Path, command: FeaturesCommand, json: bool) -> 
             definitions,
             force,
             dry_run,
-        } => apply(&offline_only(), &definitions, force, dry_run, json).await,
+        } => {
+            let audit = ObjectAuditLog::new(&root);
+            apply(&offline_only(), &audit, &definitions, force, dry_run, json).await
+        }
         FeaturesCommand::List => list(&offline_only(), json).await,
         FeaturesCommand::Ingest { view, file } => {
             let batch = crate::io::read_parquet(&file)?;
@@ -523,6 +528,7 @@ fn change<T: PartialEq>(old: Option<&T>, new: &T) -> &'static str {
 
 async fn apply(
     store: &ObjectFeatureStore,
+    audit: &dyn AuditLog,
     path: &Path,
     force: bool,
     dry_run: bool,
@@ -565,9 +571,18 @@ async fn apply(
         .map(|v| (v, change(known_views.get(&v.name), v)))
         .collect();
     if !dry_run {
+        // Each change is in the audit log, as registry changes are.
+        let record = |target: String, what: &str, forced: bool| {
+            AuditEvent::new("mlops-cli", "features apply", target)
+                .detail("change", what)
+                .detail("forced", forced.to_string())
+        };
         for (e, what) in &entity_changes {
             if *what != "unchanged" {
                 store.apply_entity((*e).clone()).await?;
+                audit
+                    .append(record(format!("entity {}", e.name), what, false))
+                    .await?;
             }
         }
         let options = if force {
@@ -578,6 +593,9 @@ async fn apply(
         for (v, what) in &view_changes {
             if *what != "unchanged" {
                 store.apply_view((*v).clone(), options.clone()).await?;
+                audit
+                    .append(record(format!("feature view {}", v.name), what, force))
+                    .await?;
             }
         }
     }

@@ -422,6 +422,41 @@ fn features_apply_ingest_historical_and_bad_input() {
         out.contains("entity customer: unchanged") && out.contains("view customer_stats: updated"),
         "{out}"
     );
+    // Every change, and only changes, in the audit log: the two creations and
+    // the update (the unchanged re-apply and the refused change are not).
+    let (out, _) = expect(&path, &["--json", "audit", "tail", "-n", "100"], 0);
+    let entries: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let applied: Vec<(String, String)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "features apply")
+        .map(|e| {
+            (
+                e["target"].as_str().unwrap().to_owned(),
+                e["details"]["change"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        applied,
+        vec![
+            ("entity customer".to_owned(), "created".to_owned()),
+            (
+                "feature view customer_stats".to_owned(),
+                "created".to_owned()
+            ),
+            (
+                "feature view customer_stats".to_owned(),
+                "updated".to_owned()
+            ),
+        ],
+        "{entries}"
+    );
+    let (_, _) = expect(&path, &["audit", "verify"], 0);
 }
 
 /// Materialization into a real Redis server and online reads of the latest
