@@ -84,7 +84,9 @@ use mlops::core::feature::{
     HistoricalOptions, OfflineFeatureStore, OnlineFeatureStore,
 };
 use mlops::core::{Error, Result};
-use mlops::store::{InMemoryOnlineStore, ObjectAuditLog, ObjectFeatureStore, StoreRoot};
+use mlops::store::{
+    InMemoryOnlineStore, ObjectAuditLog, ObjectFeatureStore, StoreRoot, view_incompatibility,
+};
 use serde::Deserialize;
 
 use crate::config::Config;
@@ -493,30 +495,6 @@ fn read_definitions(path: &Path, known: &[Entity]) -> Result<(Vec<Entity>, Vec<F
     Ok((entities, views))
 }
 
-/// Why `new` does not fit the data stored under `old`, if it does not (the
-/// store's own rule, checked before anything is applied).
-fn incompatibility(old: &FeatureView, new: &FeatureView) -> Option<String> {
-    if old.join_keys != new.join_keys {
-        return Some("its join keys changed".into());
-    }
-    if old.event_time_column != new.event_time_column {
-        return Some("its event-time column changed".into());
-    }
-    if old.created_time_column != new.created_time_column {
-        return Some("its created-time column changed".into());
-    }
-    old.features
-        .iter()
-        .find_map(|f| match new.feature(&f.name) {
-            None => Some(format!("feature '{}' was removed", f.name)),
-            Some(n) if n.data_type != f.data_type => Some(format!(
-                "feature '{}' changed type from {} to {}",
-                f.name, f.data_type, n.data_type
-            )),
-            Some(_) => None,
-        })
-}
-
 /// What applying a definition does to the store.
 fn change<T: PartialEq>(old: Option<&T>, new: &T) -> &'static str {
     match old {
@@ -547,7 +525,7 @@ async fn apply(
         for v in &views {
             if let Some(reason) = known_views
                 .get(&v.name)
-                .and_then(|old| incompatibility(old, v))
+                .and_then(|old| view_incompatibility(old, v))
             {
                 return Err(Error::conflict(
                     format!("feature view {}", v.name),

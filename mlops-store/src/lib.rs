@@ -52,7 +52,7 @@ pub use error::storage_error;
 pub use fault::FaultyStore;
 pub use feature_store::ObjectFeatureStore;
 pub use inference_log::ObjectInferenceLog;
-pub use offline::ObjectOfflineStore;
+pub use offline::{ObjectOfflineStore, view_incompatibility};
 #[cfg(feature = "redis")]
 pub use online::RedisOnlineStore;
 pub use online::{InMemoryOnlineStore, OnlineRead, OnlineRow, OnlineStore, open_online_store};

@@ -81,7 +81,7 @@ impl ObjectOfflineStore {
                 if let Some(old) = d.views.get(&view.name)
                     && !options.force
                 {
-                    incompatibility(old, &view).map_or(Ok(()), |reason| {
+                    view_incompatibility(old, &view).map_or(Ok(()), |reason| {
                         Err(Error::conflict(
                             format!("feature view {}", view.name),
                             format!("{reason}; this does not fit the data already stored (apply with force to replace it)"),
@@ -142,8 +142,12 @@ impl ObjectOfflineStore {
     }
 }
 
-/// Why `new` does not fit data stored under `old`, if it does not.
-pub(super) fn incompatibility(old: &FeatureView, new: &FeatureView) -> Option<String> {
+/// Why feature view `new` does not fit the data stored under `old`, if it
+/// does not: a changed join key, time column or feature type, or a removed
+/// feature. [`apply_view`](mlops_core::feature::FeatureDefinitions::apply_view)
+/// refuses such a change unless forced; tools that check a whole set of
+/// definitions before applying any (`mlops features apply`) ask here first.
+pub fn view_incompatibility(old: &FeatureView, new: &FeatureView) -> Option<String> {
     if old.join_keys != new.join_keys {
         return Some("its join keys changed".into());
     }

@@ -25,6 +25,7 @@ mod pit;
 mod reader;
 mod scan;
 
+pub use definitions::view_incompatibility;
 use ingest::Commit;
 pub(crate) use ingest::write_parquet;
 
