@@ -600,25 +600,31 @@ async fn burst(addr: SocketAddr, case: &Case) {
     }
 }
 
+/// This test binary started on [`abuse_server_process`] alone, with `env`
+/// set: a server whose memory is its own to measure.
+fn server_process(what: &str, env: &[(&str, &str)]) -> ChildGuard {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "abuse::abuse_server_process",
+            "--ignored",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(SERVER_PROCESS, "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    ChildGuard::spawn(what, &mut command)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_clear_answers_in_bounded_time_and_memory() {
     // The server runs in a process of its own (this test binary, started on the
     // helper below and on nothing else), so its resident memory is measured
     // apart from the other tests running here at the same time.
-    let mut server = ChildGuard::spawn(
-        "the abuse suite's server process",
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "abuse::abuse_server_process",
-                "--ignored",
-                "--test-threads=1",
-                "--nocapture",
-            ])
-            .env(SERVER_PROCESS, "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
+    let mut server = server_process("the abuse suite's server process", &[]);
     let pid = server.id();
     // Read on a thread of its own: the pipe is drained until the process ends.
     let lines = server.stdout_lines();
@@ -1225,20 +1231,9 @@ async fn slow_exchange(addr: SocketAddr, request: &[u8]) -> (Option<u16>, String
 
 /// A server process serving [`memory_limits`], its pid and address.
 fn memory_server() -> (ChildGuard, mlops_core::testkit::process::Lines, SocketAddr) {
-    let mut server = ChildGuard::spawn(
+    let mut server = server_process(
         "the abuse suite's memory server process",
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "abuse::abuse_server_process",
-                "--ignored",
-                "--test-threads=1",
-                "--nocapture",
-            ])
-            .env(SERVER_PROCESS, "1")
-            .env(MEMORY_SERVER, "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
+        &[(MEMORY_SERVER, "1")],
     );
     let lines = server.stdout_lines();
     let addr: SocketAddr = lines.wait_for("its ADDR line", Duration::from_secs(120), |l| {
