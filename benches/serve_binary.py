@@ -44,6 +44,9 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_env import pin, run_wrk  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPORT = pathlib.Path(os.environ.get("MLOPS_SERVE_EXPORT", "/tmp/mlops-serve-bench"))
 DEPLOYED = ROOT / "deploy" / "k8s" / "base" / "mlops.toml"
@@ -82,31 +85,6 @@ def get(url, key=None):
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.read().decode()
-
-
-def to_us(v):
-    m = re.match(r"([\d.]+)(us|ms|s)", v)
-    n, unit = float(m.group(1)), m.group(2)
-    return n * {"us": 1, "ms": 1000, "s": 1e6}[unit]
-
-
-def run_wrk(url, connections, seconds, script, prefix):
-    out = subprocess.run([*prefix, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
-                          script, url], check=True, capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = to_us(re.search(r"\s50%\s+(\S+)", out).group(1))
-    p99 = to_us(re.search(r"\s99%\s+(\S+)", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_us": p50, "p99_us": p99, "non_2xx": int(errors.group(1)) if errors else 0}
-
-
-def pin(pid, cpus):
-    """Every thread of process `pid` to `cpus`."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except (ProcessLookupError, FileNotFoundError):  # a thread that has just ended
-            pass
 
 
 def wait_listening(process, timeout=60):
@@ -218,8 +196,8 @@ def main():
         results = {name: [] for name in targets}
         for _ in range(rounds):
             for name, (url, script) in targets.items():
-                run_wrk(url, connections, WARM_UP_SECONDS, str(script), prefix)
-                results[name].append(run_wrk(url, connections, seconds, str(script), prefix))
+                run_wrk(url, connections, WARM_UP_SECONDS, str(script), threads=1, prefix=prefix)
+                results[name].append(run_wrk(url, connections, seconds, str(script), threads=1, prefix=prefix))
         scraper.stop.set()
         scraper.join(timeout=10)
         counted = re.search(r'mlops_inference_requests_total\{[^}]*status="200"[^}]*\} (\d+)', get(base + "/metrics",

@@ -41,7 +41,6 @@ by benches/serve_binary.py.
 import json
 import os
 import pathlib
-import re
 import shutil
 import socket
 import subprocess
@@ -58,7 +57,7 @@ EXPORT = pathlib.Path(os.environ.get("MLOPS_SERVE_EXPORT", "/tmp/mlops-serve-ben
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_env import ensure_venv  # noqa: E402
+from bench_env import ensure_venv, pin, run_wrk  # noqa: E402
 
 ensure_venv("serve-venv", ["kserve", "numpy", "safetensors"], __file__)
 
@@ -152,34 +151,9 @@ def start_furnace(port):
     return proc, None
 
 
-def to_us(v):
-    m = re.match(r"([\d.]+)(us|ms|s)", v)
-    n, unit = float(m.group(1)), m.group(2)
-    return n * {"us": 1, "ms": 1000, "s": 1e6}[unit]
-
-
 # Each timed wrk run follows an untimed one of this length on the same server and
 # connection count.
 WARM_UP_SECONDS = 2
-
-
-def run_wrk(url, connections, seconds, script, threads=2, prefix=()):
-    out = subprocess.run([*prefix, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
-                          script, url], check=True, capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = to_us(re.search(r"\s50%\s+(\S+)", out).group(1))
-    p99 = to_us(re.search(r"\s99%\s+(\S+)", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_us": p50, "p99_us": p99, "non_2xx": int(errors.group(1)) if errors else 0}
-
-
-def pin(pid, cpus):
-    """Every thread of process `pid` to `cpus`."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except ProcessLookupError:  # a thread that has just ended
-            pass
 
 
 def main():
