@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks the workspace's layering: the crate graph (store, train and serve depend on
+"""Checks the workspace's layering: the crate graph (store, train, serve and onnx depend on
 mlops-core only) and, inside every crate, that no module imports a module that
 imports it back (directly or through others). Prints the cycles it finds and exits
 non-zero. Reads `use crate::...` and `use super::...` lines (and `crate::x::` paths
@@ -13,7 +13,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CRATES = {"mlops-core": "mlops_core", "mlops-store": "mlops_store",
-          "mlops-train": "mlops_train", "mlops-serve": "mlops_serve"}
+          "mlops-train": "mlops_train", "mlops-serve": "mlops_serve",
+          "mlops-onnx": "mlops_onnx"}
 
 
 def module_of(src: pathlib.Path, file: pathlib.Path) -> tuple:
@@ -95,7 +96,7 @@ def main() -> int:
         for cyc in cycles(edges_of(ROOT / crate / "src")):
             bad += 1
             print(f"{crate}: import cycle: " + " -> ".join("::".join(m) or "lib" for m in cyc))
-    for crate in ("mlops-store", "mlops-train", "mlops-serve"):
+    for crate in ("mlops-store", "mlops-train", "mlops-serve", "mlops-onnx"):
         deps = subprocess.run(["cargo", "tree", "-p", crate, "-e", "normal", "--depth", "1",
                                "--prefix", "none", "-f", "{p}"],
                               cwd=ROOT, capture_output=True, text=True, check=True).stdout

@@ -33,6 +33,9 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub use mlops_core as core;
+/// Models from other frameworks: the ONNX loader (feature `onnx`).
+#[cfg(feature = "onnx")]
+pub use mlops_onnx as onnx;
 pub use mlops_serve as serve;
 pub use mlops_store as store;
 pub use mlops_train as train;

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use clap::Subcommand;
 use mlops::core::drift::{DriftDetector, DriftReport, TableDriftConfig, TableDriftDetector};
 use mlops::core::model::VersionSelector;
-use mlops::core::{Error, ModelLoader as _, ModelRegistry as _, Result};
-use mlops::train::TabularLoader;
+use mlops::core::{Error, ModelRegistry as _, Result};
 
 use crate::io::read_parquet;
 
@@ -61,16 +60,19 @@ async fn model_reference(
     let selector: VersionSelector = version.parse()?;
     let (version, artifact) = registry.load_artifact(model, &selector).await?;
     let number = version.version;
-    let loader = TabularLoader::default();
-    if !loader.can_load(&artifact.flavor) {
+    let Some(loader) = crate::models::loaders()
+        .into_iter()
+        .find(|l| l.can_load(&artifact.flavor))
+    else {
         return Err(Error::invalid_input(
             format!("model {model} version {number}"),
             format!(
-                "its flavor {:?} is not one this binary loads (burn-tabular)",
-                artifact.flavor
+                "its flavor {:?} is not one this binary loads ({})",
+                artifact.flavor,
+                crate::models::flavors().join(", ")
             ),
         ));
-    }
+    };
     let predictor = tokio::task::spawn_blocking(move || loader.load(&artifact))
         .await
         .map_err(|e| Error::backend("model loader", e.to_string()))??;

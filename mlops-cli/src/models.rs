@@ -9,8 +9,9 @@ use clap::Subcommand;
 use mlops::core::model::{
     ModelArtifact, ModelMetadata, ModelRegistry, ModelVersion, VersionSelector, VersionStatus,
 };
-use mlops::core::{Error, Result};
+use mlops::core::{Error, ModelLoader, Result};
 use mlops::store::{ObjectAuditLog, ObjectRegistry, StoreRoot};
+use mlops::train::TabularLoader;
 
 use ed25519_dalek::SigningKey;
 
@@ -32,12 +33,21 @@ pub(crate) enum ModelsCommand {
         name: String,
         /// The artifact's bytes.
         file: PathBuf,
-        /// The loader that reads it (e.g. `tabular-mlp`).
+        /// The loader that reads it: `burn-tabular` (this SDK's trainer) or
+        /// `onnx` (scikit-learn, XGBoost, LightGBM, PyTorch exports).
         #[arg(long)]
         flavor: String,
         /// Sign the version with `[registry] signing_key`.
         #[arg(long)]
         sign: bool,
+        /// ONNX only: a Parquet sample of the model's inputs (typically of its
+        /// training data) to fit drift references from. Columns are named as the
+        /// inputs, or `input[j]` for column j of an `[N, F]` input.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// A description recorded with the version.
+        #[arg(long, default_value = "")]
+        description: String,
     },
     /// Points an alias at a version.
     Alias {
@@ -254,18 +264,23 @@ pub(crate) async fn run(config: &Path, command: ModelsCommand, json: bool) -> Re
             }
         }
         ModelsCommand::Register {
-            name, file, flavor, ..
+            name,
+            file,
+            flavor,
+            reference,
+            description,
+            ..
         } => {
             let bytes = std::fs::read(&file).map_err(|e| {
                 Error::invalid_input(format!("artifact file {}", file.display()), e.to_string())
             })?;
-            let v = registry
-                .register(
-                    &name,
-                    ModelArtifact::new(flavor, bytes),
-                    ModelMetadata::default(),
-                )
-                .await?;
+            let metadata = ModelMetadata {
+                description,
+                ..Default::default()
+            };
+            let (artifact, metadata) =
+                artifact_for(&flavor, bytes, metadata, reference.as_deref())?;
+            let v = registry.register(&name, artifact, metadata).await?;
             if json {
                 println!("{}", version_json(&v));
             } else {
@@ -336,4 +351,100 @@ pub(crate) async fn run(config: &Path, command: ModelsCommand, json: bool) -> Re
         }
     }
     Ok(())
+}
+
+/// The loaders this binary serves with: the SDK's tabular models, and ONNX
+/// models when built with the `onnx` feature (the default).
+pub(crate) fn loaders() -> Vec<Arc<dyn ModelLoader>> {
+    vec![
+        Arc::new(TabularLoader::default()),
+        #[cfg(feature = "onnx")]
+        Arc::new(mlops::onnx::OnnxLoader),
+    ]
+}
+
+/// The flavors [`loaders`] read, for messages.
+pub(crate) fn flavors() -> Vec<String> {
+    loaders().iter().flat_map(|l| l.flavors()).collect()
+}
+
+/// What `models register` registers for FILE of `flavor`: an ONNX file is
+/// loaded first (a model this binary cannot serve is refused, naming the
+/// operator), takes its signature from the graph and, with `reference`, drift
+/// references fitted on that Parquet sample.
+fn artifact_for(
+    flavor: &str,
+    bytes: Vec<u8>,
+    metadata: ModelMetadata,
+    reference: Option<&Path>,
+) -> Result<(ModelArtifact, ModelMetadata)> {
+    #[cfg(feature = "onnx")]
+    if flavor == mlops::onnx::FLAVOR {
+        let reference = match reference {
+            None => None,
+            Some(path) => {
+                let model = mlops::onnx::OnnxModel::from_bytes(&bytes)?;
+                let batch = crate::io::read_parquet(path)?;
+                Some(reference_tensors(
+                    mlops::core::Predictor::signature(&model),
+                    &batch,
+                )?)
+            }
+        };
+        return mlops::onnx::prepare_onnx(
+            &bytes,
+            &mlops::onnx::OnnxRegistration {
+                metadata,
+                reference,
+                ..Default::default()
+            },
+        );
+    }
+    if reference.is_some() {
+        return Err(Error::invalid_input(
+            "--reference",
+            format!(
+                "only ONNX models take a reference batch here; a {flavor} model carries its own"
+            ),
+        ));
+    }
+    Ok((ModelArtifact::new(flavor, bytes), metadata))
+}
+
+/// The request-form tensors of `batch` for `signature`: an input of shape `[N]`
+/// or `[N, 1]` from the column of its name, an `[N, F]` input from the columns
+/// `name[0]` ... `name[F-1]`.
+#[cfg(feature = "onnx")]
+fn reference_tensors(
+    signature: &mlops::core::model::Signature,
+    batch: &mlops::arrow::RecordBatch,
+) -> Result<Vec<mlops::core::inference::Tensor>> {
+    use mlops::core::inference::{Tensor, TensorSpec, matrix_from_columns, tensors_from_batch};
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let column = |name: String| TensorSpec::new(name, spec.datatype, vec![-1]);
+            match spec.shape[..] {
+                [_] => Ok(tensors_from_batch(&[column(spec.name.clone())], batch)?.remove(0)),
+                [_, 1] => {
+                    let t = tensors_from_batch(&[column(spec.name.clone())], batch)?.remove(0);
+                    Tensor::new(spec.name.clone(), vec![t.rows(), 1], t.data)
+                }
+                [_, width] if width > 1 => {
+                    let specs: Vec<TensorSpec> = (0..width)
+                        .map(|j| column(format!("{}[{j}]", spec.name)))
+                        .collect();
+                    matrix_from_columns(&spec.name, &tensors_from_batch(&specs, batch)?)
+                }
+                _ => Err(Error::invalid_input(
+                    format!("input '{}'", spec.name),
+                    format!(
+                        "shape {:?}: a reference batch fills only [N], [N, 1] or [N, F] inputs",
+                        spec.shape
+                    ),
+                )),
+            }
+        })
+        .collect()
 }

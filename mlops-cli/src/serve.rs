@@ -13,7 +13,6 @@ use mlops::serve::{KeyRing, ModelServer};
 use mlops::store::{
     ObjectAuditLog, ObjectFeatureStore, ObjectInferenceLog, ObjectRegistry, StoreRoot,
 };
-use mlops::train::TabularLoader;
 
 use crate::config::{Config, unopened_features};
 
@@ -285,7 +284,7 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     // Trusted keys: a version they did not sign is refused at load.
     let registry_options = config.registry_options(false)?;
     let registry = Arc::new(ObjectRegistry::new(&root).with_options(registry_options));
-    let server = ModelServer::new(registry, vec![Arc::new(TabularLoader::default())]);
+    let server = ModelServer::new(registry, crate::models::loaders());
     if let Some(log) = config.inference_log()? {
         server.set_inference_log(Arc::new(ObjectInferenceLog::new(&root)), log)?;
     }

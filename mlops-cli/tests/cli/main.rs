@@ -29,6 +29,7 @@ mod drift;
 mod enrichment;
 mod features;
 mod inference_log;
+mod onnx;
 mod train;
 mod trust;
 

@@ -155,3 +155,95 @@ pub fn tensor_to_column(t: &Tensor) -> Result<ArrayRef> {
         )),
     })
 }
+
+/// The columns a tensor stands for, named as drift references and monitors name
+/// them: a tensor of shape `[N]` or `[N, 1]` is the column of its own name; a
+/// matrix `[N, F]` (the `[rows, features]` form KServe and Triton clients send) is
+/// `F` columns `name[0]` ... `name[F-1]`. Tensors of higher rank have no columns.
+///
+/// ```
+/// use mlops_core::inference::{tensor_columns, Tensor, TensorData};
+///
+/// let x = Tensor::new("x", vec![2, 3], TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))?;
+/// let columns = tensor_columns(&x)?;
+/// let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+/// assert_eq!(names, ["x[0]", "x[1]", "x[2]"]);
+/// # Ok::<(), mlops_core::Error>(())
+/// ```
+pub fn tensor_columns(t: &Tensor) -> Result<Vec<(String, ArrayRef)>> {
+    match t.shape[..] {
+        [_] | [_, 1] => Ok(vec![(t.name.clone(), tensor_to_column(t)?)]),
+        [rows, width] => (0..width)
+            .map(|j| {
+                Ok((
+                    format!("{}[{j}]", t.name),
+                    matrix_column(t, rows, width, j)?,
+                ))
+            })
+            .collect(),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The column `name` of `tensors` by the naming of [`tensor_columns`]: the tensor
+/// of that name when it is `[N]` or `[N, 1]`, or column `j` of the matrix `t` for
+/// `t[j]`. `None` when no tensor gives that column.
+pub fn tensor_column(tensors: &[Tensor], name: &str) -> Option<Result<ArrayRef>> {
+    if let Some(t) = tensors.iter().find(|t| t.name == name)
+        && matches!(t.shape[..], [_] | [_, 1])
+    {
+        return Some(tensor_to_column(t));
+    }
+    let (base, index) = name.strip_suffix(']')?.rsplit_once('[')?;
+    let j: usize = index.parse().ok()?;
+    let t = tensors.iter().find(|t| t.name == base)?;
+    match t.shape[..] {
+        [rows, width] if width > 1 && j < width => Some(matrix_column(t, rows, width, j)),
+        _ => None,
+    }
+}
+
+/// Column `j` of the `[rows, width]` matrix `t`.
+fn matrix_column(t: &Tensor, rows: usize, width: usize, j: usize) -> Result<ArrayRef> {
+    tensor_to_column(&Tensor {
+        name: t.name.clone(),
+        shape: vec![rows].into(),
+        parameters: Default::default(),
+        data: t.data.strided(j, width),
+    })
+}
+
+/// The `[N, F]` tensor `name` from `F` one-dimensional tensors of one datatype
+/// and length (its columns, in order): the inverse of [`tensor_columns`] for a
+/// matrix. An error names what differs.
+///
+/// ```
+/// use mlops_core::inference::{matrix_from_columns, Tensor, TensorData};
+///
+/// let a = Tensor::new("a", vec![2], TensorData::Fp32(vec![1.0, 2.0]))?;
+/// let b = Tensor::new("b", vec![2], TensorData::Fp32(vec![3.0, 4.0]))?;
+/// let x = matrix_from_columns("x", &[a, b])?;
+/// assert_eq!(x.shape[..], [2, 2]);
+/// assert_eq!(x.data, TensorData::Fp32(vec![1.0, 3.0, 2.0, 4.0]));
+/// # Ok::<(), mlops_core::Error>(())
+/// ```
+pub fn matrix_from_columns(name: &str, columns: &[Tensor]) -> Result<Tensor> {
+    if let Some(c) = columns.iter().find(|c| c.shape.len() != 1) {
+        return Err(Error::invalid_input(
+            format!("column '{}'", c.name),
+            format!(
+                "shape {:?}; a matrix is built from one-dimensional columns",
+                &c.shape[..]
+            ),
+        ));
+    }
+    let parts: Vec<&TensorData> = columns.iter().map(|c| &c.data).collect();
+    let data = TensorData::interleave(&parts).ok_or_else(|| {
+        Error::invalid_input(
+            format!("tensor '{name}'"),
+            "its columns must be at least one, of one datatype and one length",
+        )
+    })?;
+    let rows = columns.first().map_or(0, |c| c.data.len());
+    Tensor::new(name, vec![rows, columns.len()], data)
+}

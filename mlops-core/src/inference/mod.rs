@@ -35,7 +35,9 @@ mod messages;
 mod spec;
 mod tensor;
 
-pub use arrow::{tensor_to_column, tensors_from_batch};
+pub use arrow::{
+    matrix_from_columns, tensor_column, tensor_columns, tensor_to_column, tensors_from_batch,
+};
 pub use messages::{
     InferenceRequest, InferenceResponse, ModelMetadataResponse, RequestOutput,
     ServerMetadataResponse,

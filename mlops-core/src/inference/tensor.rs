@@ -188,6 +188,57 @@ impl TensorData {
         }
     }
 
+    /// Every `step`-th element from `start`: column `start` of a row-major matrix
+    /// `step` wide.
+    pub(crate) fn strided(&self, start: usize, step: usize) -> TensorData {
+        macro_rules! pick {
+            ($($variant:ident),*) => {
+                match self {
+                    $(Self::$variant(v) => {
+                        Self::$variant(v.iter().skip(start).step_by(step.max(1)).cloned().collect())
+                    })*
+                }
+            };
+        }
+        pick!(
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes
+        )
+    }
+
+    /// The row-major `[rows, columns.len()]` matrix of equally long columns of
+    /// one datatype (the inverse of taking its columns); `None` when the
+    /// columns differ in datatype or length, or there are none.
+    pub(crate) fn interleave(columns: &[&TensorData]) -> Option<TensorData> {
+        let first = columns.first()?;
+        let rows = first.len();
+        if columns
+            .iter()
+            .any(|c| c.len() != rows || c.datatype() != first.datatype())
+        {
+            return None;
+        }
+        macro_rules! weave {
+            ($($variant:ident),*) => {
+                match first {
+                    $(Self::$variant(_) => {
+                        let parts: Vec<&Vec<_>> = columns
+                            .iter()
+                            .filter_map(|c| match c { Self::$variant(v) => Some(v), _ => None })
+                            .collect();
+                        let mut out = Vec::with_capacity(rows * parts.len());
+                        for r in 0..rows {
+                            out.extend(parts.iter().map(|p| p[r].clone()));
+                        }
+                        Self::$variant(out)
+                    })*
+                }
+            };
+        }
+        Some(weave!(
+            Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes
+        ))
+    }
+
     /// The number of elements.
     pub fn len(&self) -> usize {
         for_each_variant!(self, v => v.len())

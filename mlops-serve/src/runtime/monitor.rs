@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use arrow_array::{ArrayRef, RecordBatch};
 use mlops_core::Result;
 use mlops_core::drift::{DriftDetector, DriftMonitor, WindowReport};
-use mlops_core::inference::{Tensor, tensor_to_column};
+use mlops_core::inference::{Tensor, tensor_column};
 use mlops_core::monitoring::DriftSummary;
 use tokio::sync::{broadcast, mpsc};
 
@@ -66,18 +66,17 @@ pub(crate) struct VersionMonitor {
     deployment: String,
 }
 
-/// The sample `detector` compares, from the one-dimensional tensors named by its
-/// input schema, each cast to the type it is compared as; `None` when a column is
-/// missing or cannot be cast.
+/// The sample `detector` compares, from the columns of `tensors` its input schema
+/// names ([`tensor_column`]: a `[N]` or `[N, 1]` tensor by its name, column `j`
+/// of a `[N, F]` matrix `x` as `x[j]`), each cast to the type it is compared as;
+/// `None` when a column is missing or cannot be cast.
 fn batch_for(detector: &dyn DriftDetector, tensors: &[Tensor]) -> Option<RecordBatch> {
     let schema = detector.input_schema();
     let columns: Vec<(String, ArrayRef)> = schema
         .fields()
         .iter()
         .filter_map(|field| {
-            let t = tensors.iter().find(|t| t.name == *field.name())?;
-            (t.shape.len() == 1).then_some(())?;
-            let column = tensor_to_column(t).ok()?;
+            let column = tensor_column(tensors, field.name())?.ok()?;
             // Served FP32 against a float64 reference, say: compare as the reference's type.
             let column = arrow_cast::cast(&column, field.data_type()).ok()?;
             Some((field.name().clone(), column))

@@ -10,4 +10,5 @@ mod core;
 mod enrichment;
 mod http;
 mod live;
+mod onnx;
 mod real_clients;
