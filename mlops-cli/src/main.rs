@@ -15,6 +15,9 @@
 //! mlops features --config mlops.toml apply DEFS.toml | list | ingest VIEW FILE.parquet
 //!     | materialize [--incremental] | historical ENTITIES.parquet --feature VIEW:FEATURE...
 //!     -o OUT.parquet | get --feature VIEW:FEATURE... --entity KEY=VALUE...
+//! mlops score --config mlops.toml --model NAME [--version V] --input F.parquet... | --snapshot ID
+//!     --output PATH [--keys id,...]   batch predictions next to the keys, tracked
+//! mlops models register NAME FILE.onnx --flavor onnx [--reference SAMPLE.parquet]
 //! mlops drift check --current NOW.parquet --reference REF.parquet | --model NAME [--version V]
 //!                                     [--fail-on-drift: exit 4 when the data drifted]
 //! mlops health [--url URL] [--ready]  probe a running server (a container's
@@ -37,6 +40,7 @@ mod features;
 mod io;
 mod models;
 mod records;
+mod score;
 mod serve;
 mod train;
 
@@ -138,6 +142,16 @@ enum Command {
         /// The training job (model, task, label, entities file, features).
         job: PathBuf,
     },
+    /// Scores Parquet files or a dataset snapshot with a registered model
+    /// version, writing the predictions next to the row keys under the storage
+    /// root; recorded as a tracker run and in the audit log.
+    Score {
+        /// The config file (its [storage] and [registry] are read).
+        #[arg(long, short, default_value = "mlops.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        args: score::ScoreArgs,
+    },
     /// Content-addressed dataset snapshots on the config's storage root.
     Datasets {
         /// The config file (only its [storage] is read).
@@ -218,6 +232,7 @@ fn main() -> ExitCode {
                 })
             }
             Command::Train { config, job } => train::run(&config, &job, cli.json).await,
+            Command::Score { config, args } => score::run(&config, args, cli.json).await,
             Command::Datasets { config, command } => {
                 datasets::run(&config, command, cli.json).await
             }

@@ -385,7 +385,7 @@ fn artifact_for(
             Some(path) => {
                 let model = mlops::onnx::OnnxModel::from_bytes(&bytes)?;
                 let batch = crate::io::read_parquet(path)?;
-                Some(reference_tensors(
+                Some(mlops::core::inference::tensors_for_signature(
                     mlops::core::Predictor::signature(&model),
                     &batch,
                 )?)
@@ -409,42 +409,4 @@ fn artifact_for(
         ));
     }
     Ok((ModelArtifact::new(flavor, bytes), metadata))
-}
-
-/// The request-form tensors of `batch` for `signature`: an input of shape `[N]`
-/// or `[N, 1]` from the column of its name, an `[N, F]` input from the columns
-/// `name[0]` ... `name[F-1]`.
-#[cfg(feature = "onnx")]
-fn reference_tensors(
-    signature: &mlops::core::model::Signature,
-    batch: &mlops::arrow::RecordBatch,
-) -> Result<Vec<mlops::core::inference::Tensor>> {
-    use mlops::core::inference::{Tensor, TensorSpec, matrix_from_columns, tensors_from_batch};
-    signature
-        .inputs
-        .iter()
-        .map(|spec| {
-            let column = |name: String| TensorSpec::new(name, spec.datatype, vec![-1]);
-            match spec.shape[..] {
-                [_] => Ok(tensors_from_batch(&[column(spec.name.clone())], batch)?.remove(0)),
-                [_, 1] => {
-                    let t = tensors_from_batch(&[column(spec.name.clone())], batch)?.remove(0);
-                    Tensor::new(spec.name.clone(), vec![t.rows(), 1], t.data)
-                }
-                [_, width] if width > 1 => {
-                    let specs: Vec<TensorSpec> = (0..width)
-                        .map(|j| column(format!("{}[{j}]", spec.name)))
-                        .collect();
-                    matrix_from_columns(&spec.name, &tensors_from_batch(&specs, batch)?)
-                }
-                _ => Err(Error::invalid_input(
-                    format!("input '{}'", spec.name),
-                    format!(
-                        "shape {:?}: a reference batch fills only [N], [N, 1] or [N, F] inputs",
-                        spec.shape
-                    ),
-                )),
-            }
-        })
-        .collect()
 }

@@ -44,6 +44,7 @@ mod online;
 mod registry;
 mod retry;
 mod root;
+mod score;
 mod snapshot;
 mod tracking;
 
@@ -59,5 +60,9 @@ pub use online::{InMemoryOnlineStore, OnlineRead, OnlineRow, OnlineStore, open_o
 pub use registry::{DEFAULT_MAX_METADATA_BYTES, ObjectRegistry, RegistryOptions};
 pub use retry::RetryPolicy;
 pub use root::{DEFAULT_MULTIPART_THRESHOLD, StoreRoot};
+pub use score::{
+    DEFAULT_SCORE_BATCH_ROWS, DEFAULT_SCORE_PART_ROWS, ScoreJob, ScoreManifest, ScoreRecorders,
+    ScoreSource, score_dataset,
+};
 pub use snapshot::{DatasetSnapshot, ObjectSnapshotStore, SnapshotFile};
 pub use tracking::{MAX_POINTS_PER_CALL, MAX_VALUE_BYTES, ObjectTracker};

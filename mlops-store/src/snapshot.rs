@@ -309,7 +309,11 @@ impl ObjectSnapshotStore {
         Ok(snapshot)
     }
 
-    async fn read_file(&self, snapshot: &DatasetSnapshot, f: &SnapshotFile) -> Result<Bytes> {
+    pub(crate) async fn read_file(
+        &self,
+        snapshot: &DatasetSnapshot,
+        f: &SnapshotFile,
+    ) -> Result<Bytes> {
         let bytes = self
             .root
             .get(&format!("snapshots/blobs/sha256/{}", f.digest.hex()))

@@ -163,3 +163,173 @@ fn a_model_the_binary_cannot_run_is_refused_at_registration() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--reference"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlops_score_writes_predictions_next_to_the_keys() {
+    use mlops::arrow::array::StringArray;
+    use mlops::arrow::array::cast::AsArray;
+    let dir = temp_dir("onnx-score");
+    let path = dir.path().join("mlops.toml");
+    std::fs::write(&path, config(dir.path())).unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    std::fs::write(at("pipeline.onnx"), model_bytes("pipeline_logreg").unwrap()).unwrap();
+    let (code, out, err) = mlops(
+        &[
+            "models",
+            "register",
+            "shop",
+            &at("pipeline.onnx"),
+            "--flavor",
+            "onnx",
+        ],
+        &path,
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    // The probe rows as a Parquet table: one column per model input, and a key.
+    let probe = probe_inputs("pipeline_logreg").unwrap();
+    let column = |name: &str| probe.iter().find(|t| t.name == name).unwrap();
+    let TensorData::Fp32(amount) = &column("amount").data else {
+        panic!("fp32")
+    };
+    let TensorData::Fp32(age) = &column("age").data else {
+        panic!("fp32")
+    };
+    let TensorData::Bytes(country) = &column("country").data else {
+        panic!("bytes")
+    };
+    let rows = amount.len();
+    let batch = RecordBatch::try_from_iter([
+        (
+            "order",
+            Arc::new(Int64Array::from(
+                (0..rows as i64).map(|i| 1000 + i).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "amount",
+            Arc::new(Float32Array::from(amount.clone())) as ArrayRef,
+        ),
+        ("age", Arc::new(Float32Array::from(age.clone())) as ArrayRef),
+        (
+            "country",
+            Arc::new(StringArray::from(
+                country
+                    .iter()
+                    .map(|b| String::from_utf8(b.clone()).unwrap())
+                    .collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let file = std::fs::File::create(at("orders.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let (code, out, err) = mlops(
+        &[
+            "--json",
+            "score",
+            "--model",
+            "shop",
+            "--version",
+            "latest",
+            "--input",
+            &at("orders.parquet"),
+            "--output",
+            "scores/shop-1",
+            "--keys",
+            "order",
+            "--batch-rows",
+            "10",
+        ],
+        &path,
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let manifest: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(manifest["rows"], rows);
+    assert_eq!(
+        manifest["columns"],
+        serde_json::json!([
+            "order",
+            "output_label",
+            "output_probability[0]",
+            "output_probability[1]"
+        ])
+    );
+    // The predictions are onnxruntime's, row by row, next to their keys.
+    let theirs = onnxruntime_outputs("pipeline_logreg").unwrap();
+    let TensorData::Fp32(p) = &theirs
+        .iter()
+        .find(|t| t.name == "output_probability")
+        .unwrap()
+        .data
+    else {
+        panic!("fp32")
+    };
+    let mut row = 0;
+    for part in manifest["parts"].as_array().unwrap() {
+        let file = dir.path().join("store").join(part.as_str().unwrap());
+        let bytes = bytes::Bytes::from(std::fs::read(&file).unwrap());
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let order = b
+                .column(0)
+                .as_primitive::<mlops::arrow::array::types::Int64Type>();
+            let p1 = b
+                .column(3)
+                .as_primitive::<mlops::arrow::array::types::Float32Type>();
+            for i in 0..b.num_rows() {
+                assert_eq!(order.value(i), 1000 + row as i64);
+                assert!(
+                    (p1.value(i) - p[row * 2 + 1]).abs() <= 1e-5 * p[row * 2 + 1].abs().max(1e-3)
+                );
+                row += 1;
+            }
+        }
+    }
+    assert_eq!(row, rows);
+    // Recorded in the audit log, and the same output is not written twice.
+    let (_, audit, _) = mlops(&["--json", "audit", "tail"], &path);
+    assert!(audit.contains("\"score\""), "{audit}");
+    let (code, _, err) = mlops(
+        &[
+            "score",
+            "--model",
+            "shop",
+            "--version",
+            "latest",
+            "--input",
+            &at("orders.parquet"),
+            "--output",
+            "scores/shop-1",
+        ],
+        &path,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("scores/shop-1"), "{err}");
+    // A table without a model input is refused naming it (exit 2).
+    let (code, _, err) = mlops(
+        &[
+            "score",
+            "--model",
+            "shop",
+            "--version",
+            "latest",
+            "--input",
+            &at("orders.parquet"),
+            "--output",
+            "scores/x",
+            "--keys",
+            "nope",
+        ],
+        &path,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("nope"), "{err}");
+}

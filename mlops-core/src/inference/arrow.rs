@@ -247,3 +247,71 @@ pub fn matrix_from_columns(name: &str, columns: &[Tensor]) -> Result<Tensor> {
     let rows = columns.first().map_or(0, |c| c.data.len());
     Tensor::new(name, vec![rows, columns.len()], data)
 }
+
+/// The input tensors of `signature` from the columns of `batch`, by the naming
+/// of [`tensor_columns`]: an input of shape `[N]` from the column of its name, an
+/// input `[N, 1]` from that column as one column, an input `[N, F]` from the
+/// columns `name[0]` ... `name[F-1]`; each converted to the input's datatype
+/// (see [`tensors_from_batch`] for the rules and the errors).
+///
+/// ```
+/// use std::sync::Arc;
+/// use arrow_array::{Float64Array, RecordBatch};
+/// use mlops_core::inference::{tensors_for_signature, Datatype, TensorData, TensorSpec};
+/// use mlops_core::model::Signature;
+///
+/// let batch = RecordBatch::try_from_iter([
+///     ("x[0]", Arc::new(Float64Array::from(vec![1.0, 2.0])) as _),
+///     ("x[1]", Arc::new(Float64Array::from(vec![3.0, 4.0])) as _),
+/// ])?;
+/// let signature = Signature {
+///     inputs: vec![TensorSpec::new("x", Datatype::Fp32, vec![-1, 2])],
+///     outputs: vec![],
+/// };
+/// let tensors = tensors_for_signature(&signature, &batch)?;
+/// assert_eq!(tensors[0].shape[..], [2, 2]);
+/// assert_eq!(tensors[0].data, TensorData::Fp32(vec![1.0, 3.0, 2.0, 4.0]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn tensors_for_signature(
+    signature: &crate::model::Signature,
+    batch: &arrow_array::RecordBatch,
+) -> Result<Vec<Tensor>> {
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let column = |name: String| TensorSpec::new(name, spec.datatype, vec![-1]);
+            let one = |name: &str| -> Result<Tensor> {
+                let mut t = tensors_from_batch(&[column(name.to_owned())], batch)?;
+                t.pop()
+                    .ok_or_else(|| Error::invalid_input(format!("column '{name}'"), "not read"))
+            };
+            match spec.shape[..] {
+                [_] => one(&spec.name),
+                [_, 1] => {
+                    let t = one(&spec.name)?;
+                    Tensor::new(spec.name.clone(), vec![t.rows(), 1], t.data)
+                }
+                [_, width] if width > 1 => {
+                    let specs: Vec<TensorSpec> = (0..width)
+                        .map(|j| column(format!("{}[{j}]", spec.name)))
+                        .collect();
+                    let columns = tensors_from_batch(&specs, batch)?;
+                    if columns.is_empty() || batch.num_rows() == 0 {
+                        let data = super::tensor::TensorData::with_capacity(spec.datatype, 0);
+                        return Tensor::new(spec.name.clone(), vec![0, width as usize], data);
+                    }
+                    matrix_from_columns(&spec.name, &columns)
+                }
+                _ => Err(Error::invalid_input(
+                    format!("input '{}'", spec.name),
+                    format!(
+                        "shape {:?}: columns fill only [N], [N, 1] or [N, F] inputs",
+                        spec.shape
+                    ),
+                )),
+            }
+        })
+        .collect()
+}

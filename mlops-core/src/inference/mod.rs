@@ -36,7 +36,8 @@ mod spec;
 mod tensor;
 
 pub use arrow::{
-    matrix_from_columns, tensor_column, tensor_columns, tensor_to_column, tensors_from_batch,
+    matrix_from_columns, tensor_column, tensor_columns, tensor_to_column, tensors_for_signature,
+    tensors_from_batch,
 };
 pub use messages::{
     InferenceRequest, InferenceResponse, ModelMetadataResponse, RequestOutput,

@@ -23,6 +23,7 @@ mod join;
 mod log;
 mod pit;
 mod reader;
+pub(crate) use reader::ObjectReader;
 mod scan;
 
 pub use definitions::view_incompatibility;

@@ -23,11 +23,22 @@ fn to_parquet_err(e: object_store::Error) -> ParquetError {
 
 /// An [`AsyncFileReader`] over one object.
 #[derive(Debug, Clone)]
-struct ObjectReader {
+pub(crate) struct ObjectReader {
     store: Arc<dyn ObjectStore>,
     path: Path,
     /// The object's size when known (recorded at ingestion); else asked for.
     size: Option<u64>,
+}
+
+impl ObjectReader {
+    /// A reader of the object at `path` (its size asked for when needed).
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, path: Path) -> Self {
+        Self {
+            store,
+            path,
+            size: None,
+        }
+    }
 }
 
 impl AsyncFileReader for ObjectReader {

@@ -17,6 +17,7 @@ mod large;
 mod offline;
 mod online;
 mod registry;
+mod score;
 mod services;
 mod snapshots;
 mod tracking;
