@@ -131,7 +131,12 @@ fn shifted(inputs: &[Tensor]) -> Vec<Tensor> {
 async fn served_onnx_inputs_are_watched_for_drift() {
     let server = onnx_server().await;
     let mut events = server.subscribe_drift();
-    for (name, drifted) in [("mlp", "input[0]"), ("pipeline_logreg", "amount")] {
+    for name in MODELS {
+        let drifted = if name == "pipeline_logreg" {
+            "amount"
+        } else {
+            "input[0]"
+        };
         let probe = probe_inputs(name).unwrap();
         // The reference itself, then the same rows shifted.
         server
@@ -215,6 +220,35 @@ try:
     raise SystemExit("a 4-wide input must fail")
 except httpclient.InferenceServerException as e:
     assert "input" in str(e), e
+import json
+expected = json.load(open(sys.argv[2]))
+for name, entry in expected.items():
+    if name == "versions":
+        continue
+    for binary in (False, True):
+        inputs = []
+        for input_name, spec in entry["inputs"].items():
+            if spec["dtype"] == "str":
+                value = np.array(spec["data"], dtype=np.object_).reshape(spec["shape"])
+                datatype = "BYTES"
+            else:
+                value = np.array(spec["data"], dtype=spec["dtype"]).reshape(spec["shape"])
+                datatype = {"float32": "FP32", "int64": "INT64", "float64": "FP64"}[spec["dtype"]]
+            t = httpclient.InferInput(input_name, list(value.shape), datatype)
+            t.set_data_from_numpy(value, binary_data=binary)
+            inputs.append(t)
+        outputs = [httpclient.InferRequestedOutput(o, binary_data=binary) for o in entry["outputs"]]
+        result = client.infer(name, inputs, outputs=outputs)
+        for output_name, spec in entry["outputs"].items():
+            ours = result.as_numpy(output_name)
+            theirs = np.array(spec["data"], dtype=spec["dtype"]).reshape(spec["shape"])
+            assert ours.shape == theirs.shape, (name, output_name, ours.shape, theirs.shape)
+            if theirs.dtype.kind == "f":
+                diff = np.max(np.abs(ours - theirs) / np.maximum(np.abs(theirs), 1e-3))
+                assert diff <= 1e-5, (name, output_name, diff)
+            else:
+                assert (ours == theirs).all(), (name, output_name, ours, theirs)
+    print(name, "matches onnxruntime")
 print("done")
 "#;
 
@@ -228,10 +262,14 @@ async fn tritonclient_calls_onnx_models_in_both_tensor_forms() {
     let python = std::env::var("MLOPS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let server = onnx_server().await;
     let base = listen(&server).await;
+    let expected = mlops_onnx::testkit::fixtures()
+        .join("expected.json")
+        .display()
+        .to_string();
     let out = tokio::task::spawn_blocking(move || {
         output_within(
             "python with tritonclient",
-            Command::new(python).args(["-c", TRITON_SCRIPT, &base]),
+            Command::new(python).args(["-c", TRITON_SCRIPT, &base, &expected]),
             std::time::Duration::from_secs(120),
         )
     })
@@ -251,5 +289,95 @@ async fn tritonclient_calls_onnx_models_in_both_tensor_forms() {
         "done",
     ] {
         assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    for name in MODELS {
+        let line = format!("{name} matches onnxruntime");
+        assert!(stdout.contains(&line), "{line:?} missing from:\n{stdout}");
+    }
+}
+
+/// Every family scores in batch through `score_dataset`: the probe rows as a
+/// table (one column per input, `input[j]` for a matrix input), the predictions
+/// next to a key, equal to onnxruntime's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_family_scores_in_batch() {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type};
+    use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch};
+    use mlops_core::inference::tensor_columns;
+    use mlops_onnx::OnnxModel;
+    use mlops_store::{ScoreJob, ScoreSource, score_dataset};
+
+    let root = StoreRoot::open("memory://").unwrap();
+    for name in MODELS {
+        let probe = probe_inputs(name).unwrap();
+        let rows = probe[0].rows();
+        let mut columns: Vec<(String, ArrayRef)> = vec![(
+            "row".into(),
+            Arc::new(Int64Array::from((0..rows as i64).collect::<Vec<_>>())),
+        )];
+        for t in &probe {
+            columns.extend(tensor_columns(t).unwrap());
+        }
+        let table = RecordBatch::try_from_iter(columns).unwrap();
+        let model = Arc::new(OnnxModel::from_bytes(&model_bytes(name).unwrap()).unwrap());
+        let mut job = ScoreJob::new(
+            name,
+            1,
+            ScoreSource::Batches(vec![table]),
+            format!("scores/{name}"),
+        )
+        .with_keys(&["row"]);
+        job.batch_rows = 20;
+        let manifest = score_dataset(&root, model, &job, &Default::default())
+            .await
+            .unwrap();
+        assert_eq!(manifest.rows, rows as u64, "{name}");
+        let mut scored = Vec::new();
+        for part in &manifest.parts {
+            let bytes = root.get(part).await.unwrap();
+            for b in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .unwrap()
+                .build()
+                .unwrap()
+            {
+                scored.push(b.unwrap());
+            }
+        }
+        let f64s = |a: &ArrayRef| -> Vec<f64> {
+            let a = arrow_cast::cast(a, &arrow_schema::DataType::Float64).unwrap();
+            a.as_primitive::<Float64Type>().values().to_vec()
+        };
+        let keys: Vec<i64> = scored
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(
+            keys,
+            (0..rows as i64).collect::<Vec<_>>(),
+            "{name}: keys in order"
+        );
+        for theirs in onnxruntime_outputs(name).unwrap() {
+            for (column, want) in tensor_columns(&theirs).unwrap() {
+                let got: Vec<f64> = scored
+                    .iter()
+                    .flat_map(|b| {
+                        let c = b
+                            .column_by_name(&column)
+                            .unwrap_or_else(|| panic!("{name}: no column {column}"));
+                        assert_eq!(c.null_count(), 0);
+                        f64s(c)
+                    })
+                    .collect();
+                let want = f64s(&want);
+                assert_eq!(got.len(), want.len(), "{name}/{column}");
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
+                        "{name}/{column}[{i}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
     }
 }
