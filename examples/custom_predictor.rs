@@ -25,6 +25,7 @@ impl Threshold {
             signature: Signature {
                 inputs: vec![TensorSpec::new("amount", Datatype::Fp64, vec![-1])],
                 outputs: vec![TensorSpec::new("flagged", Datatype::Bool, vec![-1])],
+                matrix_input: None,
             },
         }
     }

@@ -30,6 +30,7 @@
 //! let signature = Signature {
 //!     inputs: vec![TensorSpec::new("features", Datatype::Fp32, vec![-1, 3])],
 //!     outputs: vec![TensorSpec::new("score", Datatype::Fp32, vec![-1, 1])],
+//!     matrix_input: None,
 //! };
 //! let features = Tensor::new("features", vec![1, 3], TensorData::Fp32(vec![0.5, 1.5, 2.5]))?;
 //! let request = InferenceRequest::new(vec![features]);

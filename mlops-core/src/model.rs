@@ -26,7 +26,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, ResourceKind, Result};
 use crate::feature::FeatureRef;
-use crate::inference::{Tensor, TensorSpec};
+use crate::inference::{Datatype, Tensor, TensorData, TensorSpec};
 use crate::validate_name;
 
 /// A content digest, written `sha256:<64 lowercase hex digits>`.
@@ -154,9 +154,152 @@ pub struct Signature {
     pub inputs: Vec<TensorSpec>,
     /// Outputs, by name.
     pub outputs: Vec<TensorSpec>,
+    /// The other form the inputs may take: one `FP32` tensor `[N, F]` whose
+    /// column `j` is input `j` (the form KServe and Triton clients send). Only
+    /// for signatures whose inputs are all numeric and one-dimensional; see
+    /// [`Signature::with_matrix_input`] and [`Signature::columns_from_matrix`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix_input: Option<TensorSpec>,
+}
+
+/// `values` (column `column` of matrix input `matrix`) as `to`; integers must
+/// be whole and in range.
+fn column_as(
+    values: Vec<f32>,
+    to: Datatype,
+    input: &str,
+    matrix: &str,
+    column: usize,
+) -> Result<TensorData> {
+    let what = || format!("input '{input}' (column {column} of '{matrix}')");
+    macro_rules! whole {
+        ($variant:ident, $t:ty) => {
+            TensorData::$variant(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let ok = v.fract() == 0.0
+                            && f64::from(v) >= <$t>::MIN as f64
+                            && f64::from(v) <= <$t>::MAX as f64;
+                        if ok {
+                            Ok(v as $t)
+                        } else {
+                            Err(Error::invalid_input(
+                                what(),
+                                format!(
+                                    "element {i} is {v}, not a whole number in the range of {to:?}"
+                                ),
+                            ))
+                        }
+                    })
+                    .collect::<Result<Vec<$t>>>()?,
+            )
+        };
+    }
+    Ok(match to {
+        Datatype::Fp32 => TensorData::Fp32(values),
+        Datatype::Fp16 => TensorData::Fp16(values),
+        Datatype::Fp64 => TensorData::Fp64(values.into_iter().map(f64::from).collect()),
+        Datatype::Int8 => whole!(Int8, i8),
+        Datatype::Int16 => whole!(Int16, i16),
+        Datatype::Int32 => whole!(Int32, i32),
+        Datatype::Int64 => whole!(Int64, i64),
+        Datatype::Uint8 => whole!(Uint8, u8),
+        Datatype::Uint16 => whole!(Uint16, u16),
+        Datatype::Uint32 => whole!(Uint32, u32),
+        Datatype::Uint64 => whole!(Uint64, u64),
+        Datatype::Bool | Datatype::Bytes => {
+            return Err(Error::invalid_input(
+                what(),
+                format!("a {to:?} input has no matrix form"),
+            ));
+        }
+    })
 }
 
 impl Signature {
+    /// A signature of `inputs` and `outputs`, without a matrix form.
+    pub fn new(inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Self {
+        Self {
+            inputs,
+            outputs,
+            matrix_input: None,
+        }
+    }
+
+    /// Declares the matrix form `name` (`FP32`, `[-1, inputs]`) when every input
+    /// is numeric and one-dimensional and no input is called `name`; otherwise
+    /// the signature is returned unchanged.
+    ///
+    /// ```
+    /// use mlops_core::inference::{Datatype, Tensor, TensorData, TensorSpec};
+    /// use mlops_core::model::Signature;
+    ///
+    /// let s = Signature::new(
+    ///     vec![
+    ///         TensorSpec::new("amount", Datatype::Fp64, vec![-1]),
+    ///         TensorSpec::new("hour", Datatype::Int64, vec![-1]),
+    ///     ],
+    ///     vec![TensorSpec::new("probability", Datatype::Fp32, vec![-1])],
+    /// )
+    /// .with_matrix_input("input");
+    /// let x = Tensor::new("input", vec![2, 2], TensorData::Fp32(vec![12.5, 3.0, 40.0, 23.0]))?;
+    /// let columns = s.columns_from_matrix(vec![x])?;
+    /// assert_eq!(columns[0].data, TensorData::Fp64(vec![12.5, 40.0]));
+    /// assert_eq!(columns[1].data, TensorData::Int64(vec![3, 23]));
+    /// # Ok::<(), mlops_core::Error>(())
+    /// ```
+    pub fn with_matrix_input(mut self, name: &str) -> Self {
+        let numeric = |s: &TensorSpec| !matches!(s.datatype, Datatype::Bool | Datatype::Bytes);
+        if !self.inputs.is_empty()
+            && self
+                .inputs
+                .iter()
+                .all(|s| s.shape.len() == 1 && numeric(s) && s.name != name)
+        {
+            let width = i64::try_from(self.inputs.len()).unwrap_or(i64::MAX);
+            self.matrix_input = Some(TensorSpec::new(name, Datatype::Fp32, vec![-1, width]));
+        }
+        self
+    }
+
+    /// The per-input tensors of a request in the matrix form (one tensor named
+    /// as [`Signature::matrix_input`], `[N, F]`, `FP32`): column `j` becomes
+    /// input `j`, converted to its datatype (integers must be whole). Any other
+    /// request is returned as it is, to be checked by
+    /// [`Signature::check_inputs`]. A matrix of the wrong width or type is an
+    /// error naming it.
+    pub fn columns_from_matrix(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        let Some(spec) = &self.matrix_input else {
+            return Ok(inputs);
+        };
+        if inputs.len() != 1 || inputs[0].name != spec.name {
+            return Ok(inputs);
+        }
+        let Some(matrix) = inputs.into_iter().next() else {
+            return Ok(Vec::new());
+        };
+        spec.check(&matrix)?;
+        let rows = matrix.rows();
+        let width = self.inputs.len();
+        let TensorData::Fp32(values) = &matrix.data else {
+            return Err(Error::invalid_input(
+                format!("input '{}'", spec.name),
+                "must be FP32",
+            ));
+        };
+        self.inputs
+            .iter()
+            .enumerate()
+            .map(|(j, input)| {
+                let column: Vec<f32> = values.iter().skip(j).step_by(width).copied().collect();
+                let data = column_as(column, input.datatype, &input.name, &spec.name, j)?;
+                Tensor::new(input.name.clone(), vec![rows], data)
+            })
+            .collect()
+    }
+
     /// Checks a request's inputs: every declared input present once, nothing
     /// undeclared, datatypes and shapes as declared, and the same number of rows in
     /// every input. The error names the input and the difference.
@@ -227,6 +370,7 @@ impl Signature {
 /// let signature = Signature {
 ///     inputs: vec![TensorSpec::new("x", Datatype::Fp32, vec![-1])],
 ///     outputs: vec![TensorSpec::new("y", Datatype::Fp32, vec![-1])],
+///     matrix_input: None,
 /// };
 /// let inputs = [Tensor::new("x", vec![2], TensorData::Fp32(vec![1.0, 2.0]))?];
 /// let checked = signature.check_inputs(&inputs)?;

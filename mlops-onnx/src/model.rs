@@ -313,6 +313,7 @@ impl OnnxModel {
             signature: Signature {
                 inputs: specs,
                 outputs,
+                matrix_input: None,
             },
             plan,
             input_types: facts,

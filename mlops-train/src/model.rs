@@ -90,12 +90,15 @@ impl ModelCard {
             ),
             Task::Regression => TensorSpec::new(outputs::PREDICTION, Datatype::Fp32, vec![-1]),
         };
-        Signature {
-            inputs: prep.input_specs(),
-            outputs: vec![output],
-        }
+        // A model on numeric columns also takes them as one `[N, F]` FP32 tensor
+        // `input` (the form KServe and Triton clients send).
+        Signature::new(prep.input_specs(), vec![output]).with_matrix_input(MATRIX_INPUT)
     }
 }
+
+/// The name of the `[N, F]` tensor form of a numeric model's inputs
+/// ([`Signature::matrix_input`]).
+pub const MATRIX_INPUT: &str = "input";
 
 /// A trained tabular model: raw features in, probabilities or values out.
 ///
@@ -309,6 +312,12 @@ impl Predictor for TabularModel {
     }
 
     fn predict(&self, inputs: &[V2Tensor]) -> Result<Vec<V2Tensor>> {
+        if let (Some(matrix), [only]) = (&self.card.signature.matrix_input, inputs)
+            && only.name == matrix.name
+        {
+            let columns = self.card.signature.columns_from_matrix(inputs.to_vec())?;
+            return self.predict(&columns);
+        }
         let checked = self.card.signature.check_inputs(inputs)?;
         self.answer(&checked)
     }

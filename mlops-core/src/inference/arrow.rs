@@ -267,6 +267,7 @@ pub fn matrix_from_columns(name: &str, columns: &[Tensor]) -> Result<Tensor> {
 /// let signature = Signature {
 ///     inputs: vec![TensorSpec::new("x", Datatype::Fp32, vec![-1, 2])],
 ///     outputs: vec![],
+///     matrix_input: None,
 /// };
 /// let tensors = tensors_for_signature(&signature, &batch)?;
 /// assert_eq!(tensors[0].shape[..], [2, 2]);

@@ -153,6 +153,10 @@ pub struct ModelMetadataResponse {
     pub inputs: Vec<TensorSpec>,
     /// The outputs it produces.
     pub outputs: Vec<TensorSpec>,
+    /// An extension of this SDK: the one `[N, F]` tensor the model also takes in
+    /// place of its inputs (see `Signature::matrix_input`), when it has that form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix_input: Option<TensorSpec>,
 }
 
 #[cfg(test)]

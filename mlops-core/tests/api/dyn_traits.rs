@@ -52,6 +52,7 @@ impl Linear {
                     TensorSpec::new("score", Datatype::Fp32, vec![-1, 1]),
                     TensorSpec::new("label", Datatype::Bool, vec![-1, 1]),
                 ],
+                matrix_input: None,
             },
         }
     }
@@ -169,6 +170,7 @@ impl Server for LocalServer {
             platform: "linear-json".into(),
             inputs: p.signature().inputs.clone(),
             outputs: p.signature().outputs.clone(),
+            matrix_input: None,
         })
     }
     async fn model_ready(&self, model: &str, version: Option<&str>) -> Result<bool> {

@@ -75,6 +75,7 @@ fn signature() -> Signature {
             TensorSpec::new("dense", Datatype::Fp32, vec![-1, 3]),
         ],
         outputs: vec![TensorSpec::new("probability", Datatype::Fp32, vec![-1, 1])],
+        matrix_input: None,
     }
 }
 
@@ -196,4 +197,74 @@ fn version_queries_filter_on_tags_metrics_and_status() {
     let json = serde_json::to_string(&v).unwrap();
     let back: ModelVersion = serde_json::from_str(&json).unwrap();
     assert_eq!(back, v);
+}
+
+#[test]
+fn the_matrix_form_maps_onto_numeric_inputs_or_is_refused_naming_why() {
+    let numeric = Signature::new(
+        vec![
+            TensorSpec::new("amount", Datatype::Fp64, vec![-1]),
+            TensorSpec::new("hour", Datatype::Int64, vec![-1]),
+            TensorSpec::new("ratio", Datatype::Fp32, vec![-1]),
+        ],
+        vec![TensorSpec::new("probability", Datatype::Fp32, vec![-1])],
+    )
+    .with_matrix_input("input");
+    let spec = numeric.matrix_input.clone().unwrap();
+    assert_eq!(
+        (spec.name.as_str(), spec.datatype, &spec.shape[..]),
+        ("input", Datatype::Fp32, &[-1, 3][..])
+    );
+    let x = |w: usize, v: Vec<f32>| {
+        Tensor::new("input", vec![v.len() / w, w], TensorData::Fp32(v)).unwrap()
+    };
+    let columns = numeric
+        .columns_from_matrix(vec![x(3, vec![1.5, 2.0, 0.25, -3.0, 23.0, 1.0])])
+        .unwrap();
+    assert_eq!(columns[0].data, TensorData::Fp64(vec![1.5, -3.0]));
+    assert_eq!(columns[1].data, TensorData::Int64(vec![2, 23]));
+    assert_eq!(columns[2].data, TensorData::Fp32(vec![0.25, 1.0]));
+    assert!(numeric.check_inputs(&columns).is_ok());
+    // Per-column requests pass through untouched.
+    let same = numeric.columns_from_matrix(columns.clone()).unwrap();
+    assert_eq!(same, columns);
+    // The wrong width, a fraction for an integer input, the wrong type.
+    let e = numeric
+        .columns_from_matrix(vec![x(2, vec![1.0, 2.0])])
+        .unwrap_err();
+    assert!(e.to_string().contains("input"), "{e}");
+    let e = numeric
+        .columns_from_matrix(vec![x(3, vec![1.0, 2.5, 3.0])])
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("hour") && e.to_string().contains("2.5"),
+        "{e}"
+    );
+    let e = numeric
+        .columns_from_matrix(vec![x(3, vec![1.0, 1e30, 3.0])])
+        .unwrap_err();
+    assert!(e.to_string().contains("hour"), "{e}");
+    let doubles = Tensor::new("input", vec![1, 3], TensorData::Fp64(vec![1.0, 2.0, 3.0])).unwrap();
+    assert!(numeric.columns_from_matrix(vec![doubles]).is_err());
+    // Strings or matrix inputs have no matrix form; nor does a clash of names.
+    assert!(
+        signature()
+            .with_matrix_input("input")
+            .matrix_input
+            .is_none()
+    );
+    let clash = Signature::new(
+        vec![TensorSpec::new("input", Datatype::Fp32, vec![-1])],
+        vec![],
+    )
+    .with_matrix_input("input");
+    assert!(clash.matrix_input.is_none());
+    // It survives serialization; an older signature without it still reads.
+    let text = serde_json::to_string(&numeric).unwrap();
+    assert_eq!(serde_json::from_str::<Signature>(&text).unwrap(), numeric);
+    let old = r#"{"inputs":[],"outputs":[]}"#;
+    assert_eq!(
+        serde_json::from_str::<Signature>(old).unwrap().matrix_input,
+        None
+    );
 }

@@ -496,6 +496,7 @@ mod tests {
             signature: Signature {
                 inputs: vec![TensorSpec::new("x", Datatype::Fp32, vec![-1])],
                 outputs: vec![TensorSpec::new("x", Datatype::Fp32, vec![-1])],
+                matrix_input: None,
             },
             go: Mutex::new(go_rx),
             calls: AtomicUsize::new(0),

@@ -80,6 +80,9 @@ impl ModelServer {
             outputs: wanted,
             ..
         } = request;
+        // A model's `[N, F]` matrix form becomes its per-column inputs here, so
+        // the cache, batching, monitoring and logging all see one form.
+        let inputs = signature.columns_from_matrix(inputs)?;
         let inputs = match &d.config.enrichment {
             Some(e) => enrich(name, e, &loaded.version, signature, inputs).await?,
             None => inputs,
@@ -300,6 +303,7 @@ impl Server for ModelServer {
             platform: loaded.version.flavor.clone(),
             inputs: sig.inputs.clone(),
             outputs: sig.outputs.clone(),
+            matrix_input: sig.matrix_input.clone(),
         })
     }
 

@@ -620,6 +620,7 @@ mod tests {
                 Signature {
                     inputs: vec![TensorSpec::new("x", Datatype::Fp32, vec![-1])],
                     outputs: vec![TensorSpec::new("y", Datatype::Fp32, vec![-1])],
+                    matrix_input: None,
                 },
             )))
         }

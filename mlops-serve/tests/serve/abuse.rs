@@ -162,6 +162,7 @@ fn pair_signature() -> Signature {
             TensorSpec::new("b", Datatype::Fp32, vec![-1]),
         ],
         outputs: vec![TensorSpec::new("y", Datatype::Fp32, vec![-1])],
+        matrix_input: None,
     }
 }
 

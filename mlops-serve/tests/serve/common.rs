@@ -56,6 +56,7 @@ pub(crate) fn signature() -> Signature {
             TensorSpec::new("y", Datatype::Fp32, vec![-1]),
             TensorSpec::new("twice", Datatype::Fp32, vec![-1]),
         ],
+        matrix_input: None,
     }
 }
 

@@ -57,6 +57,7 @@ impl ModelLoader for SumLoader {
                 TensorSpec::new("age", Datatype::Fp32, vec![-1]),
             ],
             outputs: vec![TensorSpec::new("sum", Datatype::Fp32, vec![-1])],
+            matrix_input: None,
         })))
     }
 }

@@ -112,6 +112,17 @@ for binary in (False, True):
     assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all(), p
     assert result.get_response()["id"] == "r1"
     print("binary" if binary else "json", p.tolist())
+# The same rows as one [N, F] FP32 tensor (the KServe form): the same answer.
+assert meta["matrix_input"] == {"name": "input", "datatype": "FP32", "shape": [-1, 20]}, meta
+columns = [np.array([0.5, -0.5, 0.1], dtype=np.float32) * (1 if i == 0 else 0.3) for i in range(20)]
+matrix = np.stack(columns, axis=1).astype(np.float32)
+for binary in (False, True):
+    t = httpclient.InferInput("input", list(matrix.shape), "FP32")
+    t.set_data_from_numpy(matrix, binary_data=binary)
+    out = [httpclient.InferRequestedOutput("probability", binary_data=binary)]
+    q = client.infer("fraud", [t], outputs=out).as_numpy("probability")
+    assert np.array_equal(q, p), (q, p)
+print("matrix", q.tolist())
 try:
     client.infer("nope", inputs)
     raise SystemExit("an unknown model must fail")

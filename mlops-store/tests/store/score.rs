@@ -39,6 +39,7 @@ impl Doubler {
                     TensorSpec::new("z", Datatype::Fp64, vec![-1]),
                 ],
                 outputs: vec![TensorSpec::new("y", Datatype::Fp64, vec![-1])],
+                matrix_input: None,
             },
             matrix: false,
         }
@@ -49,6 +50,7 @@ impl Doubler {
             signature: Signature {
                 inputs: vec![TensorSpec::new("f", Datatype::Fp32, vec![-1, 2])],
                 outputs: vec![TensorSpec::new("g", Datatype::Fp32, vec![-1, 2])],
+                matrix_input: None,
             },
             matrix: true,
         }

@@ -317,3 +317,53 @@ fn the_tabular_loader_keeps_the_round_trip_contract() {
         );
     }
 }
+
+#[test]
+fn numeric_models_also_take_one_matrix_tensor() {
+    // The mixed model (a string column) keeps the per-column form only.
+    let mixed = TabularTrainer::new(config(Task::BinaryClassification, ModelSpec::Linear))
+        .fit(&data::binary(600, 3), "is_fraud")
+        .unwrap();
+    assert!(mixed.predictor.signature().matrix_input.is_none());
+
+    // The same data without its string column: numeric only.
+    let full = data::binary(1200, 5);
+    let keep: Vec<usize> = (0..full.num_columns())
+        .filter(|&i| full.schema().field(i).name() != "country")
+        .collect();
+    let numeric = full.project(&keep).unwrap();
+    let trained = TabularTrainer::new(config(Task::BinaryClassification, ModelSpec::mlp([8])))
+        .fit(&numeric, "is_fraud")
+        .unwrap();
+    let loaded = TabularLoader::default().load(&trained.artifact).unwrap();
+    let sig = loaded.signature();
+    let matrix = sig.matrix_input.clone().expect("a matrix form");
+    assert_eq!(matrix.name, mlops_train::MATRIX_INPUT);
+    assert_eq!(matrix.shape, [-1, sig.inputs.len() as i64]);
+
+    // Row by row, the matrix gives what the columns give.
+    let requests = requests();
+    let keep: Vec<usize> = (0..requests.num_columns())
+        .filter(|&i| requests.schema().field(i).name() != "country")
+        .collect();
+    let columns = tensors_from_batch(&sig.inputs, &requests.project(&keep).unwrap()).unwrap();
+    let rows = columns[0].rows();
+    let mut values = Vec::new();
+    for r in 0..rows {
+        for c in &columns {
+            values.push(c.data.to_f32_vec().unwrap()[r]);
+        }
+    }
+    let x = Tensor::new("input", vec![rows, columns.len()], TensorData::Fp32(values)).unwrap();
+    assert_eq!(
+        loaded.predict(&[x]).unwrap(),
+        loaded.predict(&columns).unwrap()
+    );
+    // A matrix of the wrong width is refused naming it.
+    let narrow = Tensor::new("input", vec![1, 1], TensorData::Fp32(vec![1.0])).unwrap();
+    let e = loaded.predict(&[narrow]).unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidInput { .. }) && e.to_string().contains("input"),
+        "{e}"
+    );
+}
