@@ -430,3 +430,27 @@ fn every_model_passes_the_loader_conformance_suite() {
         );
     }
 }
+
+/// A batch size asked for again gets a plan built for it; its answers stay
+/// those of the plan for any size (within float rounding) and of onnxruntime.
+#[test]
+fn repeated_batch_sizes_answer_alike_from_their_own_plan() {
+    for name in MODELS {
+        let model = load(name);
+        let probe = inputs_of(name);
+        let wanted = onnxruntime_outputs(name).unwrap();
+        // The 64-row probe: the smallest sized batch. First call: the plan for
+        // any size; second: the size's own plan is built; third: reused.
+        let answers: Vec<Vec<Tensor>> = (0..3).map(|_| model.predict(&probe).unwrap()).collect();
+        for answer in &answers {
+            for (ours, theirs) in answer.iter().zip(&wanted) {
+                let diff = max_relative_difference(ours, theirs).unwrap();
+                assert!(diff <= 1e-5, "{name}/{}: {diff:e}", ours.name);
+            }
+            for (a, b) in answer.iter().zip(&answers[0]) {
+                let diff = max_relative_difference(a, b).unwrap();
+                assert!(diff <= 1e-6, "{name}/{}: sized and any-size plans differ by {diff:e}", a.name);
+            }
+        }
+    }
+}
