@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::Subcommand;
 use mlops::core::drift::{DriftDetector, DriftReport, TableDriftConfig, TableDriftDetector};
 use mlops::core::model::VersionSelector;
-use mlops::core::{Error, ModelRegistry as _, Result};
+use mlops::core::{Error, Result};
 
 use crate::io::read_parquet;
 
@@ -58,24 +58,8 @@ async fn model_reference(
 ) -> Result<Arc<dyn DriftDetector>> {
     let (registry, _) = crate::models::registry(config, false)?;
     let selector: VersionSelector = version.parse()?;
-    let (version, artifact) = registry.load_artifact(model, &selector).await?;
+    let (version, predictor) = crate::models::load_predictor(&registry, model, &selector).await?;
     let number = version.version;
-    let Some(loader) = crate::models::loaders()
-        .into_iter()
-        .find(|l| l.can_load(&artifact.flavor))
-    else {
-        return Err(Error::invalid_input(
-            format!("model {model} version {number}"),
-            format!(
-                "its flavor {:?} is not one this binary loads ({})",
-                artifact.flavor,
-                crate::models::flavors().join(", ")
-            ),
-        ));
-    };
-    let predictor = tokio::task::spawn_blocking(move || loader.load(&artifact))
-        .await
-        .map_err(|e| Error::backend("model loader", e.to_string()))??;
     predictor.input_drift().ok_or_else(|| {
         Error::invalid_input(
             format!("model {model} version {number}"),

@@ -410,3 +410,28 @@ fn artifact_for(
     }
     Ok((ModelArtifact::new(flavor, bytes), metadata))
 }
+
+/// The selected version of `model` and its predictor, loaded off the async
+/// workers by the loader of its flavor; an error names a flavor this binary
+/// does not load.
+pub(crate) async fn load_predictor(
+    registry: &ObjectRegistry,
+    model: &str,
+    selector: &VersionSelector,
+) -> Result<(ModelVersion, Arc<dyn mlops::core::Predictor>)> {
+    let (version, artifact) = registry.load_artifact(model, selector).await?;
+    let Some(loader) = loaders().into_iter().find(|l| l.can_load(&artifact.flavor)) else {
+        return Err(Error::invalid_input(
+            format!("model {model} version {}", version.version),
+            format!(
+                "its flavor {:?} is not one this binary loads ({})",
+                artifact.flavor,
+                flavors().join(", ")
+            ),
+        ));
+    };
+    let predictor = tokio::task::spawn_blocking(move || loader.load(&artifact))
+        .await
+        .map_err(|e| Error::backend("model loader", e.to_string()))??;
+    Ok((version, predictor))
+}

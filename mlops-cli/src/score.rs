@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
-use mlops::core::model::{ModelRegistry as _, VersionSelector};
+use mlops::core::model::VersionSelector;
 use mlops::core::{AuditLog, Error, ExperimentTracker, Result};
 use mlops::store::{
     ObjectAuditLog, ObjectTracker, ScoreJob, ScoreRecorders, ScoreSource, StoreRoot, score_dataset,
@@ -67,23 +67,8 @@ pub(crate) async fn run(config: &Path, args: ScoreArgs, json: bool) -> Result<()
     let loaded = crate::config::Config::load(config)?;
     let root = StoreRoot::open_with_options(&loaded.storage_root()?, loaded.storage_options()?)?;
     let selector: VersionSelector = args.version.parse()?;
-    let (version, artifact) = registry.load_artifact(&args.model, &selector).await?;
-    let Some(loader) = crate::models::loaders()
-        .into_iter()
-        .find(|l| l.can_load(&artifact.flavor))
-    else {
-        return Err(Error::invalid_input(
-            format!("model {} version {}", args.model, version.version),
-            format!(
-                "its flavor {:?} is not one this binary loads ({})",
-                artifact.flavor,
-                crate::models::flavors().join(", ")
-            ),
-        ));
-    };
-    let predictor = tokio::task::spawn_blocking(move || loader.load(&artifact))
-        .await
-        .map_err(|e| Error::backend("model loader", e.to_string()))??;
+    let (version, predictor) =
+        crate::models::load_predictor(&registry, &args.model, &selector).await?;
     let source = match args.snapshot {
         Some(id) => ScoreSource::Snapshot(id),
         None => ScoreSource::FilesIn(

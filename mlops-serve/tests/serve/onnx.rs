@@ -4,13 +4,11 @@
 //! them, and called by Python's tritonclient in both the per-column and the
 //! `[N, F]` tensor forms.
 
-use std::process::Command;
 use std::sync::Arc;
 
 use mlops_core::drift::Window;
 use mlops_core::inference::{InferenceRequest, Tensor, TensorData};
 use mlops_core::model::VersionSelector;
-use mlops_core::testkit::process::output_within;
 use mlops_core::{ModelRegistry, Server};
 use mlops_onnx::testkit::{
     MODELS, max_relative_difference, model_bytes, onnxruntime_outputs, probe_inputs,
@@ -259,28 +257,13 @@ print("done")
               MLOPS_TEST_PYTHON (see CONTRIBUTING.md)"
 )]
 async fn tritonclient_calls_onnx_models_in_both_tensor_forms() {
-    let python = std::env::var("MLOPS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let server = onnx_server().await;
     let base = listen(&server).await;
     let expected = mlops_onnx::testkit::fixtures()
         .join("expected.json")
         .display()
         .to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        output_within(
-            "python with tritonclient",
-            Command::new(python).args(["-c", TRITON_SCRIPT, &base, &expected]),
-            std::time::Duration::from_secs(120),
-        )
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tritonclient failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = crate::real_clients::tritonclient(TRITON_SCRIPT, vec![base, expected]).await;
     for line in [
         "1 json ok",
         "1 binary ok",

@@ -34,6 +34,28 @@ async fn tool_run<T: Send + 'static>(what: &str, job: impl FnOnce() -> T + Send 
     }
 }
 
+/// Runs `script` with `args` in the Python of MLOPS_TEST_PYTHON (which has
+/// tritonclient), with a deadline; its standard output, or a failure showing
+/// both of its outputs.
+pub(crate) async fn tritonclient(script: &'static str, args: Vec<String>) -> String {
+    let python = std::env::var("MLOPS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = tool_run("tritonclient", move || {
+        output_within(
+            "python with tritonclient",
+            Command::new(python).arg("-c").arg(script).args(args),
+            TOOL_LIMIT,
+        )
+    })
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tritonclient failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// The lines of a pipe until it closes (its process has exited).
 fn rest_of(lines: &Lines) -> String {
     let mut all = Vec::new();
@@ -138,22 +160,8 @@ print("ok")
               MLOPS_TEST_PYTHON (see CONTRIBUTING.md)"
 )]
 async fn tritonclient_reads_metadata_and_infers() {
-    let python = std::env::var("MLOPS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let (base, _server) = serve_trained().await;
-    let out = tool_run("tritonclient", move || {
-        output_within(
-            "python with tritonclient",
-            Command::new(python).args(["-c", TRITON_SCRIPT, &base]),
-            TOOL_LIMIT,
-        )
-    })
-    .await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tritonclient failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = tritonclient(TRITON_SCRIPT, vec![base]).await;
     assert!(stdout.contains("ok"), "{stdout}");
     // JSON and binary gave the same probabilities.
     let lines: Vec<&str> = stdout.lines().collect();
