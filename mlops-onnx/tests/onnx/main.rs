@@ -449,7 +449,11 @@ fn repeated_batch_sizes_answer_alike_from_their_own_plan() {
             }
             for (a, b) in answer.iter().zip(&answers[0]) {
                 let diff = max_relative_difference(a, b).unwrap();
-                assert!(diff <= 1e-6, "{name}/{}: sized and any-size plans differ by {diff:e}", a.name);
+                assert!(
+                    diff <= 1e-6,
+                    "{name}/{}: sized and any-size plans differ by {diff:e}",
+                    a.name
+                );
             }
         }
     }
