@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Checks the deployment artifacts without a cluster:
 
-1. every Kustomize overlay under deploy/k8s/overlays renders (`kubectl kustomize`);
+1. every Kustomize overlay under deploy/k8s/overlays renders (`kubectl kustomize`),
+   and so does the production overlay with each component of deploy/k8s/components
+   (the request-rate HPA's metric is one deploy/prometheus/adapter-rules.yaml
+   makes);
 2. every rendered manifest validates against the Kubernetes schemas
    (`kubernetes-validate --strict`, from PyPI);
 3. the service config the manifests ship (the ConfigMap's mlops.toml) passes
@@ -30,6 +33,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERLAYS = ROOT / "deploy" / "k8s" / "overlays"
+COMPONENTS = ROOT / "deploy" / "k8s" / "components"
 
 
 def duration_seconds(text: str) -> float:
@@ -85,6 +89,32 @@ def operational_problems(docs: list) -> list:
     return out
 
 
+def adapter_problems(docs: list) -> int:
+    """The custom metric the request-rate HPA scales on is one the adapter rules
+    make, from a counter the binary exports (its name is in the alert rules,
+    which a test checks against a real scrape)."""
+    hpa = next((d for d in docs if d["kind"] == "HorizontalPodAutoscaler"), None)
+    if hpa is None:
+        print("deploy: the autoscale-on-requests component leaves no HPA")
+        return 1
+    wanted = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "adapter-rules.yaml").read_text())["rules"]
+    made = {r["name"]["as"]: r["seriesQuery"].split("{")[0] for r in rules}
+    alerts = (ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text()
+    problems = 0
+    for metric in wanted:
+        if metric not in made:
+            print(f"deploy: the HPA scales on {metric}, which no adapter rule makes")
+            problems += 1
+        elif made[metric].removesuffix("_total") not in alerts:
+            print(f"deploy: the adapter rule for {metric} reads {made[metric]}, which the alerts never use")
+            problems += 1
+    if not wanted:
+        print("deploy: the autoscale-on-requests HPA has no per-pod metric")
+        problems += 1
+    return problems
+
+
 def main() -> int:
     validate = pathlib.Path(sys.executable).parent / "kubernetes-validate"
     problems = 0
@@ -109,6 +139,35 @@ def main() -> int:
             else:
                 kinds = sorted(d["kind"] for d in rendered[overlay.name])
                 print(f"deploy: {overlay.name} renders and validates: {', '.join(kinds)}")
+
+        # Each optional component (deploy/k8s/components), applied to the
+        # production overlay as a user would include it, renders and validates.
+        for component in sorted(p for p in COMPONENTS.iterdir() if p.is_dir()):
+            overlay = tmp / f"with-{component.name}"
+            overlay.mkdir()
+            (overlay / "kustomization.yaml").write_text(
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+                # kustomize takes relative paths only.
+                f"resources:\n  - {os.path.relpath(OVERLAYS / 'production', overlay)}\n"
+                f"components:\n  - {os.path.relpath(component, overlay)}\n")
+            out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True,
+                                 timeout=120)
+            name = f"production + {component.name}"
+            if out.returncode != 0:
+                print(f"deploy: {name} does not render:\n{out.stderr}")
+                problems += 1
+                continue
+            path = tmp / f"with-{component.name}.yaml"
+            path.write_text(out.stdout)
+            rendered[name] = list(yaml.safe_load_all(out.stdout))
+            check = subprocess.run([str(validate), "--strict", "--quiet", str(path)], capture_output=True,
+                                   text=True, timeout=300)
+            if check.returncode != 0:
+                print(f"deploy: {name} fails schema validation:\n{check.stdout}{check.stderr}")
+                problems += 1
+            else:
+                print(f"deploy: {name} renders and validates")
+        problems += adapter_problems(rendered.get("production + autoscale-on-requests", []))
 
         for name, docs in rendered.items():
             for problem in operational_problems(docs):
