@@ -148,7 +148,7 @@ async fn main() {
     // The model call takes about 10 µs for one row: cheaper than a thread handoff.
     let mut deployment =
         DeploymentConfig::new("fraud", "fraud", Routing::Fixed(VersionSelector::Latest));
-    deployment.inline_max_rows = 64;
+    deployment.inline_max_rows = Some(64);
     server
         .deploy(deployment)
         .await

@@ -107,7 +107,7 @@ pub(crate) async fn serve_champion(
             .with_window(s.tx_per_day)
             .with_max_pending(1_000_000),
     );
-    deployment.inline_max_rows = 64;
+    deployment.inline_max_rows = Some(64);
     server.deploy(deployment).await?;
     let inference_log = Arc::new(ObjectInferenceLog::new(root));
     server.set_inference_log(inference_log.clone(), LogConfig::default())?;

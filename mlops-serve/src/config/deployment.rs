@@ -147,13 +147,18 @@ pub struct DeploymentConfig {
     pub canary_ramp: Option<CanaryRamp>,
     /// Feature enrichment.
     pub enrichment: Option<Enrichment>,
-    /// Unbatched requests of at most this many rows run on the async worker that
-    /// received them instead of tokio's blocking pool. Handing a call to another
-    /// thread costs 15-30 µs, more than a small tabular model takes for a few rows;
-    /// for such models a small value (1-16) raises throughput several times. Keep
-    /// 0 (the default: every call on the blocking pool) for models whose calls
-    /// take longer than about 100 µs, so they never stall the async workers.
-    pub inline_max_rows: usize,
+    /// Which unbatched requests run on the async worker that received them
+    /// instead of tokio's blocking pool. Handing a call to another thread costs
+    /// 15-30 µs, more than a small tabular model takes for a few rows, so running
+    /// those in place raises throughput several times; a slow call run in place
+    /// stalls the worker's other requests.
+    ///
+    /// `None` (the default): the server decides from each version's measured
+    /// call times, per size class up to 64 rows: calls averaging under 20 µs run
+    /// in place once 8 of their class were timed, and move back to the pool if
+    /// they slow down. `Some(n)`: requests of at most `n` rows run in place
+    /// whatever they cost; `Some(0)`: every call on the blocking pool.
+    pub inline_max_rows: Option<usize>,
     /// Unbatched model calls that run at once on tokio's blocking pool, at most
     /// (as Triton's instance count). Default: the machine's CPU count, since a
     /// CPU-bound model gains nothing from more; raise it for a model that waits
@@ -187,7 +192,7 @@ impl DeploymentConfig {
             reload_interval: None,
             canary_ramp: None,
             enrichment: None,
-            inline_max_rows: 0,
+            inline_max_rows: None,
             max_running_calls: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_queued_calls: DEFAULT_MAX_QUEUED_CALLS,
             monitoring: None,

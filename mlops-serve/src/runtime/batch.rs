@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use super::inline::CallTimer;
 use super::metrics::{ModelLabels, ServerMetrics};
 use crate::config::BatchConfig;
 
@@ -66,6 +67,7 @@ pub(crate) async fn predict_blocking(
     checked: bool,
     permit: Option<OwnedSemaphorePermit>,
     abandoned: Counter,
+    timer: Option<Arc<CallTimer>>,
 ) -> Result<Vec<Tensor>> {
     let left = Arc::new(AtomicBool::new(false));
     let caller_left = left.clone();
@@ -75,7 +77,12 @@ pub(crate) async fn predict_blocking(
             abandoned.inc();
             return None;
         }
-        Some(call_model(predictor.as_ref(), &inputs, checked))
+        let started = std::time::Instant::now();
+        let out = call_model(predictor.as_ref(), &inputs, checked);
+        if let Some(timer) = &timer {
+            timer.record(inputs.first().map_or(0, Tensor::rows), started.elapsed());
+        }
+        Some(out)
     });
     // Set when this future is dropped before the call's answer is in.
     let mark = MarkOnDrop(Some(left));
@@ -125,6 +132,8 @@ pub(crate) struct CallQueue {
     abandoned: Counter,
     /// `mlops_queue_depth` of this version: requests waiting for a slot.
     depth: Gauge,
+    /// How long this version's calls take, learned from each (see `inline`).
+    timer: Arc<CallTimer>,
 }
 
 /// Takes one place in a queue; gives it back when dropped (served, shed or
@@ -162,7 +171,13 @@ impl CallQueue {
             max_queued: max_queued.max(1),
             abandoned: metrics.abandoned.with(labels, Clone::clone),
             depth: metrics.queue_depth.with(labels, Clone::clone),
+            timer: Arc::new(CallTimer::default()),
         }
+    }
+
+    /// The call times of this version's calls.
+    pub(crate) fn timer(&self) -> &CallTimer {
+        &self.timer
     }
 
     /// Runs `predictor` on `inputs` (see [`call_model`]) once a running slot is
@@ -202,6 +217,7 @@ impl CallQueue {
             checked,
             Some(permit),
             self.abandoned.clone(),
+            Some(self.timer.clone()),
         )
         .await
     }
@@ -334,7 +350,16 @@ async fn execute(predictor: Arc<dyn Predictor>, jobs: Vec<Job>, abandoned: Count
     let Some(combined) = concat(&jobs) else {
         return run_alone(predictor, jobs, abandoned).await;
     };
-    match predict_blocking(predictor.clone(), combined, false, None, abandoned.clone()).await {
+    match predict_blocking(
+        predictor.clone(),
+        combined,
+        false,
+        None,
+        abandoned.clone(),
+        None,
+    )
+    .await
+    {
         Ok(outputs) => match split(&outputs, &row_counts) {
             Some(parts) => {
                 for (job, part) in jobs.into_iter().zip(parts) {
@@ -356,6 +381,7 @@ async fn run_alone(predictor: Arc<dyn Predictor>, jobs: Vec<Job>, abandoned: Cou
             false,
             None,
             abandoned.clone(),
+            None,
         )
         .await;
         let _ = job.reply.send(out);
@@ -595,6 +621,7 @@ mod tests {
                 false,
                 None,
                 abandoned.clone(),
+                None,
             ));
             // Started on the only blocking thread: wait for it on this one
             // (the runtime's own pool is full).
@@ -616,6 +643,7 @@ mod tests {
                 false,
                 None,
                 abandoned.clone(),
+                None,
             ));
             let polled =
                 std::future::poll_fn(|cx| std::task::Poll::Ready(second.as_mut().poll(cx))).await;

@@ -12,6 +12,7 @@ pub(crate) mod batch;
 pub(crate) mod cache;
 pub(crate) mod feedback;
 pub(crate) mod inference_log;
+pub(crate) mod inline;
 pub(crate) mod metrics;
 pub(crate) mod monitor;
 pub(crate) mod shadow;

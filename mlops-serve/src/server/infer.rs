@@ -32,13 +32,22 @@ impl ModelServer {
         name: &str,
         loaded: &LoadedVersion,
         inputs: Vec<Tensor>,
-        inline_max_rows: usize,
+        inline_max_rows: Option<usize>,
         checked: bool,
     ) -> Result<Vec<Tensor>> {
+        let rows = inputs.first().map_or(0, Tensor::rows);
+        let timer = loaded.calls.timer();
+        let inline = match inline_max_rows {
+            Some(max) => rows <= max,
+            None => timer.runs_inline(rows),
+        };
         match &loaded.batcher {
             Some(b) => b.submit(name, inputs).await,
-            None if inputs.first().map_or(0, Tensor::rows) <= inline_max_rows => {
-                call_model(loaded.predictor.as_ref(), &inputs, checked)
+            None if inline => {
+                let started = Instant::now();
+                let out = call_model(loaded.predictor.as_ref(), &inputs, checked);
+                timer.record(rows, started.elapsed());
+                out
             }
             None => {
                 loaded
@@ -205,7 +214,7 @@ impl ModelServer {
         shadow: Arc<LoadedVersion>,
         inputs: Vec<Tensor>,
         primary: Arc<Vec<Tensor>>,
-        inline_max_rows: usize,
+        inline_max_rows: Option<usize>,
     ) {
         let Ok(permit) = self.inner.shadow_permits.clone().try_acquire_owned() else {
             ServerMetrics::count(&self.inner.metrics.shadow, name, "skipped");

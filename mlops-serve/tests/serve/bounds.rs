@@ -147,7 +147,7 @@ async fn slow_shadows_are_skipped_not_piled_up() {
     let mut d = DeploymentConfig::new("fraud", "m", Routing::Fixed(VersionSelector::Number(1)));
     d.shadows = vec![VersionSelector::Number(2)];
     // Model calls on the blocking pool, where a held shadow blocks no worker.
-    d.inline_max_rows = 0;
+    d.inline_max_rows = Some(0);
     // Every shadow call in flight is held in the model, not in the version's
     // queue, so the gate counts them all.
     d.max_running_calls = CAP;

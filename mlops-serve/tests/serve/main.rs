@@ -9,6 +9,7 @@ mod conformance;
 mod core;
 mod enrichment;
 mod http;
+mod inline;
 mod live;
 mod onnx;
 mod real_clients;
