@@ -121,25 +121,27 @@ def main() -> int:
     rendered = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        for overlay in sorted(p for p in OVERLAYS.iterdir() if p.is_dir()):
-            out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True,
+        def render(directory: pathlib.Path, name: str) -> int:
+            """Renders `directory` into `rendered[name]` and validates it; the problems."""
+            out = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True,
                                  timeout=120)
             if out.returncode != 0:
-                print(f"deploy: {overlay.name} does not render:\n{out.stderr}")
-                problems += 1
-                continue
-            path = tmp / f"{overlay.name}.yaml"
+                print(f"deploy: {name} does not render:\n{out.stderr}")
+                return 1
+            path = tmp / f"{name.replace(' + ', '-with-')}.yaml"
             path.write_text(out.stdout)
-            rendered[overlay.name] = list(yaml.safe_load_all(out.stdout))
-            check = subprocess.run([str(validate), "--strict", "--quiet", str(path)], capture_output=True, text=True,
-                                   timeout=300)
+            rendered[name] = list(yaml.safe_load_all(out.stdout))
+            check = subprocess.run([str(validate), "--strict", "--quiet", str(path)], capture_output=True,
+                                   text=True, timeout=300)
             if check.returncode != 0:
-                print(f"deploy: {overlay.name} fails schema validation:\n{check.stdout}{check.stderr}")
-                problems += 1
-            else:
-                kinds = sorted(d["kind"] for d in rendered[overlay.name])
-                print(f"deploy: {overlay.name} renders and validates: {', '.join(kinds)}")
+                print(f"deploy: {name} fails schema validation:\n{check.stdout}{check.stderr}")
+                return 1
+            kinds = sorted(d["kind"] for d in rendered[name])
+            print(f"deploy: {name} renders and validates: {', '.join(kinds)}")
+            return 0
 
+        for overlay in sorted(p for p in OVERLAYS.iterdir() if p.is_dir()):
+            problems += render(overlay, overlay.name)
         # Each optional component (deploy/k8s/components), applied to the
         # production overlay as a user would include it, renders and validates.
         for component in sorted(p for p in COMPONENTS.iterdir() if p.is_dir()):
@@ -150,23 +152,7 @@ def main() -> int:
                 # kustomize takes relative paths only.
                 f"resources:\n  - {os.path.relpath(OVERLAYS / 'production', overlay)}\n"
                 f"components:\n  - {os.path.relpath(component, overlay)}\n")
-            out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True,
-                                 timeout=120)
-            name = f"production + {component.name}"
-            if out.returncode != 0:
-                print(f"deploy: {name} does not render:\n{out.stderr}")
-                problems += 1
-                continue
-            path = tmp / f"with-{component.name}.yaml"
-            path.write_text(out.stdout)
-            rendered[name] = list(yaml.safe_load_all(out.stdout))
-            check = subprocess.run([str(validate), "--strict", "--quiet", str(path)], capture_output=True,
-                                   text=True, timeout=300)
-            if check.returncode != 0:
-                print(f"deploy: {name} fails schema validation:\n{check.stdout}{check.stderr}")
-                problems += 1
-            else:
-                print(f"deploy: {name} renders and validates")
+            problems += render(overlay, f"production + {component.name}")
         problems += adapter_problems(rendered.get("production + autoscale-on-requests", []))
 
         for name, docs in rendered.items():
