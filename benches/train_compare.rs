@@ -96,6 +96,30 @@ fn main() {
         json!({"what": "epoch", "engine": engine, "rows_per_second": out.history[0].rows_per_second,
                "rows": (train.num_rows() as f64 * 0.99).round()})
     );
+    // That model's batch inference over the valid split: the rows, columns and
+    // layer sizes of PyTorch's forward pass in the script (ours also reads the
+    // Arrow columns and standardizes them). The best of 5 passes after a
+    // warm-up pass, as the script times PyTorch.
+    let numeric_model = out.model;
+    numeric_model
+        .predict_batch(&valid)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let best = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            let scored = numeric_model
+                .predict_batch(&valid)
+                .unwrap_or_else(|e| panic!("{e}"));
+            std::hint::black_box(scored);
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "{}",
+        json!({"what": "numeric_inference", "engine": engine,
+               "batch_rows_per_second": valid.num_rows() as f64 / best,
+               "rows": valid.num_rows()})
+    );
 
     // Validation ROC AUC on the shared split after a fixed number of epochs.
     let y: Vec<usize> = valid

@@ -36,7 +36,9 @@ mod trainer;
 pub use device::TrainDevice;
 /// Re-exported from `mlops_core::inference`: v2 input tensors from Arrow columns.
 pub use mlops_core::inference::tensors_from_batch;
-pub use model::{FLAVOR, MATRIX_INPUT, ModelCard, TabularLoader, TabularModel, outputs};
+pub use model::{
+    FLAVOR, MATRIX_INPUT, ModelCard, PARALLEL_ROWS, TabularLoader, TabularModel, outputs,
+};
 pub use net::{Activation, ModelSpec};
 pub use prep::{Encoding, FeatureEncoding, PrepConfig, Preprocessor};
 pub use search::{

@@ -122,6 +122,10 @@ pub struct TabularModel {
 /// Requests of at most this many rows use the plain-loop kernel.
 const SMALL_ROWS: usize = 16;
 
+/// [`TabularModel::predict_batch`] splits batches into parts of at least this
+/// many rows across the cores.
+pub const PARALLEL_ROWS: usize = 8192;
+
 impl TabularModel {
     /// The model of `card` and `net`; fails when a drift reference of the card is
     /// not valid.
@@ -223,9 +227,44 @@ impl TabularModel {
     }
 
     /// Scores of Arrow data holding the raw feature columns (nulls allowed).
+    ///
+    /// A batch of at least [`PARALLEL_ROWS`] rows is cut into one contiguous
+    /// part per core, each encoded and scored on a thread of its own; the scores
+    /// come back in row order.
     pub fn predict_batch(&self, batch: &RecordBatch) -> Result<Vec<f32>> {
-        let matrix = self.prep.transform(batch)?;
-        self.score_matrix(batch.num_rows(), matrix)
+        let rows = batch.num_rows();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let parts = cores.min(rows / PARALLEL_ROWS.max(1)).max(1);
+        if parts == 1 {
+            let matrix = self.prep.transform(batch)?;
+            return self.score_matrix(rows, matrix);
+        }
+        let per_part = rows.div_ceil(parts);
+        let results: Vec<Result<Vec<f32>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..parts)
+                .map(|p| {
+                    let start = p * per_part;
+                    let part = batch.slice(start, per_part.min(rows - start));
+                    scope.spawn(move || {
+                        let matrix = self.prep.transform(&part)?;
+                        self.score_matrix(part.num_rows(), matrix)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::backend("burn", "a scoring thread panicked"))
+                    })
+                })
+                .collect()
+        });
+        let mut scores = Vec::with_capacity(rows * self.card.net_outputs());
+        for part in results {
+            scores.extend(part?);
+        }
+        Ok(scores)
     }
 
     /// The model serialized into an artifact of flavor [`FLAVOR`].

@@ -367,3 +367,38 @@ fn numeric_models_also_take_one_matrix_tensor() {
         "{e}"
     );
 }
+
+#[test]
+fn large_batches_split_across_cores_score_as_their_parts_do() {
+    let trained = TabularTrainer::new(config(Task::BinaryClassification, ModelSpec::mlp([16, 16])))
+        .fit_detailed(&data::binary(1200, 7), "is_fraud")
+        .unwrap();
+    // More than two parts' worth of rows (nulls and an unseen country included).
+    let rows = 2 * mlops_train::PARALLEL_ROWS + 1001;
+    let big = data::binary(rows, 8);
+    let whole = trained.model.predict_batch(&big).unwrap();
+    assert_eq!(whole.len(), rows);
+    // The same rows scored in pieces below the split size, in order.
+    let piece = mlops_train::PARALLEL_ROWS / 2;
+    let mut pieces = Vec::new();
+    for start in (0..rows).step_by(piece) {
+        let part = big.slice(start, piece.min(rows - start));
+        pieces.extend(trained.model.predict_batch(&part).unwrap());
+    }
+    assert_eq!(pieces.len(), rows);
+    let worst = whole
+        .iter()
+        .zip(&pieces)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-6, "parts and whole differ by {worst}");
+    // A bad column is still refused naming it.
+    let keep: Vec<usize> = (0..big.num_columns())
+        .filter(|&i| big.schema().field(i).name() != "amount")
+        .collect();
+    let e = trained
+        .model
+        .predict_batch(&big.project(&keep).unwrap())
+        .unwrap_err();
+    assert!(e.to_string().contains("amount"), "{e}");
+}
