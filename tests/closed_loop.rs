@@ -366,6 +366,39 @@ mod rollout {
         *traffic.health.lock().unwrap() = health(3, None, 0.9, false);
         assert!(starved.tick(at(9)).await.unwrap().is_empty());
 
+        // A canary that cannot be judged in time (the champion's labels do not
+        // arrive, however good the challenger looks) waits, then is rolled back
+        // once its day is up, and the decision says why.
+        let mut late = RetrainLoop::new(config.clone(), services.clone()).unwrap();
+        *traffic.health.lock().unwrap() = health(3, None, 0.9, true);
+        let d = late.tick(at(5)).await.unwrap();
+        let challenger = d
+            .iter()
+            .find_map(|d| match d {
+                Decision::CanaryStarted { version, .. } => Some(*version),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no canary started: {d:?}"));
+        let mut starving = health(3, Some((challenger, 0.1, 0.99)), 0.9, false);
+        starving.versions.get_mut(&3).unwrap().live.rows = 20;
+        *traffic.health.lock().unwrap() = starving;
+        let day = chrono::Duration::days(1);
+        assert!(
+            late.tick(at(5) + day / 2).await.unwrap().is_empty(),
+            "it waits for the champion's labels"
+        );
+        assert_eq!(late.canary(), Some((3, challenger, 0.1)));
+        let d = late.tick(at(5) + day * 2).await.unwrap();
+        assert!(
+            matches!(&d[0], Decision::RolledBack { version, reason }
+                if *version == challenger
+                    && reason.contains("could not be judged")
+                    && reason.contains("20 labelled")),
+            "{d:?}"
+        );
+        assert_eq!(traffic.calls.lock().unwrap().last().unwrap(), "all 3");
+        assert_eq!(late.canary(), None);
+
         let actions: Vec<String> = audit
             .entries(0, 1000)
             .await

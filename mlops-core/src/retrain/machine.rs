@@ -29,6 +29,9 @@ enum Phase {
         champion: u64,
         challenger: u64,
         weight: f64,
+        /// When the canary reached this weight: it must be judged within
+        /// `CanaryPolicy::judge_within` of it.
+        since: DateTime<Utc>,
     },
 }
 
@@ -199,6 +202,7 @@ impl RetrainLoop {
                 champion,
                 challenger,
                 weight,
+                ..
             } => Some((champion, challenger, weight)),
         }
     }
@@ -217,8 +221,9 @@ impl RetrainLoop {
                 champion,
                 challenger,
                 weight,
+                since,
             } => {
-                self.step_canary(&health, champion, challenger, weight)
+                self.step_canary(&health, champion, challenger, weight, since, now)
                     .await?
             }
             Phase::Watching => return self.watch(&health, now).await,
@@ -227,37 +232,59 @@ impl RetrainLoop {
         Ok(decisions)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn step_canary(
         &mut self,
         health: &ModelHealth,
         champion: u64,
         challenger: u64,
         weight: f64,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Result<Vec<Decision>> {
         let metric = &self.config.metric;
+        let min = self.config.canary.min_live_rows;
         let live = |v: u64| health.versions.get(&v).map(|h| &h.live);
-        let Some(c) = live(challenger) else {
-            return Ok(Vec::new());
-        };
-        if c.rows < self.config.canary.min_live_rows {
-            return Ok(Vec::new());
-        }
-        let (Some(&cm), Some(&pm)) = (
-            c.metrics.get(metric),
-            live(champion).and_then(|l| l.metrics.get(metric)),
-        ) else {
-            return Ok(Vec::new());
-        };
+        let rows = |v: u64| live(v).map_or(0, |l| l.rows);
+        let value = |v: u64| live(v).and_then(|l| l.metrics.get(metric)).copied();
         let traffic = &self.services.traffic;
         let deployment = &self.config.deployment;
+        // Both arms need their labelled predictions: a champion judged on a
+        // handful of labels says nothing about the challenger.
+        let judged = match (value(challenger), value(champion)) {
+            (Some(cm), Some(pm)) if rows(challenger) >= min && rows(champion) >= min => {
+                Some((cm, pm))
+            }
+            _ => None,
+        };
+        let Some((cm, pm)) = judged else {
+            let limit = self.config.canary.judge_within;
+            let waited = (now - since).to_std().unwrap_or_default();
+            if waited <= limit {
+                return Ok(Vec::new());
+            }
+            traffic.route_all(deployment, champion).await?;
+            self.phase = Phase::Watching;
+            return Ok(vec![Decision::RolledBack {
+                version: challenger,
+                reason: format!(
+                    "could not be judged within {:?} at {:.0}% of traffic: {} and {} labelled \
+                     predictions on the challenger and champion v{champion}, {min} needed on each",
+                    limit,
+                    weight * 100.0,
+                    rows(challenger),
+                    rows(champion)
+                ),
+            }]);
+        };
+        let c_rows = rows(challenger);
         if self.beats(pm, cm, self.config.canary.tolerance) {
             traffic.route_all(deployment, champion).await?;
             self.phase = Phase::Watching;
             return Ok(vec![Decision::RolledBack {
                 version: challenger,
                 reason: format!(
-                    "live {metric} {cm:.4} over {} predictions, champion v{champion} {pm:.4}",
-                    c.rows
+                    "live {metric} {cm:.4} over {c_rows} predictions, champion v{champion} {pm:.4}"
                 ),
             }]);
         }
@@ -279,6 +306,7 @@ impl RetrainLoop {
             champion,
             challenger,
             weight: next,
+            since: now,
         };
         Ok(vec![Decision::CanaryRamped {
             version: challenger,
@@ -587,6 +615,7 @@ impl RetrainLoop {
             champion,
             challenger: version,
             weight,
+            since: now,
         };
         decisions.push(Decision::CanaryStarted { version, weight });
         Ok(decisions)

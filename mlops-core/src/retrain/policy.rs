@@ -61,8 +61,12 @@ pub struct CanaryPolicy {
     pub initial_weight: f64,
     /// Added at each tick while it holds up.
     pub step: f64,
-    /// Labelled live predictions the challenger needs before each step.
+    /// Labelled live predictions each arm (the challenger and the champion)
+    /// needs before each step.
     pub min_live_rows: usize,
+    /// How long the canary may wait at one weight for those labels: past it,
+    /// it is rolled back, and the decision says so.
+    pub judge_within: Duration,
     /// Rolled back when its live metric is worse than the champion's by more
     /// than this.
     pub tolerance: f64,
@@ -74,6 +78,7 @@ impl Default for CanaryPolicy {
             initial_weight: 0.1,
             step: 0.3,
             min_live_rows: 100,
+            judge_within: Duration::from_secs(86_400),
             tolerance: 0.02,
         }
     }
