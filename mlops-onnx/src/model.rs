@@ -49,8 +49,8 @@ pub struct OnnxModel {
     /// The plan for any batch size (the batch dimension symbolic).
     plan: Arc<TypedRunnableModel>,
     /// How to build a plan for one batch size, and those built.
-    template: Template,
-    sized: Mutex<SizedPlans>,
+    template: Arc<Template>,
+    sized: Arc<Mutex<SizedPlans>>,
     /// Whether an input has the batch dimension (else there is nothing to size).
     batched: bool,
     /// tract's element type of each signature input, in graph order.
@@ -132,6 +132,8 @@ struct SizedPlans {
     seen: Vec<(usize, u32)>,
     /// Sizes whose plan could not be built.
     failed: Vec<usize>,
+    /// Sizes whose plan is being built.
+    building: Vec<usize>,
 }
 
 impl SizedPlans {
@@ -403,12 +405,12 @@ impl OnnxModel {
                 matrix_input: None,
             },
             plan,
-            sized: Mutex::new(SizedPlans::default()),
+            sized: Arc::new(Mutex::new(SizedPlans::default())),
             batched: template
                 .inputs
                 .iter()
                 .any(|(_, dims)| dims.first() == Some(&Dim::Batch)),
-            template,
+            template: Arc::new(template),
             input_types: facts,
             info,
             input_drift: detector(input_reference)?,
@@ -444,46 +446,64 @@ impl OnnxModel {
     }
 
     /// The plan for a batch of `rows`: one optimized for that size once it was
-    /// asked for twice (tract picks its matrix kernels for known sizes: 4x
-    /// faster on a 1024-row MLP batch than with a symbolic batch), else the
-    /// plan for any size. Small batches always take the latter.
+    /// asked for twice and built in the background (tract picks its matrix
+    /// kernels for known sizes: 4x faster on a 1024-row MLP batch than with a
+    /// symbolic batch), else the plan for any size. Small batches always take
+    /// the latter.
     fn plan_for(&self, rows: usize) -> Arc<TypedRunnableModel> {
         if !self.batched || rows < SIZED_MIN_ROWS {
             return self.plan.clone();
         }
-        {
-            let Ok(mut sized) = self.sized.lock() else {
-                return self.plan.clone();
-            };
-            if let Some((_, plan)) = sized.plans.iter().find(|(r, _)| *r == rows) {
-                return plan.clone();
-            }
-            if sized.failed.contains(&rows) || !sized.seen_twice(rows) {
-                return self.plan.clone();
-            }
-        }
-        // Built without the lock: other sizes are answered meanwhile.
-        let built = self
-            .template
-            .typed(Some(rows))
-            .and_then(|t| t.into_runnable());
         let Ok(mut sized) = self.sized.lock() else {
             return self.plan.clone();
         };
-        match built {
-            Ok(plan) => {
-                if sized.plans.len() >= SIZED_PLANS {
-                    sized.plans.remove(0);
-                }
-                sized.plans.push((rows, plan.clone()));
-                plan
-            }
-            Err(_) => {
-                // The symbolic plan answers this size; do not try again.
-                sized.failed.push(rows);
-                self.plan.clone()
-            }
+        if let Some((_, plan)) = sized.plans.iter().find(|(r, _)| *r == rows) {
+            return plan.clone();
         }
+        if sized.failed.contains(&rows) || sized.building.contains(&rows) || !sized.seen_twice(rows)
+        {
+            return self.plan.clone();
+        }
+        // Built on a thread of its own (optimizing a graph takes milliseconds
+        // to seconds): this call and those until it is ready take the plan for
+        // any size.
+        sized.building.push(rows);
+        drop(sized);
+        let (template, plans) = (self.template.clone(), self.sized.clone());
+        let spawned = std::thread::Builder::new()
+            .name("mlops-onnx-plan".into())
+            .spawn(move || {
+                let built = template.typed(Some(rows)).and_then(|t| t.into_runnable());
+                if let Ok(mut sized) = plans.lock() {
+                    sized.building.retain(|r| *r != rows);
+                    match built {
+                        Ok(plan) => {
+                            if sized.plans.len() >= SIZED_PLANS {
+                                sized.plans.remove(0);
+                            }
+                            sized.plans.push((rows, plan));
+                        }
+                        // The plan for any size answers this size; do not try again.
+                        Err(_) => sized.failed.push(rows),
+                    }
+                }
+            });
+        if spawned.is_err()
+            && let Ok(mut sized) = self.sized.lock()
+        {
+            sized.building.retain(|r| *r != rows);
+            sized.failed.push(rows);
+        }
+        self.plan.clone()
+    }
+
+    /// Whether a plan for batches of `rows` rows is built (for tests).
+    #[doc(hidden)]
+    pub fn has_plan_for(&self, rows: usize) -> bool {
+        self.sized
+            .lock()
+            .map(|s| s.plans.iter().any(|(r, _)| *r == rows))
+            .unwrap_or(false)
     }
 
     /// The outputs for a batch of no rows: every open dimension 0.
