@@ -297,39 +297,25 @@ async fn mlops_score_writes_predictions_next_to_the_keys() {
     // Recorded in the audit log, and the same output is not written twice.
     let (_, audit, _) = mlops(&["--json", "audit", "tail"], &path);
     assert!(audit.contains("\"score\""), "{audit}");
-    let (code, _, err) = mlops(
-        &[
+    let orders = at("orders.parquet");
+    let score = |extra: &[&str]| {
+        let mut args = vec![
             "score",
             "--model",
             "shop",
             "--version",
             "latest",
             "--input",
-            &at("orders.parquet"),
-            "--output",
-            "scores/shop-1",
-        ],
-        &path,
-    );
+            &orders,
+        ];
+        args.extend_from_slice(extra);
+        mlops(&args, &path)
+    };
+    let (code, _, err) = score(&["--output", "scores/shop-1"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("scores/shop-1"), "{err}");
     // A table without a model input is refused naming it (exit 2).
-    let (code, _, err) = mlops(
-        &[
-            "score",
-            "--model",
-            "shop",
-            "--version",
-            "latest",
-            "--input",
-            &at("orders.parquet"),
-            "--output",
-            "scores/x",
-            "--keys",
-            "nope",
-        ],
-        &path,
-    );
+    let (code, _, err) = score(&["--output", "scores/x", "--keys", "nope"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("nope"), "{err}");
 }
