@@ -10,7 +10,8 @@ use clap::Args;
 use mlops::core::model::VersionSelector;
 use mlops::core::{AuditLog, Error, ExperimentTracker, Result};
 use mlops::store::{
-    ObjectAuditLog, ObjectTracker, ScoreJob, ScoreRecorders, ScoreSource, StoreRoot, score_dataset,
+    ObjectAuditLog, ObjectTracker, ScoreJob, ScoreProgress, ScoreRecorders, ScoreSource, StoreRoot,
+    score_dataset,
 };
 
 /// What `mlops score` scores, with what, and where the predictions go.
@@ -83,11 +84,27 @@ pub(crate) async fn run(config: &Path, args: ScoreArgs, json: bool) -> Result<()
     job.key_columns = args.keys;
     job.batch_rows = args.batch_rows;
     job.actor = "mlops-cli".to_owned();
+    // A progress line for a person at a terminal; nothing in scripts or pipes.
+    let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} scored {pos} rows ({per_sec})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar
+    });
     let recorders = ScoreRecorders {
         tracker: Some(Arc::new(ObjectTracker::new(&root)) as Arc<dyn ExperimentTracker>),
         audit: Some(Arc::new(ObjectAuditLog::new(&root)) as Arc<dyn AuditLog>),
+        progress: bar
+            .clone()
+            .map(|bar| ScoreProgress(Arc::new(move |rows| bar.set_position(rows)))),
     };
-    let manifest = score_dataset(&root, predictor, &job, &recorders).await?;
+    let result = score_dataset(&root, predictor, &job, &recorders).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let manifest = result?;
     if json {
         let text = serde_json::to_string(&manifest).map_err(|e| Error::backend("serde_json", e))?;
         println!("{text}");

@@ -61,8 +61,8 @@ pub use registry::{DEFAULT_MAX_METADATA_BYTES, ObjectRegistry, RegistryOptions};
 pub use retry::RetryPolicy;
 pub use root::{DEFAULT_MULTIPART_THRESHOLD, StoreRoot};
 pub use score::{
-    DEFAULT_SCORE_BATCH_ROWS, DEFAULT_SCORE_PART_ROWS, ScoreJob, ScoreManifest, ScoreRecorders,
-    ScoreSource, score_dataset,
+    DEFAULT_SCORE_BATCH_ROWS, DEFAULT_SCORE_PART_ROWS, ScoreJob, ScoreManifest, ScoreProgress,
+    ScoreRecorders, ScoreSource, score_dataset,
 };
 pub use snapshot::{DatasetSnapshot, ObjectSnapshotStore, SnapshotFile};
 pub use tracking::{MAX_POINTS_PER_CALL, MAX_VALUE_BYTES, ObjectTracker};

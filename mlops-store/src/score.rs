@@ -144,6 +144,18 @@ pub struct ScoreRecorders {
     pub tracker: Option<Arc<dyn ExperimentTracker>>,
     /// One `score` entry naming the model version, the input and the output.
     pub audit: Option<Arc<dyn AuditLog>>,
+    /// Told the rows scored so far after each batch (a progress bar, a log line).
+    pub progress: Option<ScoreProgress>,
+}
+
+/// A callback told the rows scored so far, after each batch.
+#[derive(Clone)]
+pub struct ScoreProgress(pub Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for ScoreProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScoreProgress(..)")
+    }
 }
 
 type BatchStream<'a> = std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send + 'a>>;
@@ -334,7 +346,7 @@ pub async fn score_dataset(
         None => None,
     };
     let started = Instant::now();
-    let result = write_parts(root, predictor, job, output).await;
+    let result = write_parts(root, predictor, job, output, recorders.progress.as_ref()).await;
     let (parts, rows, columns) = match result {
         Ok(done) => done,
         Err(e) => {
@@ -405,6 +417,7 @@ async fn write_parts(
     predictor: Arc<dyn Predictor>,
     job: &ScoreJob,
     output: &str,
+    progress: Option<&ScoreProgress>,
 ) -> Result<(Vec<String>, u64, Vec<String>)> {
     let mut stream = batches(root, &job.source, job.batch_rows);
     let mut parts = Vec::new();
@@ -443,6 +456,9 @@ async fn write_parts(
         })?;
         *written += out.num_rows();
         rows += out.num_rows() as u64;
+        if let Some(progress) = progress {
+            (progress.0)(rows);
+        }
         if *written >= job.part_rows
             && let Some((w, _)) = writer.take()
         {

@@ -15,7 +15,7 @@ use mlops_core::tracking::{ExperimentTracker, RunStatus};
 use mlops_core::{Error, Predictor};
 use mlops_store::{
     FaultyStore, ObjectAuditLog, ObjectSnapshotStore, ObjectTracker, ScoreJob, ScoreManifest,
-    ScoreRecorders, ScoreSource, StoreRoot, score_dataset,
+    ScoreProgress, ScoreRecorders, ScoreSource, StoreRoot, score_dataset,
 };
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -156,9 +156,14 @@ async fn files_stream_through_the_model_into_committed_parts() {
             .unwrap();
         let tracker: Arc<dyn ExperimentTracker> = Arc::new(ObjectTracker::new(&root));
         let audit = Arc::new(ObjectAuditLog::new(&root));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let told = seen.clone();
         let recorders = ScoreRecorders {
             tracker: Some(tracker.clone()),
             audit: Some(audit.clone() as Arc<dyn AuditLog>),
+            progress: Some(ScoreProgress(Arc::new(move |rows| {
+                told.lock().unwrap().push(rows)
+            }))),
         };
         let mut job = ScoreJob::new(
             "fraud",
@@ -175,6 +180,9 @@ async fn files_stream_through_the_model_into_committed_parts() {
         assert_eq!(manifest.rows, 10_000);
         assert_eq!(manifest.parts.len(), 4, "{:?}", manifest.parts);
         assert_eq!(manifest.columns, ["id", "y"]);
+        // Progress after every batch of 1,000 rows, up to the total.
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        assert_eq!(seen, (1..=10).map(|k| k * 1000).collect::<Vec<u64>>());
         check_doubled(&read_output(&root, &manifest).await, 10_000);
         // The manifest on storage is the one returned.
         let stored: ScoreManifest =
