@@ -260,7 +260,11 @@ impl OnnxModel {
                 crate::ops::ADDED
             )));
         }
-        let extras = metadata::extras(&proto)?;
+        let Extras {
+            input_reference,
+            prediction_reference,
+            other,
+        } = metadata::extras(&proto)?;
 
         // The inputs a request gives: graph inputs that are not initializers.
         let initializers: std::collections::HashSet<&str> = graph
@@ -391,13 +395,8 @@ impl OnnxModel {
                 ops.dedup();
                 ops
             },
-            metadata: extras.other,
+            metadata: other,
         };
-        let Extras {
-            input_reference,
-            prediction_reference,
-            ..
-        } = metadata::extras(&proto)?;
         Ok(Self {
             signature: Signature {
                 inputs: specs,

@@ -220,35 +220,51 @@ impl Expansion for OneHotEncoder {
     }
 }
 
-/// The typed form of `OneHotEncoder`: one lookup per element.
+/// The typed form of `OneHotEncoder`: one lookup per element, in an index
+/// built once when the graph is prepared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct OneHotLookup {
-    categories: Categories,
+    index: CategoryIndex,
+    width: usize,
     zeros: bool,
+}
+
+/// The column of each category.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CategoryIndex {
+    Strings(HashMap<String, usize>),
+    Ints(HashMap<i64, usize>),
 }
 
 impl OneHotLookup {
     fn new(categories: &Categories, zeros: bool) -> Self {
+        let index = match categories {
+            Categories::Strings(cats) => CategoryIndex::Strings(
+                cats.iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.clone(), i))
+                    .collect(),
+            ),
+            Categories::Ints(cats) => {
+                CategoryIndex::Ints(cats.iter().enumerate().map(|(i, c)| (*c, i)).collect())
+            }
+        };
         Self {
-            categories: categories.clone(),
+            index,
+            width: categories.len(),
             zeros,
         }
     }
 
     fn width(&self) -> usize {
-        self.categories.len()
+        self.width
     }
 
     /// The column of each element (`None`: not a known category), or an error
     /// naming the first unknown value when unknown values are refused.
     fn columns(&self, input: &Tensor) -> TractResult<Vec<Option<usize>>> {
-        let columns: Vec<Option<usize>> = match &self.categories {
-            Categories::Strings(cats) => {
-                let index: HashMap<&str, usize> = cats
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.as_str(), i))
-                    .collect();
+        let columns: Vec<Option<usize>> = match &self.index {
+            CategoryIndex::Strings(index) => {
                 let view = input.try_as_plain_ram()?;
                 ensure!(
                     input.datum_type() == String::datum_type(),
@@ -260,9 +276,7 @@ impl OneHotLookup {
                     .map(|v| index.get(v.as_str()).copied())
                     .collect()
             }
-            Categories::Ints(cats) => {
-                let index: HashMap<i64, usize> =
-                    cats.iter().enumerate().map(|(i, c)| (*c, i)).collect();
+            CategoryIndex::Ints(index) => {
                 ensure!(
                     input.datum_type() != String::datum_type(),
                     "OneHotEncoder: integer categories need a numeric input, got strings"

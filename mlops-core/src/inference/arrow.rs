@@ -298,12 +298,7 @@ pub fn tensors_for_signature(
                     let specs: Vec<TensorSpec> = (0..width)
                         .map(|j| column(format!("{}[{j}]", spec.name)))
                         .collect();
-                    let columns = tensors_from_batch(&specs, batch)?;
-                    if columns.is_empty() || batch.num_rows() == 0 {
-                        let data = super::tensor::TensorData::with_capacity(spec.datatype, 0);
-                        return Tensor::new(spec.name.clone(), vec![0, width as usize], data);
-                    }
-                    matrix_from_columns(&spec.name, &columns)
+                    matrix_from_columns(&spec.name, &tensors_from_batch(&specs, batch)?)
                 }
                 _ => Err(Error::invalid_input(
                     format!("input '{}'", spec.name),
