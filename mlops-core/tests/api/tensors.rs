@@ -54,7 +54,7 @@ fn tables_and_tensors_map_both_ways_or_name_what_does_not_fit() {
         let e = matrix_from_columns("m", &bad).unwrap_err();
         assert!(e.to_string().contains("'m'"), "{e}");
     }
-    let e = matrix_from_columns("m", &[x.clone()]).unwrap_err();
+    let e = matrix_from_columns("m", std::slice::from_ref(&x)).unwrap_err();
     assert!(e.to_string().contains("'x'"), "{e}");
 
     // Columns onto a signature: x[0], x[1] fill [N, 2]; a missing one is named;
