@@ -205,16 +205,24 @@ fn batches<'a>(root: &'a StoreRoot, source: &'a ScoreSource, rows: usize) -> Bat
                                 ))
                             }
                         })
-                        .map(|s| match s {
-                            Ok(s) => s.boxed(),
-                            Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
-                        })
+                        .map(or_failure)
                         .flatten()
                         .boxed()
                 }
             })
             .flatten(),
         ),
+    }
+}
+
+/// The batches of `stream`, or the one error that kept it from opening.
+fn or_failure<'a, S>(stream: Result<S>) -> BatchStream<'a>
+where
+    S: Stream<Item = Result<RecordBatch>> + Send + 'a,
+{
+    match stream {
+        Ok(s) => s.boxed(),
+        Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
     }
 }
 
@@ -241,10 +249,7 @@ fn file_batches<'a>(root: &'a StoreRoot, files: &'a [String], rows: usize) -> Ba
                     .map_err(|e| not_parquet(&what, e))?;
                 Ok::<_, Error>(stream.map(move |b| b.map_err(|e| not_parquet(&what, e))))
             })
-            .map(|s| match s {
-                Ok(s) => s.boxed(),
-                Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
-            })
+            .map(or_failure)
             .flatten(),
     )
 }
