@@ -219,6 +219,9 @@ pub(crate) fn retrain_loop(
             .with_actor("retrain-loop"),
     ))
     // Fitting and evaluation run on threads of their own, off the runtime.
-    .with_executor(Arc::new(ThreadExecutor));
+    .with_executor(Arc::new(ThreadExecutor))
+    // The loop's place and lease on the storage root: a restarted process, or
+    // another replica, resumes the rollout where it was.
+    .with_state(Arc::new(mlops::store::ObjectLoopStates::new(root)));
     RetrainLoop::new(config, services)
 }

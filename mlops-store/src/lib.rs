@@ -39,6 +39,7 @@ mod error;
 mod fault;
 mod feature_store;
 mod inference_log;
+mod loops;
 mod offline;
 mod online;
 mod registry;
@@ -53,6 +54,7 @@ pub use error::storage_error;
 pub use fault::FaultyStore;
 pub use feature_store::ObjectFeatureStore;
 pub use inference_log::ObjectInferenceLog;
+pub use loops::ObjectLoopStates;
 pub use offline::{ObjectOfflineStore, view_incompatibility};
 #[cfg(feature = "redis")]
 pub use online::RedisOnlineStore;

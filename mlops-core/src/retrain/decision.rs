@@ -56,10 +56,32 @@ pub enum Decision {
         /// The one it replaced.
         previous: u64,
     },
-    /// The canary fell behind live and lost its traffic.
+    /// The canary fell behind live (or could not be judged in time), lost its
+    /// traffic and its `challenger` alias, and was archived.
     RolledBack {
         /// Its version.
         version: u64,
+        /// Why.
+        reason: String,
+    },
+    /// An instance picked the loop up where the stored state says it was:
+    /// after a restart, a failed tick, or taking over from an instance whose
+    /// lease expired.
+    Resumed {
+        /// The instance now acting.
+        instance: String,
+        /// The instance it took over from, if another.
+        from: Option<String>,
+        /// The phase it found.
+        phase: String,
+    },
+    /// A retrain interrupted before its canary started was undone: the
+    /// versions it registered were archived and its run ended as failed.
+    Abandoned {
+        /// The retrain's tracker run.
+        run_id: String,
+        /// The versions archived (none if it stopped before registering).
+        versions: Vec<u64>,
         /// Why.
         reason: String,
     },
@@ -78,6 +100,8 @@ impl Decision {
             Self::CanaryRamped { .. } => "rollout.canary_ramp",
             Self::Promoted { .. } => "rollout.promote",
             Self::RolledBack { .. } => "rollout.rollback",
+            Self::Resumed { .. } => "retrain.resume",
+            Self::Abandoned { .. } => "retrain.abandon",
         }
     }
 }
@@ -118,6 +142,30 @@ impl std::fmt::Display for Decision {
             }
             Self::RolledBack { version, reason } => {
                 write!(f, "canary v{version} rolled back: {reason}")
+            }
+            Self::Resumed {
+                instance,
+                from,
+                phase,
+            } => {
+                write!(f, "instance {instance} resumed the loop")?;
+                if let Some(from) = from {
+                    write!(f, " from {from}, whose lease expired,")?;
+                }
+                write!(f, " at: {phase}")
+            }
+            Self::Abandoned {
+                run_id,
+                versions,
+                reason,
+            } => {
+                write!(f, "retrain run {run_id} abandoned: {reason}")?;
+                if versions.is_empty() {
+                    write!(f, "; nothing had been registered")
+                } else {
+                    let v: Vec<String> = versions.iter().map(|v| format!("v{v}")).collect();
+                    write!(f, "; archived {}", v.join(", "))
+                }
             }
         }
     }

@@ -1,7 +1,7 @@
 //! [`RetrainLoop`]: the state machine (watching, or running a canary) and the
 //! steps of a tick.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
@@ -21,19 +21,7 @@ use crate::train::Trainer;
 use super::decision::Decision;
 use super::holdout::split_recent;
 use super::policy::RetrainConfig;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Phase {
-    Watching,
-    Canary {
-        champion: u64,
-        challenger: u64,
-        weight: f64,
-        /// When the canary reached this weight: it must be judged within
-        /// `CanaryPolicy::judge_within` of it.
-        since: DateTime<Utc>,
-    },
-}
+use super::state::{InMemoryLoopStates, Lease, LoopPhase, LoopState, LoopStateStore};
 
 /// The services the loop works through: made by [`RetrainServices::new`] with the
 /// required ones, then [`with_snapshots`](Self::with_snapshots) and
@@ -65,6 +53,11 @@ pub struct RetrainServices {
     /// [`RetrainLoop::tick`] ([`ThreadExecutor`](crate::exec::ThreadExecutor)
     /// works under any runtime).
     pub executor: Arc<dyn BlockingExecutor>,
+    /// Where the loop's state and lease are kept: an
+    /// [`InMemoryLoopStates`] of its own unless set (clones of these services
+    /// share it); `mlops_store::ObjectLoopStates` keeps it on the storage root,
+    /// so a restarted process or another replica resumes the loop.
+    pub state: Arc<dyn LoopStateStore>,
 }
 
 impl RetrainServices {
@@ -94,7 +87,14 @@ impl RetrainServices {
             audit,
             snapshots: None,
             executor: Arc::new(ThreadExecutor),
+            state: Arc::new(InMemoryLoopStates::new()),
         }
+    }
+
+    /// Keeps the loop's state and lease in `state`.
+    pub fn with_state(mut self, state: Arc<dyn LoopStateStore>) -> Self {
+        self.state = state;
+        self
     }
 
     /// Snapshots each training set and hold-out into `snapshots`.
@@ -116,14 +116,37 @@ impl RetrainServices {
 pub struct RetrainLoop {
     config: RetrainConfig,
     services: RetrainServices,
-    phase: Phase,
-    started: Option<DateTime<Utc>>,
-    last_retrain: Option<DateTime<Utc>>,
-    retrains: VecDeque<DateTime<Utc>>,
+    instance: String,
+    /// The state as this instance last read or wrote it.
+    state: LoopState,
+    /// Whether the serving side is known to match `state`: this instance applied
+    /// it and no tick has failed since.
+    synced: bool,
+}
+
+/// What [`RetrainLoop::claim`] found.
+enum Claim {
+    /// Another instance holds the lease, or won the race for it.
+    Standby,
+    /// This instance holds the lease; `from` names the instance whose expired
+    /// lease it took over.
+    Acquired { from: Option<String> },
+}
+
+/// A default instance name: the host (a pod's name in Kubernetes) and process,
+/// so a restarted container resumes its own lease at once.
+fn default_instance() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "loop".into());
+    format!("{host}:{}", std::process::id())
 }
 
 impl RetrainLoop {
-    /// A loop with `config` over `services`, watching (no canary running).
+    /// A loop with `config` over `services`. Its state is read from
+    /// `services.state` at each tick: a loop whose model already has a stored
+    /// state resumes it.
     pub fn new(config: RetrainConfig, services: RetrainServices) -> Result<Self> {
         let higher = metrics::higher_is_better(&config.metric);
         if higher.is_none() {
@@ -145,14 +168,45 @@ impl RetrainLoop {
                 "initial_weight must be in (0, 1] and step positive",
             ));
         }
+        if config.lease_ttl.is_zero() || chrono::Duration::from_std(config.lease_ttl).is_err() {
+            return Err(Error::invalid_input(
+                "lease_ttl",
+                "must be positive and at most a few centuries",
+            ));
+        }
         Ok(Self {
             config,
             services,
-            phase: Phase::Watching,
-            started: None,
-            last_retrain: None,
-            retrains: VecDeque::new(),
+            instance: default_instance(),
+            state: LoopState::default(),
+            synced: false,
         })
+    }
+
+    /// Names this instance in the lease and the audit log (by default the
+    /// host's name and the process id). Two instances with the same name count
+    /// as one: give each replica its own.
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = instance.into();
+        self
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The state as this instance last read or wrote it.
+    pub fn state(&self) -> &LoopState {
+        &self.state
+    }
+
+    /// Whether this instance held the lease at its last tick.
+    pub fn is_leader(&self) -> bool {
+        self.state
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.holder == self.instance)
     }
 
     fn higher(&self) -> bool {
@@ -176,7 +230,9 @@ impl RetrainLoop {
                 format!("model {}", self.config.model),
             )
             .detail("decision", d.to_string())
-            .detail("deployment", &self.config.deployment);
+            .detail("deployment", &self.config.deployment)
+            .detail("instance", &self.instance)
+            .detail("revision", self.state.revision.to_string());
             if let Some(run) = run_id {
                 event = event.detail("run_id", run);
             }
@@ -193,43 +249,263 @@ impl RetrainLoop {
         Ok(())
     }
 
+    /// Writes `next` over the state this instance holds; a lost race means
+    /// another instance took the loop over, and this one must stop acting.
+    async fn commit(&mut self, mut next: LoopState) -> Result<()> {
+        next.revision = self.state.revision + 1;
+        if self.services.state.save(&self.config.model, &next).await? {
+            self.state = next;
+            return Ok(());
+        }
+        Err(Error::conflict(
+            format!("retrain loop of model {}", self.config.model),
+            format!(
+                "instance {} lost its lease: another instance changed the loop's state \
+                 (revision {} is no longer current)",
+                self.instance, self.state.revision
+            ),
+        ))
+    }
+
+    /// Moves to `phase`.
+    async fn enter(&mut self, phase: LoopPhase) -> Result<()> {
+        let next = LoopState {
+            phase,
+            ..self.state.clone()
+        };
+        self.commit(next).await
+    }
+
+    /// Reads the stored state and takes or renews the lease.
+    async fn claim(&mut self, now: DateTime<Utc>) -> Result<Claim> {
+        let key = &self.config.model;
+        let stored = self.services.state.load(key).await?.unwrap_or_default();
+        if let Some(lease) = &stored.lease
+            && lease.holder != self.instance
+            && lease.expires > now
+        {
+            self.state = stored;
+            return Ok(Claim::Standby);
+        }
+        let from = stored
+            .lease
+            .as_ref()
+            .filter(|l| l.holder != self.instance)
+            .map(|l| l.holder.clone());
+        let ttl = chrono::Duration::from_std(self.config.lease_ttl)
+            .map_err(|e| Error::invalid_input("lease_ttl", e.to_string()))?;
+        let mut next = stored.clone();
+        next.revision += 1;
+        next.lease = Some(Lease {
+            holder: self.instance.clone(),
+            expires: now + ttl,
+        });
+        next.started.get_or_insert(now);
+        if !self.services.state.save(key, &next).await? {
+            // Another instance got there first; look again next tick.
+            self.state = stored;
+            return Ok(Claim::Standby);
+        }
+        self.state = next;
+        Ok(Claim::Acquired { from })
+    }
+
     /// The phase: `None` while watching, or the running canary's (champion,
     /// challenger, weight).
     pub fn canary(&self) -> Option<(u64, u64, f64)> {
-        match self.phase {
-            Phase::Watching => None,
-            Phase::Canary {
+        match self.state.phase {
+            LoopPhase::Canary {
                 champion,
                 challenger,
                 weight,
                 ..
             } => Some((champion, challenger, weight)),
+            _ => None,
         }
     }
 
     /// Runs one step of the loop at time `now`; returns what it decided (often
-    /// nothing).
+    /// nothing, and nothing while another instance holds the lease).
+    ///
+    /// # Errors
+    /// What a service returned, and [`Error::Conflict`] when another instance
+    /// took the loop over during the tick; the stored state then says how far
+    /// this tick got, and the next tick (of any instance) finishes or undoes
+    /// what it left half-done.
     pub async fn tick(&mut self, now: DateTime<Utc>) -> Result<Vec<Decision>> {
-        self.started.get_or_insert(now);
+        let synced = std::mem::replace(&mut self.synced, false);
+        let from = match self.claim(now).await? {
+            Claim::Standby => return Ok(Vec::new()),
+            Claim::Acquired { from } => from,
+        };
+        let mut decisions = self.resume(synced, from).await?;
         let health = self
             .services
             .traffic
             .health(&self.config.deployment)
             .await?;
-        let decisions = match self.phase {
-            Phase::Canary {
+        if let LoopPhase::Canary {
+            champion,
+            challenger,
+            weight,
+            since,
+        } = self.state.phase
+        {
+            decisions.extend(
+                self.step_canary(&health, champion, challenger, weight, since, now)
+                    .await?,
+            );
+        } else {
+            decisions.extend(self.watch(&health, now).await?);
+        }
+        self.synced = true;
+        Ok(decisions)
+    }
+
+    /// Brings the serving side and the registry in line with the stored state
+    /// when this instance cannot know they are: after a restart, a take-over,
+    /// or a failed tick. Intents are finished (promotion, rollback) or undone
+    /// (a challenger still in training); a canary's routing is applied again.
+    async fn resume(&mut self, synced: bool, from: Option<String>) -> Result<Vec<Decision>> {
+        let mut decisions = Vec::new();
+        let intent = !matches!(
+            self.state.phase,
+            LoopPhase::Watching | LoopPhase::Canary { .. }
+        );
+        if from.is_some() || intent || (!synced && self.canary().is_some()) {
+            let d = Decision::Resumed {
+                instance: self.instance.clone(),
+                from,
+                phase: describe(&self.state.phase),
+            };
+            self.record(std::slice::from_ref(&d), None).await?;
+            decisions.push(d);
+        }
+        match self.state.phase.clone() {
+            LoopPhase::Watching => {}
+            LoopPhase::Canary {
                 champion,
                 challenger,
                 weight,
-                since,
+                ..
             } => {
-                self.step_canary(&health, champion, challenger, weight, since, now)
-                    .await?
+                if !synced {
+                    self.services
+                        .traffic
+                        .start_canary(&self.config.deployment, champion, challenger, weight)
+                        .await?;
+                }
             }
-            Phase::Watching => return self.watch(&health, now).await,
-        };
-        self.record(&decisions, None).await?;
+            LoopPhase::Training {
+                champion, run_id, ..
+            } => {
+                let versions = self.undo_run(&run_id).await?;
+                let d = Decision::Abandoned {
+                    run_id,
+                    versions,
+                    reason: format!(
+                        "the retrain against champion v{champion} was interrupted before its \
+                         canary started"
+                    ),
+                };
+                self.record(std::slice::from_ref(&d), None).await?;
+                decisions.push(d);
+                self.enter(LoopPhase::Watching).await?;
+            }
+            LoopPhase::Promoting {
+                champion,
+                challenger,
+            } => decisions.push(self.finish_promotion(champion, challenger).await?),
+            LoopPhase::RollingBack {
+                champion,
+                challenger,
+                reason,
+            } => decisions.push(self.finish_rollback(champion, challenger, reason).await?),
+        }
         Ok(decisions)
+    }
+
+    /// Archives the versions `run_id` registered (removing the `challenger`
+    /// alias from them first) and ends the run as failed if it still runs.
+    async fn undo_run(&self, run_id: &str) -> Result<Vec<u64>> {
+        let s = &self.services;
+        let model = &self.config.model;
+        let versions: Vec<u64> = match s.registry.list_versions(model).await {
+            Ok(vs) => vs
+                .into_iter()
+                .filter(|v| v.metadata.lineage.run_id.as_deref() == Some(run_id))
+                .map(|v| v.version)
+                .collect(),
+            Err(Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for &v in &versions {
+            self.drop_challenger_alias(v).await?;
+            s.registry.archive_version(model, v).await?;
+        }
+        match s.tracker.get_run(run_id).await {
+            Ok(run) if run.status == RunStatus::Running => {
+                s.tracker.end_run(run_id, RunStatus::Failed).await?;
+            }
+            Ok(_) | Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(versions)
+    }
+
+    /// Removes the `challenger` alias if it names `version`.
+    async fn drop_challenger_alias(&self, version: u64) -> Result<()> {
+        let registry = &self.services.registry;
+        let model = &self.config.model;
+        if registry.aliases(model).await?.get("challenger") == Some(&version) {
+            registry.delete_alias(model, "challenger").await?;
+        }
+        Ok(())
+    }
+
+    /// Carries out a promotion the state records as intended: every call is
+    /// idempotent, so a resumed promotion repeats them safely.
+    async fn finish_promotion(&mut self, champion: u64, challenger: u64) -> Result<Decision> {
+        let s = &self.services;
+        s.registry
+            .set_alias(&self.config.model, "champion", challenger)
+            .await?;
+        s.traffic
+            .route_all(&self.config.deployment, challenger)
+            .await?;
+        self.drop_challenger_alias(challenger).await?;
+        let d = Decision::Promoted {
+            version: challenger,
+            previous: champion,
+        };
+        self.record(std::slice::from_ref(&d), None).await?;
+        self.enter(LoopPhase::Watching).await?;
+        Ok(d)
+    }
+
+    /// Carries out a rollback the state records as intended (idempotent, as
+    /// [`finish_promotion`](Self::finish_promotion)).
+    async fn finish_rollback(
+        &mut self,
+        champion: u64,
+        challenger: u64,
+        reason: String,
+    ) -> Result<Decision> {
+        let s = &self.services;
+        s.traffic
+            .route_all(&self.config.deployment, champion)
+            .await?;
+        self.drop_challenger_alias(challenger).await?;
+        s.registry
+            .archive_version(&self.config.model, challenger)
+            .await?;
+        let d = Decision::RolledBack {
+            version: challenger,
+            reason,
+        };
+        self.record(std::slice::from_ref(&d), None).await?;
+        self.enter(LoopPhase::Watching).await?;
+        Ok(d)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -247,8 +523,6 @@ impl RetrainLoop {
         let live = |v: u64| health.versions.get(&v).map(|h| &h.live);
         let rows = |v: u64| live(v).map_or(0, |l| l.rows);
         let value = |v: u64| live(v).and_then(|l| l.metrics.get(metric)).copied();
-        let traffic = &self.services.traffic;
-        let deployment = &self.config.deployment;
         // Both arms need their labelled predictions: a champion judged on a
         // handful of labels says nothing about the challenger.
         let judged = match (value(challenger), value(champion)) {
@@ -257,61 +531,64 @@ impl RetrainLoop {
             }
             _ => None,
         };
-        let Some((cm, pm)) = judged else {
-            let limit = self.config.canary.judge_within;
-            let waited = (now - since).to_std().unwrap_or_default();
-            if waited <= limit {
-                return Ok(Vec::new());
-            }
-            traffic.route_all(deployment, champion).await?;
-            self.phase = Phase::Watching;
-            return Ok(vec![Decision::RolledBack {
-                version: challenger,
-                reason: format!(
+        let rollback = match judged {
+            None => {
+                let limit = self.config.canary.judge_within;
+                let waited = (now - since).to_std().unwrap_or_default();
+                if waited <= limit {
+                    return Ok(Vec::new());
+                }
+                format!(
                     "could not be judged within {:?} at {:.0}% of traffic: {} and {} labelled \
                      predictions on the challenger and champion v{champion}, {min} needed on each",
                     limit,
                     weight * 100.0,
                     rows(challenger),
                     rows(champion)
-                ),
-            }]);
-        };
-        let c_rows = rows(challenger);
-        if self.beats(pm, cm, self.config.canary.tolerance) {
-            traffic.route_all(deployment, champion).await?;
-            self.phase = Phase::Watching;
-            return Ok(vec![Decision::RolledBack {
-                version: challenger,
-                reason: format!(
-                    "live {metric} {cm:.4} over {c_rows} predictions, champion v{champion} {pm:.4}"
-                ),
-            }]);
-        }
-        let next = (weight + self.config.canary.step).min(1.0);
-        if next >= 1.0 {
-            self.services
-                .registry
-                .set_alias(&self.config.model, "champion", challenger)
+                )
+            }
+            Some((cm, pm)) if self.beats(pm, cm, self.config.canary.tolerance) => format!(
+                "live {metric} {cm:.4} over {} predictions, champion v{champion} {pm:.4}",
+                rows(challenger)
+            ),
+            Some(_) => {
+                let next = (weight + self.config.canary.step).min(1.0);
+                if next >= 1.0 {
+                    self.enter(LoopPhase::Promoting {
+                        champion,
+                        challenger,
+                    })
+                    .await?;
+                    return Ok(vec![self.finish_promotion(champion, challenger).await?]);
+                }
+                let d = Decision::CanaryRamped {
+                    version: challenger,
+                    weight: next,
+                };
+                self.record(std::slice::from_ref(&d), None).await?;
+                self.enter(LoopPhase::Canary {
+                    champion,
+                    challenger,
+                    weight: next,
+                    since: now,
+                })
                 .await?;
-            traffic.route_all(deployment, challenger).await?;
-            self.phase = Phase::Watching;
-            return Ok(vec![Decision::Promoted {
-                version: challenger,
-                previous: champion,
-            }]);
-        }
-        traffic.set_canary_weight(deployment, next).await?;
-        self.phase = Phase::Canary {
+                self.services
+                    .traffic
+                    .set_canary_weight(&self.config.deployment, next)
+                    .await?;
+                return Ok(vec![d]);
+            }
+        };
+        self.enter(LoopPhase::RollingBack {
             champion,
             challenger,
-            weight: next,
-            since: now,
-        };
-        Ok(vec![Decision::CanaryRamped {
-            version: challenger,
-            weight: next,
-        }])
+            reason: rollback.clone(),
+        })
+        .await?;
+        Ok(vec![
+            self.finish_rollback(champion, challenger, rollback).await?,
+        ])
     }
 
     async fn triggers(&self, health: &ModelHealth, now: DateTime<Utc>) -> Result<Vec<String>> {
@@ -346,7 +623,11 @@ impl RetrainLoop {
                 self.config.metric, h.live.rows
             ));
         }
-        let since = self.last_retrain.or(self.started).unwrap_or(now);
+        let since = self
+            .state
+            .last_retrain
+            .or(self.state.started)
+            .unwrap_or(now);
         if let Some(every) = t.every
             && (now - since).to_std().unwrap_or_default() >= every
         {
@@ -375,24 +656,25 @@ impl RetrainLoop {
             reasons: reasons.clone(),
         }];
         let g = &self.config.guardrails;
-        while self
+        // Retrains that left the rate limit's period no longer count.
+        let recent: Vec<DateTime<Utc>> = self
+            .state
             .retrains
-            .front()
-            .is_some_and(|t| (now - *t).to_std().unwrap_or_default() >= g.per)
-        {
-            self.retrains.pop_front();
-        }
-        let skip = if let Some(last) = self.last_retrain
+            .iter()
+            .copied()
+            .filter(|t| (now - *t).to_std().unwrap_or_default() < g.per)
+            .collect();
+        let skip = if let Some(last) = self.state.last_retrain
             && (now - last).to_std().unwrap_or_default() < g.cooldown
         {
             Some(format!(
                 "in the {:?} cool-down after the last retrain",
                 g.cooldown
             ))
-        } else if self.retrains.len() >= g.max_retrains {
+        } else if recent.len() >= g.max_retrains {
             Some(format!(
                 "{} retrains already in the last {:?}",
-                self.retrains.len(),
+                recent.len(),
                 g.per
             ))
         } else {
@@ -428,22 +710,23 @@ impl RetrainLoop {
             self.record(&decisions, None).await?;
             return Ok(decisions);
         }
-        self.last_retrain = Some(now);
-        self.retrains.push_back(now);
-        let (more, run_id) = self.retrain(labelled, champion, &reasons, now).await?;
+        let more = self
+            .retrain(labelled, champion, &reasons, recent, now)
+            .await?;
         decisions.extend(more);
-        self.record(&decisions, Some(&run_id)).await?;
         Ok(decisions)
     }
 
-    /// Trains, evaluates and (when it wins) registers and canaries a challenger.
+    /// Trains, evaluates and (when it wins) registers and canaries a challenger;
+    /// records its decisions (the trigger's too) under the run.
     async fn retrain(
         &mut self,
         labelled: RecordBatch,
         champion: u64,
         reasons: &[String],
+        mut recent: Vec<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> Result<(Vec<Decision>, String)> {
+    ) -> Result<Vec<Decision>> {
         let cfg = self.config.clone();
         let s = self.services.clone();
         // The most recent rows are the hold-out.
@@ -461,6 +744,7 @@ impl RetrainLoop {
         let tags = BTreeMap::from([
             ("mlops.model".to_owned(), cfg.model.clone()),
             ("mlops.trigger".to_owned(), reasons.join("; ")),
+            ("mlops.instance".to_owned(), self.instance.clone()),
         ]);
         let run = s
             .tracker
@@ -470,6 +754,27 @@ impl RetrainLoop {
                 tags,
             )
             .await?;
+        // The intent first: an instance that finds it without this one
+        // finishing undoes it. The guard rails count this retrain from here.
+        recent.push(now);
+        let next = LoopState {
+            phase: LoopPhase::Training {
+                champion,
+                run_id: run.id.clone(),
+                since: now,
+            },
+            last_retrain: Some(now),
+            retrains: recent,
+            ..self.state.clone()
+        };
+        self.commit(next).await?;
+        self.record(
+            &[Decision::Triggered {
+                reasons: reasons.to_vec(),
+            }],
+            Some(&run.id),
+        )
+        .await?;
         let outcome = self
             .train_and_judge(&run.id, train_set, holdout, champion, reasons, now)
             .await;
@@ -479,7 +784,7 @@ impl RetrainLoop {
             RunStatus::Failed
         };
         s.tracker.end_run(&run.id, status).await?;
-        Ok((outcome?, run.id))
+        outcome
     }
 
     async fn train_and_judge(
@@ -575,6 +880,8 @@ impl RetrainLoop {
                     cfg.metric, cfg.margin
                 ),
             });
+            self.record(&decisions, Some(run_id)).await?;
+            self.enter(LoopPhase::Watching).await?;
             return Ok(decisions);
         }
         let mut metadata = trained.metadata.clone();
@@ -608,16 +915,66 @@ impl RetrainLoop {
             .set_alias(&cfg.model, "challenger", version)
             .await?;
         let weight = cfg.canary.initial_weight;
-        s.traffic
-            .start_canary(&cfg.deployment, champion, version, weight)
-            .await?;
-        self.phase = Phase::Canary {
+        decisions.push(Decision::CanaryStarted { version, weight });
+        // Recorded before the state moves on: a crash in between leaves the
+        // story told twice (then undone), never a step missing from it.
+        self.record(&decisions, Some(run_id)).await?;
+        let canary = LoopPhase::Canary {
             champion,
             challenger: version,
             weight,
             since: now,
         };
-        decisions.push(Decision::CanaryStarted { version, weight });
+        if let Err(e) = self.enter(canary).await {
+            // Another instance took the loop over while this one trained: the
+            // version must not stay registered as a challenger nobody judges.
+            // Best effort: that instance's recovery archives it too.
+            let _ = self.undo_version(version).await;
+            return Err(e);
+        }
+        s.traffic
+            .start_canary(&cfg.deployment, champion, version, weight)
+            .await?;
         Ok(decisions)
+    }
+
+    /// Removes a version this instance registered but may no longer roll out.
+    async fn undo_version(&self, version: u64) -> Result<()> {
+        self.drop_challenger_alias(version).await?;
+        self.services
+            .registry
+            .archive_version(&self.config.model, version)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// A phase in words, for the audit log.
+fn describe(phase: &LoopPhase) -> String {
+    match phase {
+        LoopPhase::Watching => "watching".into(),
+        LoopPhase::Training {
+            champion, run_id, ..
+        } => format!("training a challenger to champion v{champion} (run {run_id})"),
+        LoopPhase::Canary {
+            champion,
+            challenger,
+            weight,
+            ..
+        } => format!(
+            "canary v{challenger} at {:.0}% of traffic beside champion v{champion}",
+            weight * 100.0
+        ),
+        LoopPhase::Promoting {
+            champion,
+            challenger,
+        } => format!("promoting v{challenger} over v{champion}"),
+        LoopPhase::RollingBack {
+            champion,
+            challenger,
+            ..
+        } => format!("rolling back v{challenger} to v{champion}"),
+        #[allow(unreachable_patterns)]
+        _ => "an unknown phase".into(),
     }
 }

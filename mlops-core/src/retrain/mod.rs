@@ -17,6 +17,12 @@
 //! Every decision is returned, appended to the audit log, and recorded in the
 //! experiment tracker (one run per retrain).
 //!
+//! The loop's place ([`LoopState`]) is kept in a [`LoopStateStore`] and changed
+//! only by compare-and-swap, under a lease: any number of instances may tick the
+//! same loop (replicas, restarts); one acts at a time, and whichever acts next
+//! finishes or undoes what a crashed one left half-done, so a rollout always
+//! ends with the old champion fully restored or the challenger fully promoted.
+//!
 //! Training and evaluation are CPU-bound: `tick` hands them to the services'
 //! [`BlockingExecutor`](crate::exec::BlockingExecutor) and awaits them, so the loop can be driven from any task of
 //! an async runtime without stalling it.
@@ -25,7 +31,11 @@ mod decision;
 mod holdout;
 mod machine;
 mod policy;
+mod state;
 
 pub use decision::Decision;
 pub use machine::{RetrainLoop, RetrainServices};
 pub use policy::{CanaryPolicy, Guardrails, RetrainConfig, Triggers};
+pub use state::{
+    InMemoryLoopStates, Lease, LoopPhase, LoopState, LoopStateStore, expected_revision,
+};

@@ -118,12 +118,18 @@ pub struct RetrainConfig {
     pub experiment: String,
     /// Who the audit log names.
     pub actor: String,
+    /// How long an instance's lease on the loop lasts from its last tick:
+    /// another instance takes over once it has passed. Longer than the
+    /// longest training (a lease that expires while its holder trains hands
+    /// the loop over, and the challenger is discarded) and than a few tick
+    /// intervals.
+    pub lease_ttl: Duration,
 }
 
 impl RetrainConfig {
     /// Settings for `model` served as `deployment`, judged by `metric`, with the
     /// default guard rails and canary policy, a drift trigger, 7 days of training
-    /// data and a 20% hold-out.
+    /// data, a 20% hold-out and a 15-minute lease.
     pub fn new(
         model: impl Into<String>,
         deployment: impl Into<String>,
@@ -150,6 +156,7 @@ impl RetrainConfig {
             canary: CanaryPolicy::default(),
             min_live_rows: 100,
             actor: "retrain-loop".into(),
+            lease_ttl: Duration::from_secs(15 * 60),
         }
     }
 }
