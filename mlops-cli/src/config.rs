@@ -115,6 +115,9 @@ pub(crate) struct Config {
     /// materialize`); this process's memory when absent.
     #[serde(default)]
     pub(crate) online: Online,
+    /// Retraining loops `mlops retrain` runs (mlops-cli/src/retrain.rs).
+    #[serde(default)]
+    pub(crate) retrain: Vec<crate::retrain::RetrainToml>,
 }
 
 /// A deployment's `enrichment = { features = ["view:feature", ...],
@@ -383,7 +386,9 @@ fn parse_duration<E: serde::de::Error>(text: &str) -> std::result::Result<Durati
     })
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map(Some)
 }
@@ -395,7 +400,7 @@ fn required_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Dur
 
 /// `value`, or the environment variable it names as `${NAME}`; `key` names the
 /// setting in the error.
-fn expand(key: &str, value: &str) -> Result<String> {
+pub(crate) fn expand(key: &str, value: &str) -> Result<String> {
     let Some(name) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
         return Ok(value.to_owned());
     };

@@ -15,6 +15,8 @@
 //! mlops features --config mlops.toml apply DEFS.toml | list | ingest VIEW FILE.parquet
 //!     | materialize [--incremental] | historical ENTITIES.parquet --feature VIEW:FEATURE...
 //!     -o OUT.parquet | get --feature VIEW:FEATURE... --entity KEY=VALUE...
+//! mlops retrain --config mlops.toml [--once] [--model NAME]   the [[retrain]] loops:
+//!                                     a tick every interval, or one (a CronJob)
 //! mlops score --config mlops.toml --model NAME [--version V] --input F.parquet... | --snapshot ID
 //!     --output PATH [--keys id,...]   batch predictions next to the keys, tracked
 //! mlops models register NAME FILE.onnx --flavor onnx [--reference SAMPLE.parquet]
@@ -40,6 +42,7 @@ mod features;
 mod io;
 mod models;
 mod records;
+mod retrain;
 mod score;
 mod serve;
 mod train;
@@ -142,6 +145,25 @@ enum Command {
         /// The training job (model, task, label, entities file, features).
         job: PathBuf,
     },
+    /// Runs the config's `[[retrain]]` loops: drift- and quality-triggered
+    /// retraining with a canary rollout, their state and lease on the storage
+    /// root (any number of these processes act as one loop per model).
+    Retrain {
+        /// The config file (its [storage], [registry] and [[retrain]] are read).
+        #[arg(long, short, default_value = "mlops.toml")]
+        config: PathBuf,
+        /// One tick of each loop, then exit (for a CronJob); without it, a tick
+        /// every `interval` until SIGTERM or SIGINT.
+        #[arg(long)]
+        once: bool,
+        /// Only the loop of this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// This process's name in the loop's lease and the audit log (default:
+        /// the host's name and the process id).
+        #[arg(long)]
+        instance: Option<String>,
+    },
     /// Scores Parquet files or a dataset snapshot with a registered model
     /// version, writing the predictions next to the row keys under the storage
     /// root; recorded as a tracker run and in the audit log.
@@ -233,6 +255,21 @@ fn main() -> ExitCode {
             }
             Command::Train { config, job } => train::run(&config, &job, cli.json).await,
             Command::Score { config, args } => score::run(&config, args, cli.json).await,
+            Command::Retrain {
+                config,
+                once,
+                model,
+                instance,
+            } => {
+                retrain::run(
+                    &config,
+                    model.as_deref(),
+                    instance.as_deref(),
+                    once,
+                    cli.json,
+                )
+                .await
+            }
             Command::Datasets { config, command } => {
                 datasets::run(&config, command, cli.json).await
             }

@@ -25,14 +25,19 @@ pub(crate) fn check(path: &Path, json: bool) -> Result<()> {
     config.registry_options(false)?;
     config.inference_log()?;
     let deployments = config.deployment_configs(&unopened_features()?)?;
+    let loops = crate::retrain::check(&config)?;
     if json {
         let names: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
         println!(
             "{}",
-            serde_json::json!({"config": path.display().to_string(), "ok": true, "deployments": names})
+            serde_json::json!({"config": path.display().to_string(), "ok": true, "deployments": names, "retrain_loops": loops})
         );
     } else {
-        println!("{}: ok ({} deployments)", path.display(), deployments.len());
+        println!(
+            "{}: ok ({} deployments, {loops} retrain loops)",
+            path.display(),
+            deployments.len()
+        );
     }
     Ok(())
 }
@@ -73,7 +78,7 @@ pub(crate) async fn health(url: &str, ready: bool, timeout: Duration, json: bool
 /// SIGINT). The handlers are installed when this is called, not when the
 /// future is first polled, so a signal that arrives while models load is kept
 /// for the serving loop instead of killing the process.
-fn stop_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

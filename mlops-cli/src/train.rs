@@ -72,7 +72,7 @@ fn default_timestamp_column() -> String {
 /// `[network]`: hidden layer widths of an MLP; none: a linear model.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Network {
+pub(crate) struct Network {
     #[serde(default)]
     hidden: Vec<usize>,
 }
@@ -80,7 +80,7 @@ struct Network {
 /// `[training]`: what overrides the SDK's defaults.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Training {
+pub(crate) struct Training {
     epochs: Option<usize>,
     batch_size: Option<usize>,
     learning_rate: Option<f64>,
@@ -110,13 +110,24 @@ fn load_job(path: &Path) -> Result<Job> {
 
 /// The trainer's config for `job` (checked by the trainer itself on fit).
 fn train_config(job: &Job, progress: Progress, exclude: Vec<String>) -> TrainConfig {
-    let spec = if job.network.hidden.is_empty() {
+    trainer_config(job.task, &job.network, &job.training, progress, exclude)
+}
+
+/// The trainer's config for a task, `[network]` and `[training]` (of a training
+/// job or a `[[retrain]]` section).
+pub(crate) fn trainer_config(
+    task: Task,
+    network: &Network,
+    t: &Training,
+    progress: Progress,
+    exclude: Vec<String>,
+) -> TrainConfig {
+    let spec = if network.hidden.is_empty() {
         ModelSpec::Linear
     } else {
-        ModelSpec::mlp(job.network.hidden.clone())
+        ModelSpec::mlp(network.hidden.clone())
     };
-    let mut c = TrainConfig::new(job.task, spec);
-    let t = &job.training;
+    let mut c = TrainConfig::new(task, spec);
     if let Some(v) = t.epochs {
         c.epochs = v;
     }

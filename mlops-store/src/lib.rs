@@ -39,6 +39,7 @@ mod error;
 mod fault;
 mod feature_store;
 mod inference_log;
+mod labels;
 mod loops;
 mod offline;
 mod online;
@@ -54,6 +55,7 @@ pub use error::storage_error;
 pub use fault::FaultyStore;
 pub use feature_store::ObjectFeatureStore;
 pub use inference_log::ObjectInferenceLog;
+pub use labels::ViewLabels;
 pub use loops::ObjectLoopStates;
 pub use offline::{ObjectOfflineStore, view_incompatibility};
 #[cfg(feature = "redis")]

@@ -30,6 +30,7 @@ mod enrichment;
 mod features;
 mod inference_log;
 mod onnx;
+mod retrain;
 mod train;
 mod trust;
 

@@ -190,7 +190,7 @@ impl ObjectOfflineStore {
     /// The view's rows with event time in `[min_us, max_us]` (files outside are not
     /// read), only `columns`, in commit order; columns a file lacks (features added
     /// later) come back as nulls.
-    pub(super) async fn scan(
+    pub(crate) async fn scan(
         &self,
         view: &FeatureView,
         columns: &[String],

@@ -1,0 +1,285 @@
+//! `mlops retrain`: the `[[retrain]]` loops as processes against a running
+//! `mlops serve`. Two processes started at once act as one loop (one holds the
+//! lease, the other stands by); a loop's state carries from one `--once` run
+//! to the next; a canary started through the server's admin API that cannot
+//! be judged in time is rolled back there, and its version archived. Bad
+//! sections fail fast naming the key.
+
+use arrow_array::TimestampMicrosecondArray;
+use mlops::arrow::schema::DataType;
+use mlops::core::ModelRegistry as _;
+use mlops::core::feature::{ApplyOptions, FeatureView};
+use mlops::core::model::{VersionSelector, VersionStatus};
+use mlops::core::monitoring::TrafficControl as _;
+use mlops::store::ObjectOfflineStore;
+
+use super::*;
+
+const HOUR: i64 = 3_600_000_000;
+
+fn ts(v: Vec<i64>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
+}
+
+/// The `[[retrain]]` section of the test: labels from `chargebacks`, a
+/// schedule that fires on any tick after the first, canaries judged within
+/// 1 ms (no labels arrive here, so the second tick rolls one back).
+fn section(dir: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[[retrain]]
+model = "fraud"
+server = "{{SERVER}}"
+admin_key_file = "{key}"
+task = "binary_classification"
+labels = {{ view = "chargebacks", column = "is_fraud" }}
+features = ["card:spend"]
+margin = -1.0
+lease_ttl = "1h"
+triggers = {{ on_drift = false, every = "1ms" }}
+guardrails = {{ min_rows = 100, cooldown = "1h" }}
+canary = {{ initial_weight = 0.2, judge_within = "1ms" }}
+training = {{ epochs = 2 }}
+{extra}"#,
+        key = dir.join("key").display()
+    )
+}
+
+/// Card spend 10 days ago for 200 cards, and 400 labelled transactions over the
+/// last two days (fraud when the card spends over 0).
+async fn seed(root: &StoreRoot) {
+    let offline = ObjectOfflineStore::new(root);
+    let now = mlops::chrono::Utc::now().timestamp_micros();
+    for view in [
+        FeatureView::builder("card")
+            .join_key("card_id", DataType::Int64)
+            .event_time("ts")
+            .feature("spend", DataType::Float64)
+            .build()
+            .unwrap(),
+        FeatureView::builder("chargebacks")
+            .join_key("card_id", DataType::Int64)
+            .event_time("ts")
+            .feature("is_fraud", DataType::Int64)
+            .build()
+            .unwrap(),
+    ] {
+        offline
+            .apply_view(view, ApplyOptions::default())
+            .await
+            .unwrap();
+    }
+    let cards: Vec<i64> = (0..200).collect();
+    offline
+        .ingest(
+            "card",
+            RecordBatch::try_from_iter([
+                (
+                    "card_id",
+                    Arc::new(Int64Array::from(cards.clone())) as ArrayRef,
+                ),
+                ("ts", ts(vec![now - 240 * HOUR; 200])),
+                (
+                    "spend",
+                    Arc::new(Float64Array::from_iter_values(
+                        cards.iter().map(|c| *c as f64 - 100.0),
+                    )) as ArrayRef,
+                ),
+            ])
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let tx: Vec<i64> = (0..400).map(|i| (i * 37) % 200).collect();
+    offline
+        .ingest(
+            "chargebacks",
+            RecordBatch::try_from_iter([
+                (
+                    "card_id",
+                    Arc::new(Int64Array::from(tx.clone())) as ArrayRef,
+                ),
+                (
+                    "ts",
+                    ts((0..400).map(|i| now - 48 * HOUR + i * 1_000_000).collect()),
+                ),
+                (
+                    "is_fraud",
+                    Arc::new(Int64Array::from_iter_values(
+                        tx.iter().map(|c| i64::from(*c > 100)),
+                    )) as ArrayRef,
+                ),
+            ])
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+/// A champion v1 over `spend`, trained on the same rule.
+async fn champion(registry: &ObjectRegistry) {
+    let spend: Vec<f64> = (0..200).map(|c| f64::from(c) - 100.0).collect();
+    let data = RecordBatch::try_from_iter([
+        (
+            "spend",
+            Arc::new(Float64Array::from(spend.clone())) as ArrayRef,
+        ),
+        (
+            "is_fraud",
+            Arc::new(Int64Array::from_iter_values(
+                spend.iter().map(|s| i64::from(*s > 0.0)),
+            )) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let mut c = TrainConfig::new(Task::BinaryClassification, ModelSpec::Linear);
+    c.progress = Progress::Hidden;
+    c.epochs = 2;
+    let trained = TabularTrainer::new(c).fit(&data, "is_fraud").unwrap();
+    let v = registry
+        .register("fraud", trained.artifact, trained.metadata)
+        .await
+        .unwrap()
+        .version;
+    registry.set_alias("fraud", "champion", v).await.unwrap();
+}
+
+/// Runs `mlops --json retrain --once --instance NAME`: exit code and the one
+/// JSON line it printed.
+fn tick(path: &Path, instance: &str) -> (Option<i32>, serde_json::Value, String) {
+    let (code, out, err) = mlops(
+        &["--json", "retrain", "--once", "--instance", instance],
+        path,
+    );
+    let line = out.lines().next().unwrap_or("null");
+    let v = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {out:?} {err}"));
+    (code, v, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrain_processes_share_one_loop_and_roll_out_through_the_server() {
+    let dir = temp_dir("retrain");
+    let root = StoreRoot::open(&store_url(&dir)).unwrap();
+    seed(&root).await;
+    let registry = ObjectRegistry::new(&root);
+    champion(&registry).await;
+    let path = dir.path().join("mlops.toml");
+    let base_config = config(dir.path());
+    std::fs::write(&path, &base_config).unwrap();
+    let served = start(&path);
+    let with_server = |extra: &str| {
+        format!("{base_config}{}", section(dir.path(), extra)).replace("{SERVER}", &served.base)
+    };
+    std::fs::write(&path, with_server("")).unwrap();
+    let (code, out, err) = mlops(&["check"], &path);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("1 retrain loops"), "{out}");
+
+    // Two processes at once: one takes the lease, the other stands by.
+    let spawn = |name: &'static str| {
+        let path = path.clone();
+        std::thread::spawn(move || tick(&path, name))
+    };
+    let (a, b) = (spawn("a"), spawn("b"));
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    assert_eq!((a.0, b.0), (Some(0), Some(0)), "{} {}", a.2, b.2);
+    let leaders: Vec<&serde_json::Value> = [&a.1, &b.1]
+        .into_iter()
+        .filter(|v| v["leader"] == true)
+        .collect();
+    assert_eq!(leaders.len(), 1, "{} {}", a.1, b.1);
+    let winner = leaders[0]["instance"].as_str().unwrap().to_owned();
+    let loser = if winner == "a" { "b" } else { "a" };
+    assert_eq!(leaders[0]["phase"], "watching");
+
+    // The next run of the leader finds the state the first one stored (the
+    // schedule counts from it): it trains, registers v2 and starts a canary
+    // on the server; the other still stands by.
+    let (code, v, err) = tick(&path, &winner);
+    assert_eq!(code, Some(0), "{err}");
+    let decisions = v["decisions"].to_string();
+    assert!(decisions.contains("scheduled every"), "{v}");
+    assert!(decisions.contains("v2 registered; canary at 20%"), "{v}");
+    assert_eq!(v["phase"], "canary", "{v}");
+    let client = RemoteServer::new(&served.base).unwrap().with_api_key(KEY);
+    let health = client.health("fraud").await.unwrap();
+    assert_eq!(
+        (health.champion, health.canary),
+        (Some(1), Some(2)),
+        "{health:?}"
+    );
+    let (code, v, _) = tick(&path, loser);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["leader"], false, "{v}");
+    assert_eq!(v["lease_holder"], winner.as_str(), "{v}");
+    assert!(v["decisions"].as_array().unwrap().is_empty(), "{v}");
+
+    // No labels arrive: past its deadline the canary is rolled back on the
+    // server, and v2 loses its alias and is archived.
+    let (code, v, err) = tick(&path, &winner);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        v["decisions"].to_string().contains("could not be judged"),
+        "{v}"
+    );
+    let health = client.health("fraud").await.unwrap();
+    assert_eq!(
+        (health.champion, health.canary),
+        (Some(1), None),
+        "{health:?}"
+    );
+    let v2 = registry
+        .get_version("fraud", &VersionSelector::Number(2))
+        .await
+        .unwrap();
+    assert_eq!(v2.status, VersionStatus::Archived);
+    assert_eq!(v2.metadata.lineage.parent_version, Some(1));
+    assert!(
+        !registry
+            .aliases("fraud")
+            .await
+            .unwrap()
+            .contains_key("challenger")
+    );
+    // The audit log tells it, naming the instance.
+    let (code, out, err) = mlops(&["--json", "audit", "tail", "-n", "200"], &path);
+    assert_eq!(code, Some(0), "{err}");
+    for action in [
+        "retrain.trigger",
+        "rollout.canary_start",
+        "rollout.rollback",
+    ] {
+        assert!(out.contains(action), "{action} not in {out}");
+    }
+    assert!(out.contains(&format!("\"instance\":\"{winner}\"")), "{out}");
+
+    // Bad sections fail fast naming the key, and change nothing.
+    for (extra, needle) in [
+        ("colour = \"red\"", "colour"),
+        ("metric = \"auc\"", "metric"),
+        ("interval = \"soon\"", "interval"),
+    ] {
+        std::fs::write(&path, with_server(extra)).unwrap();
+        let (code, _, err) = mlops_within(&["retrain", "--once"], &path, FAST);
+        assert_eq!(code, Some(2), "{extra}: {err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+    let swap = |from: &str, to: &str| {
+        std::fs::write(&path, with_server("").replace(from, to)).unwrap();
+        mlops_within(&["retrain", "--once"], &path, FAST)
+    };
+    let (code, _, err) = swap("view = \"chargebacks\"", "view = \"nosuch\"");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("labels.view"), "{err}");
+    let (code, _, err) = swap("column = \"is_fraud\"", "column = \"nosuch\"");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("labels.column"), "{err}");
+    let (code, _, err) = swap("admin_key_file", "admin_key");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("admin_key"), "{err}");
+    let (code, _, err) = mlops_within(&["retrain", "--once", "--model", "other"], &path, FAST);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("other"), "{err}");
+    assert_eq!(registry.list_versions("fraud").await.unwrap().len(), 2);
+    stop(served.child).await;
+}
