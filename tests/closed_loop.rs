@@ -1073,6 +1073,13 @@ mod rollout {
             assert_eq!(assert_whole(&w, &served, "race").await, 2);
             let versions = w.registry.list_versions("m").await.unwrap();
             assert_eq!(versions.len(), 2, "one challenger was trained, not two");
+            // A leader that releases the lease (a process exiting) lets the
+            // other act at once, and a standby's release is a no-op.
+            assert!(!leader.release().await.unwrap());
+            assert!(standby.release().await.unwrap());
+            assert!(!standby.is_leader());
+            leader.tick(now + step * 3).await.unwrap();
+            assert!(leader.is_leader(), "the released loop is taken at once");
             std::fs::remove_dir_all(&dir).ok();
         }
     }

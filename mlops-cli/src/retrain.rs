@@ -27,7 +27,11 @@
 //!
 //! The loop's state and lease are kept on the storage root, so any number of
 //! these processes (a CronJob's runs, replicas, a restart mid-rollout) act as
-//! one loop per model: the lease holder acts, the others stand by. Labelled
+//! one loop per model: the lease holder acts, the others stand by. A process
+//! gives its leases up when it exits (after `--once`'s tick, or on SIGTERM), so
+//! the next run acts at once; one that dies holding a lease blocks the others
+//! until `lease_ttl` has passed, and the next to act finishes or undoes what it
+//! left half-done. Labelled
 //! rows are the rows of the `labels` view whose label is not null, by event
 //! time; the view's join keys and `event_timestamp` join the features and are
 //! not features themselves.
@@ -442,6 +446,17 @@ fn report(l: &Loop, decisions: &[Decision], json: bool) {
     }
 }
 
+/// Gives up the leases this process holds, so the next run (a CronJob's, a
+/// replacement pod) acts at once rather than after they expire. A failure
+/// only delays that: the lease expires anyway.
+async fn release(loops: &mut [Loop]) {
+    for l in loops {
+        if let Err(e) = l.retrain.release().await {
+            tracing::warn!(model = %l.model, error = %e, "could not release the loop's lease; it expires at its ttl");
+        }
+    }
+}
+
 /// `mlops retrain`: one tick of each loop with `once`, else ticks until
 /// SIGTERM or SIGINT. A failed tick is reported; with `once` it makes the
 /// exit non-zero, otherwise the loop tries again at its next interval.
@@ -464,6 +479,7 @@ pub(crate) async fn run(
                 }
             }
         }
+        release(&mut loops).await;
         return failed.map_or(Ok(()), Err);
     }
     let stop = crate::serve::stop_signal();
@@ -480,6 +496,7 @@ pub(crate) async fn run(
         tokio::select! {
             () = &mut stop => {
                 tracing::info!("stopping: no tick is running");
+                release(&mut loops).await;
                 return Ok(());
             }
             () = tokio::time::sleep_until(at) => {}

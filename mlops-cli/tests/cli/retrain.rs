@@ -1,7 +1,7 @@
 //! `mlops retrain`: the `[[retrain]]` loops as processes against a running
-//! `mlops serve`. Two processes started at once act as one loop (one holds the
-//! lease, the other stands by); a loop's state carries from one `--once` run
-//! to the next; a canary started through the server's admin API that cannot
+//! `mlops serve`. A long-running loop holds the lease while a `--once` run
+//! stands by, and gives it up on SIGTERM; a loop's state carries from one
+//! process to the next; a canary started through the server's admin API that cannot
 //! be judged in time is rolled back there, and its version archived. Bad
 //! sections fail fast naming the key.
 
@@ -175,28 +175,38 @@ async fn retrain_processes_share_one_loop_and_roll_out_through_the_server() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("1 retrain loops"), "{out}");
 
-    // Two processes at once: one takes the lease, the other stands by.
-    let spawn = |name: &'static str| {
-        let path = path.clone();
-        std::thread::spawn(move || tick(&path, name))
-    };
-    let (a, b) = (spawn("a"), spawn("b"));
-    let (a, b) = (a.join().unwrap(), b.join().unwrap());
-    assert_eq!((a.0, b.0), (Some(0), Some(0)), "{} {}", a.2, b.2);
-    let leaders: Vec<&serde_json::Value> = [&a.1, &b.1]
-        .into_iter()
-        .filter(|v| v["leader"] == true)
-        .collect();
-    assert_eq!(leaders.len(), 1, "{} {}", a.1, b.1);
-    let winner = leaders[0]["instance"].as_str().unwrap().to_owned();
-    let loser = if winner == "a" { "b" } else { "a" };
-    assert_eq!(leaders[0]["phase"], "watching");
-
-    // The next run of the leader finds the state the first one stored (the
-    // schedule counts from it): it trains, registers v2 and starts a canary
-    // on the server; the other still stands by.
-    let (code, v, err) = tick(&path, &winner);
+    // A long-running loop process takes the lease at its first tick and
+    // keeps it: a `--once` run beside it stands by.
+    let mut a = ChildGuard::spawn(
+        "mlops retrain",
+        Command::new(env!("CARGO_BIN_EXE_mlops"))
+            .args(["--json", "retrain", "--instance", "a", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let a_out = a.stdout_lines();
+    let a_logs = a.stderr_lines();
+    let first = tokio::task::block_in_place(|| {
+        a_out.wait_for("its first tick", LIMIT, |line| {
+            serde_json::from_str::<serde_json::Value>(line).ok()
+        })
+    });
+    assert_eq!(first["leader"], true, "{first} {}", a_logs.recent());
+    assert_eq!(first["phase"], "watching", "{first}");
+    let (code, v, err) = tick(&path, "b");
     assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["leader"], false, "{v}");
+    assert_eq!(v["lease_holder"], "a", "{v}");
+    assert!(v["decisions"].as_array().unwrap().is_empty(), "{v}");
+    // On SIGTERM it exits 0 and gives the lease up: the next run acts at
+    // once, from the state it stored (the schedule counts from its start):
+    // it trains, registers v2 and starts a canary on the server.
+    assert!(stop(a).await.success(), "{}", a_logs.recent());
+    let (code, v, err) = tick(&path, "b");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["leader"], true, "{v}");
     let decisions = v["decisions"].to_string();
     assert!(decisions.contains("scheduled every"), "{v}");
     assert!(decisions.contains("v2 registered; canary at 20%"), "{v}");
@@ -208,15 +218,9 @@ async fn retrain_processes_share_one_loop_and_roll_out_through_the_server() {
         (Some(1), Some(2)),
         "{health:?}"
     );
-    let (code, v, _) = tick(&path, loser);
-    assert_eq!(code, Some(0));
-    assert_eq!(v["leader"], false, "{v}");
-    assert_eq!(v["lease_holder"], winner.as_str(), "{v}");
-    assert!(v["decisions"].as_array().unwrap().is_empty(), "{v}");
-
     // No labels arrive: past its deadline the canary is rolled back on the
     // server, and v2 loses its alias and is archived.
-    let (code, v, err) = tick(&path, &winner);
+    let (code, v, err) = tick(&path, "c");
     assert_eq!(code, Some(0), "{err}");
     assert!(
         v["decisions"].to_string().contains("could not be judged"),
@@ -251,7 +255,8 @@ async fn retrain_processes_share_one_loop_and_roll_out_through_the_server() {
     ] {
         assert!(out.contains(action), "{action} not in {out}");
     }
-    assert!(out.contains(&format!("\"instance\":\"{winner}\"")), "{out}");
+    assert!(out.contains("\"instance\":\"b\""), "{out}");
+    assert!(out.contains("\"instance\":\"c\""), "{out}");
 
     // Bad sections fail fast naming the key, and change nothing.
     for (extra, needle) in [

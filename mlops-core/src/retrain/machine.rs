@@ -209,6 +209,26 @@ impl RetrainLoop {
             .is_some_and(|l| l.holder == self.instance)
     }
 
+    /// Gives the lease up, so another instance may act at once instead of
+    /// after it expires: for a process that ticks once and exits (a CronJob)
+    /// or is shutting down. Returns whether this instance held it.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when another instance changed the state since this
+    /// one's last tick (it no longer holds the lease), and storage errors.
+    pub async fn release(&mut self) -> Result<bool> {
+        if !self.is_leader() {
+            return Ok(false);
+        }
+        let next = LoopState {
+            lease: None,
+            ..self.state.clone()
+        };
+        self.commit(next).await?;
+        self.synced = false;
+        Ok(true)
+    }
+
     fn higher(&self) -> bool {
         metrics::higher_is_better(&self.config.metric).unwrap_or(true)
     }
