@@ -3,12 +3,14 @@
 
 1. every Kustomize overlay under deploy/k8s/overlays renders (`kubectl kustomize`),
    and so does the production overlay with each component of deploy/k8s/components
-   (the request-rate HPA's metric is one deploy/prometheus/adapter-rules.yaml
-   makes);
+   in its `components:` (the request-rate HPA's metric is one
+   deploy/prometheus/adapter-rules.yaml makes; the CronJobs of the retrain and
+   materialize components get the server's storage root and image);
 2. every rendered manifest validates against the Kubernetes schemas
    (`kubernetes-validate --strict`, from PyPI);
 3. the service config the manifests ship (the ConfigMap's mlops.toml) passes
-   `mlops check`, with the dev overlay's keys in place of the mounted Secret;
+   `mlops check`, with the dev overlay's keys in place of the mounted Secret, and
+   so do the configs components add (retrain.toml, materialize.toml);
 4. each rendered overlay is safe to run: no replica count fighting the HPA, no
    service-account token, a startupProbe, a preStop delay, a PDB that lets a
    single replica be drained, a NetworkPolicy, a termination grace period
@@ -86,7 +88,64 @@ def operational_problems(docs: list) -> list:
         if needed >= allowed:
             out.append(f"preStop + 2 x shutdown_grace = {needed:.0f}s is not under "
                        f"terminationGracePeriodSeconds = {allowed}s")
+    out += cronjob_problems(docs, container)
     return out
+
+
+def env_of(container: dict) -> dict:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def cronjob_problems(docs: list, server: dict) -> list:
+    """CronJobs (the components' retrain and materialize runs) use the server's
+    storage root and image, run as locked down as it, and have a NetworkPolicy."""
+    out = []
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    root = env_of(server).get("MLOPS_STORAGE_ROOT")
+    for job in (d for d in docs if d["kind"] == "CronJob"):
+        name = job["metadata"]["name"]
+        template = job["spec"]["jobTemplate"]["spec"]["template"]
+        pod = template["spec"]
+        if pod.get("automountServiceAccountToken") is not False:
+            out.append(f"CronJob {name}: its pods mount a service-account token they never use")
+        if job["spec"].get("concurrencyPolicy") != "Forbid":
+            out.append(f"CronJob {name}: runs may overlap (concurrencyPolicy is not Forbid)")
+        for c in pod["containers"]:
+            security = c.get("securityContext", {})
+            if (security.get("readOnlyRootFilesystem") is not True
+                    or security.get("allowPrivilegeEscalation") is not False
+                    or "ALL" not in security.get("capabilities", {}).get("drop", [])):
+                out.append(f"CronJob {name}: container {c['name']}: not read-only, unprivileged and "
+                           "without capabilities")
+            if c.get("image") != server.get("image"):
+                out.append(f"CronJob {name}: image {c.get('image')} is not the server's {server.get('image')}")
+            if env_of(c).get("MLOPS_STORAGE_ROOT") != root:
+                out.append(f"CronJob {name}: storage root {env_of(c).get('MLOPS_STORAGE_ROOT')!r} is not "
+                           f"the server's {root!r}")
+        labels = template.get("metadata", {}).get("labels", {})
+        if not any(all(labels.get(k) == v for k, v in p["spec"]["podSelector"].get("matchLabels", {}).items())
+                   for p in policies):
+            out.append(f"CronJob {name}: no NetworkPolicy selects its pods")
+    return out
+
+
+def with_component(tmp: pathlib.Path, component: pathlib.Path) -> pathlib.Path:
+    """The production overlay with `component` in its own `components:` list, as
+    a user includes one: the overlay's patches (its storage root) then reach
+    what the component adds. Written to a directory under `tmp`; its path."""
+    source = OVERLAYS / "production"
+    overlay = tmp / f"with-{component.name}"
+    overlay.mkdir()
+    k = yaml.safe_load((source / "kustomization.yaml").read_text())
+    # kustomize takes relative paths only.
+    k["resources"] = [os.path.relpath((source / r).resolve(), overlay) for r in k.get("resources", [])]
+    k["components"] = [*(os.path.relpath((source / c).resolve(), overlay) for c in k.get("components", [])),
+                       os.path.relpath(component, overlay)]
+    for patch in k.get("patches", []):
+        if "path" in patch:
+            patch["path"] = os.path.relpath((source / patch["path"]).resolve(), overlay)
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(k, sort_keys=False))
+    return overlay
 
 
 def adapter_problems(docs: list) -> int:
@@ -145,14 +204,7 @@ def main() -> int:
         # Each optional component (deploy/k8s/components), applied to the
         # production overlay as a user would include it, renders and validates.
         for component in sorted(p for p in COMPONENTS.iterdir() if p.is_dir()):
-            overlay = tmp / f"with-{component.name}"
-            overlay.mkdir()
-            (overlay / "kustomization.yaml").write_text(
-                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-                # kustomize takes relative paths only.
-                f"resources:\n  - {os.path.relpath(OVERLAYS / 'production', overlay)}\n"
-                f"components:\n  - {os.path.relpath(component, overlay)}\n")
-            problems += render(overlay, f"production + {component.name}")
+            problems += render(with_component(tmp, component), f"production + {component.name}")
         problems += adapter_problems(rendered.get("production + autoscale-on-requests", []))
 
         for name, docs in rendered.items():
@@ -186,6 +238,23 @@ def main() -> int:
             problems += 1
         else:
             print(f"deploy: the shipped mlops.toml passes `mlops check`: {check.stdout.strip()}")
+        # The configs the components add to the ConfigMap (retrain.toml,
+        # materialize.toml) pass it too.
+        for name, docs in rendered.items():
+            data = next((d["data"] for d in docs if d["kind"] == "ConfigMap"), {})
+            for file, text in sorted(data.items()):
+                if file == "mlops.toml" or not file.endswith(".toml"):
+                    continue
+                path = tmp / f"{name.replace(' + ', '-with-')}-{file}"
+                path.write_text(text)
+                check = subprocess.run([*command, "check", "--config", str(path)], cwd=ROOT,
+                                       env={**env, "REDIS_URL": "redis://127.0.0.1:6379"},
+                                       capture_output=True, text=True, timeout=900)
+                if check.returncode != 0:
+                    print(f"deploy: {name}: {file} fails `mlops check`:\n{check.stderr}")
+                    problems += 1
+                else:
+                    print(f"deploy: {name}: {file} passes `mlops check`: {check.stdout.strip()}")
     rules = ROOT / "deploy" / "prometheus"
     promtool = os.environ.get("MLOPS_TEST_PROMTOOL", "promtool")
     for args in (["check", "rules", str(rules / "alerts.yaml")], ["test", "rules", str(rules / "alerts_test.yaml")]):

@@ -21,7 +21,11 @@ pub(crate) fn check(path: &Path, json: bool) -> Result<()> {
     let config = Config::load(path)?;
     config.storage_root()?;
     config.storage_options()?;
-    config.http_config()?;
+    // A config with no deployment is not served (`mlops retrain`, `features
+    // materialize`): its HTTP face is never built, so it needs no keys.
+    if !config.deployments.is_empty() {
+        config.http_config()?;
+    }
     config.registry_options(false)?;
     config.inference_log()?;
     let deployments = config.deployment_configs(&unopened_features()?)?;
