@@ -116,7 +116,20 @@ pub(crate) async fn run(config: &Path, command: DatasetsCommand, json: bool) -> 
             // nothing.
             let contents = read_files(&files)?;
             let snapshots = snapshots.with_audit(std::sync::Arc::new(ObjectAuditLog::new(&root)));
-            let s = snapshots.snapshot_contents(contents, &description).await?;
+            let bytes: usize = contents.iter().map(|(_, b)| b.len()).sum();
+            let bar = crate::progress::bar(
+                json,
+                0,
+                &format!(
+                    "{{spinner}} hashing and storing {} files ({bytes} bytes), {{elapsed}}",
+                    contents.len()
+                ),
+            );
+            let s = snapshots.snapshot_contents(contents, &description).await;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let s = s?;
             if json {
                 print_manifest(&s, true)?;
             } else {

@@ -662,13 +662,40 @@ async fn materialize(
         ));
     }
     let mut reports = Vec::new();
+    let bar = crate::progress::bar(
+        json,
+        views.len() as u64,
+        "{spinner} materializing {msg} ({pos}/{len} views, {elapsed})",
+    );
     for v in &views {
+        if let Some(bar) = &bar {
+            bar.set_message(v.clone());
+        }
         let report = if incremental {
-            store.materialize_incremental(v, end).await?
+            store.materialize_incremental(v, end).await
         } else {
-            store.materialize(v, start, end).await?
+            store.materialize(v, start, end).await
         };
-        if !json {
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(bar) = &bar {
+                    bar.finish_and_clear();
+                }
+                return Err(e);
+            }
+        };
+        if let Some(bar) = &bar {
+            bar.inc(1);
+            bar.suspend(|| {
+                println!(
+                    "view {}: {} entities written online (event time up to {})",
+                    report.view,
+                    report.entities_written,
+                    report.end.to_rfc3339()
+                );
+            });
+        } else if !json {
             println!(
                 "view {}: {} entities written online (event time up to {})",
                 report.view,
@@ -677,6 +704,9 @@ async fn materialize(
             );
         }
         reports.push(report);
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     if json {
         print_json(&reports)?;

@@ -41,6 +41,7 @@ mod drift;
 mod features;
 mod io;
 mod models;
+mod progress;
 mod records;
 mod retrain;
 mod score;

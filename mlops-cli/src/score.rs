@@ -85,14 +85,11 @@ pub(crate) async fn run(config: &Path, args: ScoreArgs, json: bool) -> Result<()
     job.batch_rows = args.batch_rows;
     job.actor = "mlops-cli".to_owned();
     // A progress line for a person at a terminal; nothing in scripts or pipes.
-    let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} scored {pos} rows ({per_sec})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar
-    });
+    let bar = crate::progress::bar(
+        json,
+        0,
+        "{spinner} scored {pos} rows ({per_sec}, {elapsed})",
+    );
     let recorders = ScoreRecorders {
         tracker: Some(Arc::new(ObjectTracker::new(&root)) as Arc<dyn ExperimentTracker>),
         audit: Some(Arc::new(ObjectAuditLog::new(&root)) as Arc<dyn AuditLog>),
