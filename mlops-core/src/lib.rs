@@ -51,6 +51,7 @@ pub mod audit;
 pub mod drift;
 pub mod error;
 pub mod exec;
+pub mod experiment;
 pub mod feature;
 pub mod inference;
 pub mod metrics;
