@@ -154,6 +154,8 @@ def main():
     secrets = pathlib.Path(tempfile.mkdtemp(prefix="mlops-bench-secrets-"))
     (secrets / "infer-key").write_text(INFER_KEY + "\n")
     (secrets / "metrics-key").write_text(METRICS_KEY + "\n")
+    # The shipped config's operators' key: unused here, but the file must exist.
+    (secrets / "admin-key").write_text("bench-admin-key-0123456789abcdef\n")
     port = free_port()
     config = secrets / "mlops.toml"
     template = pathlib.Path(arg("--config", str(DEPLOYED), str)).resolve()
