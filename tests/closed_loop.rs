@@ -125,6 +125,7 @@ mod rollout {
         let live = |auc: f64| LiveQuality {
             rows: 500,
             metrics: BTreeMap::from([("roc_auc".to_owned(), auc)]),
+            ..LiveQuality::default()
         };
         let mut versions = BTreeMap::from([(
             champion,

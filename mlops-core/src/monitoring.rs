@@ -14,15 +14,31 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::experiment::ArmStats;
 
 /// Live quality of one version: metrics over its most recent labelled
-/// predictions.
+/// predictions, the per-prediction loss and the business metrics the
+/// application fed back, since it was first served and over recent windows.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct LiveQuality {
     /// Labelled predictions in the window.
     pub rows: usize,
     /// Metric name to value (`roc_auc`, `accuracy`, `log_loss`, `rmse`, ...).
     pub metrics: BTreeMap<String, f64>,
+    /// The loss of every labelled prediction since the version was first
+    /// served (classification: the Brier score `(p - y)^2`; regression: the
+    /// absolute error): what a sequential test compares between arms.
+    #[serde(default)]
+    pub loss: ArmStats,
+    /// Business metrics the application fed back (a conversion, an order
+    /// value), by name, since the version was first served.
+    #[serde(default)]
+    pub business: BTreeMap<String, ArmStats>,
+    /// The same over recent windows: window (`1h`, `24h`, `7d`, each the
+    /// latest 10-minute buckets covering it) to metric (`loss`, or a business
+    /// metric's name) to its statistics.
+    #[serde(default)]
+    pub windows: BTreeMap<String, BTreeMap<String, ArmStats>>,
 }
 
 /// The latest drift verdict of one version's served inputs or predictions.

@@ -249,11 +249,27 @@ impl RemoteServer {
     /// Records the true outcomes (one per row) of request `id`; returns the
     /// version that served it.
     pub async fn record_feedback(&self, model: &str, id: &str, outcomes: &[f64]) -> Result<u64> {
+        self.feedback(model, serde_json::json!({"id": id, "outcomes": outcomes}))
+            .await
+    }
+
+    /// Records business metrics (name to value) of request `id` for the
+    /// version that served it, as
+    /// [`ModelServer::record_metrics`](crate::ModelServer::record_metrics)
+    /// does; returns that version.
+    pub async fn record_metrics(
+        &self,
+        model: &str,
+        id: &str,
+        metrics: &std::collections::BTreeMap<String, f64>,
+    ) -> Result<u64> {
+        self.feedback(model, serde_json::json!({"id": id, "metrics": metrics}))
+            .await
+    }
+
+    async fn feedback(&self, model: &str, body: serde_json::Value) -> Result<u64> {
         let v = self
-            .post_json(
-                &format!("/v2/models/{}/feedback", segment(model)),
-                serde_json::json!({"id": id, "outcomes": outcomes}),
-            )
+            .post_json(&format!("/v2/models/{}/feedback", segment(model)), body)
             .await?;
         v["version"].as_u64().ok_or_else(|| {
             Error::backend(

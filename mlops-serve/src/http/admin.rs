@@ -1,6 +1,7 @@
 //! The endpoints only the in-process [`ModelServer`] has: the model repository
 //! extension, reloads, feedback, health, routing administration and metrics.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -11,7 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use mlops_core::audit::AuditLog;
 use mlops_core::model::VersionSelector;
-use mlops_core::{Result, Server};
+use mlops_core::{Error, Result, Server};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -85,14 +86,36 @@ async fn reload(State(s): State<AdminState>, Path(model): Path<String>) -> ApiRe
 #[serde(deny_unknown_fields)]
 struct FeedbackBody {
     id: String,
-    outcomes: Vec<f64>,
+    /// True outcomes, one per row.
+    #[serde(default)]
+    outcomes: Option<Vec<f64>>,
+    /// Business metrics by name.
+    #[serde(default)]
+    metrics: Option<BTreeMap<String, f64>>,
 }
 
 async fn feedback(State(s): State<AdminState>, Path(model): Path<String>, body: Body) -> ApiResult {
     let parsed: FeedbackBody = read_json(body, s.limits, &s.budget, "feedback").await?;
-    let version = s
-        .server
-        .record_feedback(&model, &parsed.id, &parsed.outcomes)?;
+    let version = match (&parsed.outcomes, &parsed.metrics) {
+        (None, None) => {
+            return Err(Error::invalid_input(
+                "feedback",
+                "give \"outcomes\" (one per row), \"metrics\" (name to number), or both",
+            )
+            .into());
+        }
+        (outcomes, metrics) => {
+            // Metrics first: they keep the prediction open, outcomes close it.
+            let mut version = None;
+            if let Some(m) = metrics {
+                version = Some(s.server.record_metrics(&model, &parsed.id, m)?);
+            }
+            if let Some(o) = outcomes {
+                version = Some(s.server.record_feedback(&model, &parsed.id, o)?);
+            }
+            version
+        }
+    };
     json_response(&json!({"version": version}))
 }
 

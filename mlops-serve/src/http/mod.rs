@@ -13,7 +13,7 @@
 //! | `POST /v2/repository/index` | infer | `[{"name", "state"}]` |
 //! | `POST /v2/repository/models/{m}/load`, `.../unload` | admin | repository extension |
 //! | `POST /v2/models/{m}/reload` | admin | re-resolve aliases now |
-//! | `POST /v2/models/{m}/feedback` | infer | `{"id": "<request id>", "outcomes": [1]}`: true outcomes, one per row |
+//! | `POST /v2/models/{m}/feedback` | infer | `{"id": "<request id>", "outcomes": [1], "metrics": {"conversion": 1}}`: true outcomes (one per row) and/or business metrics |
 //! | `GET /v2/models/{m}/health` | infer | versions, traffic shares, drift and live quality |
 //! | `GET /admin/models/{m}` | admin | routing, versions, cache counters |
 //! | `POST /admin/models/{m}/routing` | admin | `{"fixed": "@champion"}`, `{"split": [{"version": "1", "weight": 0.9}, ...]}` or `{"canary": {"stable": "1", "canary": "2", "weight": 0.1}}` |

@@ -257,6 +257,33 @@ impl ModelServer {
         Ok(version)
     }
 
+    /// Records business metrics (a conversion, an order value: up to 16 per
+    /// call, names of letters, digits and `_ . : -`) of the prediction `id`
+    /// served by deployment `name`, for the version that served it; each name
+    /// at most once per prediction, at most 32 names per version. They appear
+    /// in [`LiveQuality::business`] and its windows. The prediction stays open
+    /// for its outcomes.
+    pub fn record_metrics(
+        &self,
+        name: &str,
+        id: &str,
+        values: &BTreeMap<String, f64>,
+    ) -> Result<u64> {
+        let d = self.deployment(name)?;
+        let book = d.feedback.as_ref().ok_or_else(|| {
+            Error::conflict(
+                format!("deployment {name}"),
+                "it was deployed without feedback",
+            )
+        })?;
+        book.record_metrics_at(
+            name,
+            id,
+            values,
+            crate::runtime::feedback::bucket_of(chrono::Utc::now().timestamp()),
+        )
+    }
+
     /// Live quality per version of `name` (empty without feedback).
     pub fn live_quality(&self, name: &str) -> Result<BTreeMap<u64, LiveQuality>> {
         let d = self.deployment(name)?;

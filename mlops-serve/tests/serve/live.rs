@@ -260,9 +260,33 @@ async fn feedback_gives_live_quality_locally_and_over_http() {
             .unwrap_err(),
         Error::NotFound { .. }
     ));
+    // Business metrics ride on the same route, before or without outcomes.
+    let conversion = std::collections::BTreeMap::from([("conversion".to_owned(), 1.0)]);
+    assert_eq!(
+        remote
+            .record_metrics("m", "r161", &conversion)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        remote
+            .record_metrics("m", "r161", &conversion)
+            .await
+            .unwrap_err(),
+        Error::Conflict { .. }
+    ));
     let health = remote.health("m").await.unwrap();
-    assert_eq!(health.versions[&1].live.rows, 151);
+    let live = &health.versions[&1].live;
+    assert_eq!(live.rows, 151);
     assert_eq!(health.versions[&1].traffic_share, 1.0);
+    // The per-prediction loss of all 151 labelled predictions and the
+    // business metric, in total and in the latest hour, reach the client.
+    assert_eq!(live.loss.count(), 151);
+    assert!(live.loss.mean() > 0.0 && live.loss.mean() < 0.1, "{live:?}");
+    assert_eq!(live.business["conversion"].count(), 1);
+    assert_eq!(live.windows["1h"]["loss"].count(), 151);
+    assert_eq!(live.windows["1h"]["conversion"].count(), 1);
     // Bad feedback over HTTP: 4xx with a message, never a 500.
     let client = crate::http::client();
     for (path, body, status, needle) in [
@@ -284,6 +308,13 @@ async fn feedback_gives_live_quality_locally_and_over_http() {
             r#"{"id":"r170","outcomes":[1]}"#,
             404,
             "nope",
+        ),
+        ("/v2/models/m/feedback", r#"{"id":"r170"}"#, 400, "outcomes"),
+        (
+            "/v2/models/m/feedback",
+            r#"{"id":"r170","metrics":{"bad name":1}}"#,
+            400,
+            "metric name",
         ),
     ] {
         let resp = client
