@@ -531,6 +531,102 @@ mod rollout {
         );
     }
 
+    /// Loss statistics of `n` predictions whose loss averages `mean`.
+    fn losses(n: usize, mean: f64) -> mlops::core::experiment::ArmStats {
+        let values: Vec<f64> = (0..n)
+            .map(|i| mean + if i % 2 == 0 { 0.05 } else { -0.05 })
+            .collect();
+        mlops::core::experiment::ArmStats::of(&values).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_canary_judged_on_evidence_waits_ramps_and_rolls_back_stating_why() {
+        use mlops::core::retrain::CanaryEvidence;
+        let w = world(StoreRoot::open("memory://").unwrap()).await;
+        let traffic = Arc::new(Scripted::default());
+        *traffic.health.lock().unwrap() = health(1, None, 0.9, true);
+        let mut config = RetrainConfig::new("m", "m", vec!["e:f".parse().unwrap()], "y", "roc_auc");
+        config.margin = -1.0;
+        config.guardrails.min_rows = 100;
+        config.guardrails.cooldown = Duration::ZERO;
+        config.canary.initial_weight = 0.1;
+        config.canary.step = 0.5;
+        config.canary.min_live_rows = 100;
+        config.canary.evidence = Some(CanaryEvidence::on_loss(0.05, 0.0, 0.05).unwrap());
+        let services = RetrainServices::new(
+            w.store.clone(),
+            Arc::new(Labels(w.labelled.clone())),
+            w.trainer.clone(),
+            Arc::new(TabularLoader::default()),
+            w.registry.clone(),
+            traffic.clone(),
+            Arc::new(ObjectTracker::new(&w.root).with_actor("test")),
+            w.audit.clone(),
+        );
+        let mut l = RetrainLoop::new(config.clone(), services.clone()).unwrap();
+        let at = |d: i64| Utc.timestamp_micros(w.start + d * DAY).single().unwrap();
+        let d = l.tick(at(3)).await.unwrap();
+        assert!(
+            d.iter()
+                .any(|d| matches!(d, Decision::CanaryStarted { version: 2, .. })),
+            "{d:?}"
+        );
+        let with_loss = |champion: (usize, f64), canary: (usize, f64)| {
+            let mut h = health(1, Some((2, 0.1, 0.9)), 0.9, false);
+            h.versions.get_mut(&1).unwrap().live.loss = losses(champion.0, champion.1);
+            h.versions.get_mut(&2).unwrap().live.loss = losses(canary.0, canary.1);
+            h
+        };
+        // Too few observations, then enough but too close to call: it waits.
+        *traffic.health.lock().unwrap() = with_loss((2000, 0.20), (50, 0.10));
+        assert!(l.tick(at(3)).await.unwrap().is_empty());
+        *traffic.health.lock().unwrap() = with_loss((2000, 0.20), (200, 0.199));
+        assert!(l.tick(at(3)).await.unwrap().is_empty(), "undecided");
+        // A clearly lower loss: judged (the record states the statistics), ramped.
+        *traffic.health.lock().unwrap() = with_loss((2000, 0.20), (2000, 0.15));
+        let d = l.tick(at(3)).await.unwrap();
+        assert!(
+            matches!(&d[0], Decision::Judged { version: 2, evidence }
+                if evidence.contains("loss: lift +0.05") && evidence.contains("always-valid 95% interval")
+                    && evidence.contains("better than the champion")),
+            "{d:?}"
+        );
+        assert!(
+            matches!(d[1], Decision::CanaryRamped { version: 2, .. }),
+            "{d:?}"
+        );
+        // A clearly higher loss: rolled back at once, saying why.
+        *traffic.health.lock().unwrap() = with_loss((2000, 0.20), (2000, 0.30));
+        let d = l.tick(at(3)).await.unwrap();
+        assert!(matches!(&d[0], Decision::Judged { .. }), "{d:?}");
+        assert!(
+            matches!(&d[1], Decision::RolledBack { version: 2, reason }
+                if reason.contains("live loss") && reason.contains("worse than the champion")),
+            "{d:?}"
+        );
+        let actions: Vec<String> = w
+            .audit
+            .entries(0, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.action)
+            .collect();
+        assert!(
+            actions.iter().filter(|a| *a == "rollout.judge").count() == 2,
+            "{actions:?}"
+        );
+        // An evidence rule with bad settings is refused when the loop is made.
+        let mut bad = config.clone();
+        bad.canary.evidence = Some(CanaryEvidence::on_loss(0.05, 0.0, 0.05).unwrap());
+        if let Some(e) = bad.canary.evidence.as_mut() {
+            e.test.alpha = 2.0;
+        }
+        let err = RetrainLoop::new(bad, services).unwrap_err();
+        assert!(err.to_string().contains("alpha"), "{err}");
+        assert!(CanaryEvidence::on_business_metric("conversion", 0.05, 0.0, 0.0, true).is_err());
+    }
+
     mod durable {
         //! The loop across crashes and replicas: its state and lease on the
         //! storage root.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use arrow_schema::DataType;
 use mlops::core::drift::Window;
 use mlops::core::feature::{ApplyOptions, FeatureView};
-use mlops::core::retrain::{RetrainConfig, RetrainLoop, RetrainServices};
+use mlops::core::retrain::{CanaryEvidence, RetrainConfig, RetrainLoop, RetrainServices};
 use mlops::prelude::*;
 use mlops::serve::http::{router, serve};
 use mlops::serve::{ApiKeys, HttpConfig, Scope};
@@ -202,6 +202,9 @@ pub(crate) fn retrain_loop(
     config.canary.step = 0.4;
     config.canary.min_live_rows = s.tx_per_day / 10;
     config.canary.tolerance = 0.02;
+    // The canary is judged on evidence: a sequential test on the per-prediction
+    // loss (Brier score) of both arms, valid however often the loop looks.
+    config.canary.evidence = Some(CanaryEvidence::on_loss(0.05, 0.0, 0.05)?);
     config.min_live_rows = s.tx_per_day / 2;
     let services = RetrainServices::new(
         store,

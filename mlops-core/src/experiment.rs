@@ -93,6 +93,29 @@ impl ArmStats {
         self.n = n;
     }
 
+    /// The observations added since `earlier` was taken of the same stream
+    /// (the reverse of [`merge`](Self::merge)): a canary's period, from the
+    /// totals at its start and now. A stream that was reset in between (fewer
+    /// observations now than then: a restarted server) gives its current
+    /// statistics.
+    pub fn since(&self, earlier: &ArmStats) -> ArmStats {
+        if earlier.n == 0 || earlier.n > self.n {
+            return *self;
+        }
+        let n = self.n - earlier.n;
+        if n == 0 {
+            return ArmStats::new();
+        }
+        let mean = (self.n as f64 * self.mean - earlier.n as f64 * earlier.mean) / n as f64;
+        let delta = mean - earlier.mean;
+        let m2 = self.m2 - earlier.m2 - delta * delta * earlier.n as f64 * n as f64 / self.n as f64;
+        ArmStats {
+            n,
+            mean,
+            m2: m2.max(0.0),
+        }
+    }
+
     /// How many observations.
     pub fn count(&self) -> u64 {
         self.n
@@ -389,6 +412,15 @@ mod tests {
         let mut empty = ArmStats::new();
         empty.merge(&all);
         assert_eq!(empty, all);
+        // `since` takes the first part back off.
+        let first = ArmStats::of(&xs[..300]).unwrap();
+        let rest = all.since(&first);
+        let direct = ArmStats::of(&xs[300..]).unwrap();
+        assert_eq!(rest.count(), 700);
+        assert!((rest.mean() - direct.mean()).abs() < 1e-9);
+        assert!((rest.variance() - direct.variance()).abs() < 1e-6);
+        assert_eq!(all.since(&all).count(), 0);
+        assert_eq!(first.since(&all), first, "a reset stream is taken as it is");
         let mut s = ArmStats::of(&[1.0]).unwrap();
         assert!(s.push(f64::NAN).is_err() && s.push(f64::INFINITY).is_err());
         assert_eq!((s.count(), s.variance()), (1, 0.0), "nothing was added");

@@ -64,6 +64,16 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
+    /// The canary's evidence reached a verdict (the canary's rule is
+    /// [`CanaryEvidence`](super::CanaryEvidence)): the statistics behind the
+    /// ramp, promotion or rollback that follows.
+    Judged {
+        /// The canary's version.
+        version: u64,
+        /// The verdict with its lift, always-valid interval, p-value, sample
+        /// sizes and test settings.
+        evidence: String,
+    },
     /// An instance picked the loop up where the stored state says it was:
     /// after a restart, a failed tick, or taking over from an instance whose
     /// lease expired.
@@ -100,6 +110,7 @@ impl Decision {
             Self::CanaryRamped { .. } => "rollout.canary_ramp",
             Self::Promoted { .. } => "rollout.promote",
             Self::RolledBack { .. } => "rollout.rollback",
+            Self::Judged { .. } => "rollout.judge",
             Self::Resumed { .. } => "retrain.resume",
             Self::Abandoned { .. } => "retrain.abandon",
         }
@@ -142,6 +153,9 @@ impl std::fmt::Display for Decision {
             }
             Self::RolledBack { version, reason } => {
                 write!(f, "canary v{version} rolled back: {reason}")
+            }
+            Self::Judged { version, evidence } => {
+                write!(f, "canary v{version} judged on live evidence: {evidence}")
             }
             Self::Resumed {
                 instance,

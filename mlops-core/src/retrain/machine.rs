@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::audit::{AuditEvent, AuditLog};
 use crate::error::{Error, Result};
 use crate::exec::{BlockingExecutor, ThreadExecutor, run_blocking};
+use crate::experiment::{ArmStats, Verdict};
 use crate::feature::{HistoricalOptions, OfflineFeatureStore};
 use crate::metrics;
 use crate::model::{Lineage, ModelRegistry, VersionSelector};
@@ -20,8 +21,9 @@ use crate::train::Trainer;
 
 use super::decision::Decision;
 use super::holdout::split_recent;
+use super::policy::CanaryEvidence;
 use super::policy::RetrainConfig;
-use super::state::{InMemoryLoopStates, Lease, LoopPhase, LoopState, LoopStateStore};
+use super::state::{Baseline, InMemoryLoopStates, Lease, LoopPhase, LoopState, LoopStateStore};
 
 /// The services the loop works through: made by [`RetrainServices::new`] with the
 /// required ones, then [`with_snapshots`](Self::with_snapshots) and
@@ -124,6 +126,16 @@ pub struct RetrainLoop {
     synced: bool,
 }
 
+/// What the live statistics say of a canary.
+enum Judgement {
+    /// Not enough to judge: why.
+    Wait(String),
+    /// Better (or within tolerance): ramp it, after the evidence's decision.
+    Ramp(Option<Decision>),
+    /// Worse: roll it back, why, after the evidence's decision.
+    Rollback(String, Option<Decision>),
+}
+
 /// What [`RetrainLoop::claim`] found.
 enum Claim {
     /// Another instance holds the lease, or won the race for it.
@@ -167,6 +179,9 @@ impl RetrainLoop {
                 "canary policy",
                 "initial_weight must be in (0, 1] and step positive",
             ));
+        }
+        if let Some(rule) = &c.evidence {
+            rule.test.check()?;
         }
         if config.lease_ttl.is_zero() || chrono::Duration::from_std(config.lease_ttl).is_err() {
             return Err(Error::invalid_input(
@@ -369,11 +384,19 @@ impl RetrainLoop {
             challenger,
             weight,
             since,
+            baseline,
         } = self.state.phase
         {
             decisions.extend(
-                self.step_canary(&health, champion, challenger, weight, since, now)
-                    .await?,
+                self.step_canary(
+                    &health,
+                    (champion, challenger),
+                    weight,
+                    since,
+                    baseline,
+                    now,
+                )
+                .await?,
             );
         } else {
             decisions.extend(self.watch(&health, now).await?);
@@ -532,46 +555,38 @@ impl RetrainLoop {
     async fn step_canary(
         &mut self,
         health: &ModelHealth,
-        champion: u64,
-        challenger: u64,
+        (champion, challenger): (u64, u64),
         weight: f64,
         since: DateTime<Utc>,
+        baseline: Option<Baseline>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Decision>> {
-        let metric = &self.config.metric;
-        let min = self.config.canary.min_live_rows;
-        let live = |v: u64| health.versions.get(&v).map(|h| &h.live);
-        let rows = |v: u64| live(v).map_or(0, |l| l.rows);
-        let value = |v: u64| live(v).and_then(|l| l.metrics.get(metric)).copied();
-        // Both arms need their labelled predictions: a champion judged on a
-        // handful of labels says nothing about the challenger.
-        let judged = match (value(challenger), value(champion)) {
-            (Some(cm), Some(pm)) if rows(challenger) >= min && rows(champion) >= min => {
-                Some((cm, pm))
-            }
-            _ => None,
-        };
-        let rollback = match judged {
-            None => {
+        let mut decisions = Vec::new();
+        let rollback = match self.judge(health, champion, challenger, baseline) {
+            Judgement::Wait(why) => {
                 let limit = self.config.canary.judge_within;
                 let waited = (now - since).to_std().unwrap_or_default();
                 if waited <= limit {
                     return Ok(Vec::new());
                 }
                 format!(
-                    "could not be judged within {:?} at {:.0}% of traffic: {} and {} labelled \
-                     predictions on the challenger and champion v{champion}, {min} needed on each",
+                    "could not be judged within {:?} at {:.0}% of traffic: {why}",
                     limit,
                     weight * 100.0,
-                    rows(challenger),
-                    rows(champion)
                 )
             }
-            Some((cm, pm)) if self.beats(pm, cm, self.config.canary.tolerance) => format!(
-                "live {metric} {cm:.4} over {} predictions, champion v{champion} {pm:.4}",
-                rows(challenger)
-            ),
-            Some(_) => {
+            Judgement::Rollback(reason, judged) => {
+                if let Some(d) = judged {
+                    self.record(std::slice::from_ref(&d), None).await?;
+                    decisions.push(d);
+                }
+                reason
+            }
+            Judgement::Ramp(judged) => {
+                if let Some(d) = judged {
+                    self.record(std::slice::from_ref(&d), None).await?;
+                    decisions.push(d);
+                }
                 let next = (weight + self.config.canary.step).min(1.0);
                 if next >= 1.0 {
                     self.enter(LoopPhase::Promoting {
@@ -579,7 +594,8 @@ impl RetrainLoop {
                         challenger,
                     })
                     .await?;
-                    return Ok(vec![self.finish_promotion(champion, challenger).await?]);
+                    decisions.push(self.finish_promotion(champion, challenger).await?);
+                    return Ok(decisions);
                 }
                 let d = Decision::CanaryRamped {
                     version: challenger,
@@ -591,13 +607,15 @@ impl RetrainLoop {
                     challenger,
                     weight: next,
                     since: now,
+                    baseline,
                 })
                 .await?;
                 self.services
                     .traffic
                     .set_canary_weight(&self.config.deployment, next)
                     .await?;
-                return Ok(vec![d]);
+                decisions.push(d);
+                return Ok(decisions);
             }
         };
         self.enter(LoopPhase::RollingBack {
@@ -606,9 +624,80 @@ impl RetrainLoop {
             reason: rollback.clone(),
         })
         .await?;
-        Ok(vec![
-            self.finish_rollback(champion, challenger, rollback).await?,
-        ])
+        decisions.push(self.finish_rollback(champion, challenger, rollback).await?);
+        Ok(decisions)
+    }
+
+    /// What the live statistics say of the canary: by the canary's evidence
+    /// rule when it has one, else by its tolerance on the loop's metric. Both
+    /// arms need `min_live_rows` observations: a champion judged on a handful
+    /// says nothing about the challenger.
+    fn judge(
+        &self,
+        health: &ModelHealth,
+        champion: u64,
+        challenger: u64,
+        baseline: Option<Baseline>,
+    ) -> Judgement {
+        let min = self.config.canary.min_live_rows;
+        let live = |v: u64| health.versions.get(&v).map(|h| &h.live);
+        if let Some(rule) = &self.config.canary.evidence {
+            let name = rule.metric_name();
+            // Only what each arm was observed doing since the canary started.
+            let b = baseline.unwrap_or(Baseline {
+                champion: ArmStats::new(),
+                challenger: ArmStats::new(),
+            });
+            let (c, p) = (
+                evidence_stats(health, rule, challenger).since(&b.challenger),
+                evidence_stats(health, rule, champion).since(&b.champion),
+            );
+            if (c.count() as usize) < min || (p.count() as usize) < min {
+                return Judgement::Wait(format!(
+                    "{} and {} observations of {name} on the challenger and champion \
+                     v{champion}, {min} needed on each",
+                    c.count(),
+                    p.count()
+                ));
+            }
+            let evidence = rule.test.compare(&p, &c);
+            let judged = Decision::Judged {
+                version: challenger,
+                evidence: format!("{name}: {evidence}"),
+            };
+            return match evidence.verdict {
+                Verdict::Better => Judgement::Ramp(Some(judged)),
+                Verdict::Worse => {
+                    Judgement::Rollback(format!("live {name}: {evidence}"), Some(judged))
+                }
+                _ => Judgement::Wait(format!("live {name} undecided: {evidence}")),
+            };
+        }
+        let metric = &self.config.metric;
+        let rows = |v: u64| live(v).map_or(0, |l| l.rows);
+        let value = |v: u64| live(v).and_then(|l| l.metrics.get(metric)).copied();
+        match (value(challenger), value(champion)) {
+            (Some(cm), Some(pm)) if rows(challenger) >= min && rows(champion) >= min => {
+                if self.beats(pm, cm, self.config.canary.tolerance) {
+                    Judgement::Rollback(
+                        format!(
+                            "live {metric} {cm:.4} over {} predictions, champion v{champion} \
+                             {pm:.4}",
+                            rows(challenger)
+                        ),
+                        None,
+                    )
+                } else {
+                    Judgement::Ramp(None)
+                }
+            }
+            _ => Judgement::Wait(format!(
+                "{} and {} labelled predictions on the challenger and champion v{champion}, \
+                 {min} needed on each",
+                rows(challenger),
+                rows(champion)
+            )),
+        }
     }
 
     async fn triggers(&self, health: &ModelHealth, now: DateTime<Utc>) -> Result<Vec<String>> {
@@ -939,11 +1028,23 @@ impl RetrainLoop {
         // Recorded before the state moves on: a crash in between leaves the
         // story told twice (then undone), never a step missing from it.
         self.record(&decisions, Some(run_id)).await?;
+        // An evidence rule counts only what is observed from here on.
+        let baseline = match &cfg.canary.evidence {
+            Some(rule) => {
+                let health = s.traffic.health(&cfg.deployment).await?;
+                Some(Baseline {
+                    champion: evidence_stats(&health, rule, champion),
+                    challenger: evidence_stats(&health, rule, version),
+                })
+            }
+            None => None,
+        };
         let canary = LoopPhase::Canary {
             champion,
             challenger: version,
             weight,
             since: now,
+            baseline,
         };
         if let Err(e) = self.enter(canary).await {
             // Another instance took the loop over while this one trained: the
@@ -967,6 +1068,18 @@ impl RetrainLoop {
             .await
             .map(|_| ())
     }
+}
+
+/// The statistic `rule` judges, of version `v` (empty when it has none).
+fn evidence_stats(health: &ModelHealth, rule: &CanaryEvidence, v: u64) -> ArmStats {
+    health
+        .versions
+        .get(&v)
+        .map(|h| match &rule.metric {
+            None => h.live.loss,
+            Some(n) => h.live.business.get(n).copied().unwrap_or_default(),
+        })
+        .unwrap_or_default()
 }
 
 /// A phase in words, for the audit log.

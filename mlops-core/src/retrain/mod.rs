@@ -35,7 +35,7 @@ mod state;
 
 pub use decision::Decision;
 pub use machine::{RetrainLoop, RetrainServices};
-pub use policy::{CanaryPolicy, Guardrails, RetrainConfig, Triggers};
+pub use policy::{CanaryEvidence, CanaryPolicy, Guardrails, RetrainConfig, Triggers};
 pub use state::{
     InMemoryLoopStates, Lease, LoopPhase, LoopState, LoopStateStore, expected_revision,
 };

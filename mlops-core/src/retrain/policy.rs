@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::error::Result;
+use crate::experiment::SequentialTest;
 use crate::feature::FeatureRef;
 
 /// What starts a retrain.
@@ -70,6 +72,67 @@ pub struct CanaryPolicy {
     /// Rolled back when its live metric is worse than the champion's by more
     /// than this.
     pub tolerance: f64,
+    /// When set, the canary is judged by a sequential test on live statistics
+    /// instead of `tolerance`: ramped (then promoted) while the evidence says
+    /// it is better than the champion by the test's margin, rolled back as soon
+    /// as it says worse, and left to wait (until `judge_within`) while
+    /// undecided; every verdict is recorded with its statistics.
+    pub evidence: Option<CanaryEvidence>,
+}
+
+/// The evidence rule of a canary: which live statistic decides, and the test.
+///
+/// `#[non_exhaustive]`: made by [`on_loss`](Self::on_loss) or
+/// [`on_business_metric`](Self::on_business_metric).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CanaryEvidence {
+    /// The sequential test (its `higher_is_better` set by the constructor).
+    pub test: SequentialTest,
+    /// `None`: the per-prediction loss of labelled predictions
+    /// ([`LiveQuality::loss`](crate::monitoring::LiveQuality::loss), lower is
+    /// better); `Some(name)`: that business metric.
+    pub metric: Option<String>,
+}
+
+impl CanaryEvidence {
+    /// Judged on the per-prediction loss: the challenger must lower it by more
+    /// than `margin`, at false-positive rate `alpha`, the test most sensitive
+    /// to differences around `effect_scale` (0.01 to 0.05 suits a Brier
+    /// score).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for settings out of
+    /// range, naming them.
+    pub fn on_loss(alpha: f64, margin: f64, effect_scale: f64) -> Result<Self> {
+        Ok(Self {
+            test: SequentialTest::new(alpha, margin, effect_scale, false)?,
+            metric: None,
+        })
+    }
+
+    /// Judged on a business metric the application feeds back (a conversion:
+    /// `higher_is_better`).
+    ///
+    /// # Errors
+    /// As [`on_loss`](Self::on_loss).
+    pub fn on_business_metric(
+        name: impl Into<String>,
+        alpha: f64,
+        margin: f64,
+        effect_scale: f64,
+        higher_is_better: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            test: SequentialTest::new(alpha, margin, effect_scale, higher_is_better)?,
+            metric: Some(name.into()),
+        })
+    }
+
+    /// The statistic's name, for messages.
+    pub fn metric_name(&self) -> &str {
+        self.metric.as_deref().unwrap_or("loss")
+    }
 }
 
 impl Default for CanaryPolicy {
@@ -80,6 +143,7 @@ impl Default for CanaryPolicy {
             min_live_rows: 100,
             judge_within: Duration::from_secs(86_400),
             tolerance: 0.02,
+            evidence: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::experiment::ArmStats;
 
 /// Which instance may act on a loop, until when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +65,10 @@ pub enum LoopPhase {
         /// When it reached this weight: it must be judged within
         /// [`CanaryPolicy::judge_within`](super::CanaryPolicy::judge_within) of it.
         since: DateTime<Utc>,
+        /// Both arms' statistics when the canary started, for an evidence
+        /// rule: only what was observed since counts.
+        #[serde(default)]
+        baseline: Option<Baseline>,
     },
     /// The challenger is being promoted: `champion` alias and all traffic.
     Promoting {
@@ -82,6 +87,17 @@ pub enum LoopPhase {
         /// Why, as the decision will say.
         reason: String,
     },
+}
+
+/// The statistic an evidence rule judges, for both arms, when a canary
+/// started: the champion's history before the canary must not count as its
+/// side of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// The champion's.
+    pub champion: ArmStats,
+    /// The challenger's (a shadow may have fed it before).
+    pub challenger: ArmStats,
 }
 
 /// Everything a loop must remember across restarts.
@@ -211,6 +227,10 @@ mod tests {
                 challenger: 2,
                 weight: 0.1 + 0.2,
                 since: Utc::now(),
+                baseline: Some(Baseline {
+                    champion: ArmStats::of(&[0.25, 0.5]).unwrap(),
+                    challenger: ArmStats::new(),
+                }),
             },
             lease: Some(Lease {
                 holder: "a".into(),
