@@ -117,8 +117,12 @@ async fn main() -> Result<()> {
                 ROUTING_KEY.into(),
                 ParameterValue::String(format!("shopper-{}", i % 1500)),
             );
-            server.infer("conversion", None, request).await?;
-            server.record_feedback("conversion", &id, &[y[i] as f64])?;
+            let answer = server.infer("conversion", None, request).await?;
+            // Feedback names the answer by the id the server issued for it.
+            let prediction = answer
+                .prediction_id()
+                .ok_or_else(|| Error::invalid_input("answer", "no prediction id"))?;
+            server.record_feedback("conversion", prediction, &[y[i] as f64])?;
         }
         let live = server.live_quality("conversion")?;
         let loss = |v: u64| {

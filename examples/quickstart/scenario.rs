@@ -296,7 +296,13 @@ pub(crate) async fn run(s: Scenario, say: impl Fn(&str)) -> Result<Outcome> {
             e.1.extend(p.iter().map(|&v| f64::from(v)));
             // Chargebacks arrive: feedback through the HTTP API.
             let outcomes: Vec<f64> = chunk.iter().map(|t| f64::from(u8::from(t.fraud))).collect();
-            client.record_feedback("fraud", &id, &outcomes).await?;
+            // Feedback names the answer by the id the server issued for it.
+            let prediction = answer
+                .prediction_id()
+                .ok_or_else(|| unreadable("it carries no prediction id"))?;
+            client
+                .record_feedback("fraud", prediction, &outcomes)
+                .await?;
         }
         chargebacks
             .0

@@ -15,7 +15,7 @@
 //! [[http.keys]]
 //! name = "app"
 //! sha256 = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
-//! scopes = ["infer"]
+//! scopes = ["infer", "feedback"]   # or "metrics", "admin" (implies all)
 //!
 //! [[http.keys]]
 //! name = "ops"

@@ -14,10 +14,14 @@ use subtle::ConstantTimeEq;
 pub enum Scope {
     /// Inference and model metadata.
     Infer,
+    /// Feedback on served predictions (outcomes, business metrics): what the
+    /// live quality and the retraining loop's canary judgement read, so it is
+    /// granted apart from `infer`.
+    Feedback,
     /// `GET /metrics`.
     Metrics,
-    /// Everything: repository load/unload, reloads, routing, plus `infer` and
-    /// `metrics`.
+    /// Everything: repository load/unload, reloads, routing, plus `infer`,
+    /// `feedback` and `metrics`.
     Admin,
 }
 
@@ -25,6 +29,7 @@ impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Infer => "infer",
+            Self::Feedback => "feedback",
             Self::Metrics => "metrics",
             Self::Admin => "admin",
         })
@@ -36,11 +41,12 @@ impl FromStr for Scope {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "infer" => Ok(Self::Infer),
+            "feedback" => Ok(Self::Feedback),
             "metrics" => Ok(Self::Metrics),
             "admin" => Ok(Self::Admin),
             other => Err(Error::invalid_input(
                 format!("scope {other:?}"),
-                "expected infer, metrics or admin",
+                "expected infer, feedback, metrics or admin",
             )),
         }
     }

@@ -520,9 +520,9 @@ async fn the_dashboard_and_alerts_use_only_metrics_the_binary_exports() {
     for i in 0..60 {
         let mut r = request();
         r.id = Some(format!("r{i}"));
-        client.infer("fraud", None, r).await.unwrap();
+        let answer = client.infer("fraud", None, r).await.unwrap();
         client
-            .record_feedback("fraud", &format!("r{i}"), &[0.0, 1.0])
+            .record_feedback("fraud", answer.prediction_id().unwrap(), &[0.0, 1.0])
             .await
             .unwrap();
     }

@@ -120,7 +120,21 @@ pub struct InferenceResponse {
     pub outputs: Vec<Tensor>,
 }
 
+/// The response parameter that carries the server-issued prediction id: the
+/// id feedback on this answer must name (`mlops-serve` issues one per answer
+/// of a deployment that takes feedback).
+pub const PREDICTION_ID: &str = "prediction_id";
+
 impl InferenceResponse {
+    /// The server-issued prediction id ([`PREDICTION_ID`]), when the answer
+    /// has one.
+    pub fn prediction_id(&self) -> Option<&str> {
+        match self.parameters.get(PREDICTION_ID) {
+            Some(super::ParameterValue::String(id)) => Some(id),
+            _ => None,
+        }
+    }
+
     /// The output named `name`.
     pub fn output(&self, name: &str) -> Option<&Tensor> {
         self.outputs.iter().find(|t| t.name == name)

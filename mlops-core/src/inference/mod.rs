@@ -40,7 +40,7 @@ pub use arrow::{
     tensors_from_batch,
 };
 pub use messages::{
-    InferenceRequest, InferenceResponse, ModelMetadataResponse, RequestOutput,
+    InferenceRequest, InferenceResponse, ModelMetadataResponse, PREDICTION_ID, RequestOutput,
     ServerMetadataResponse,
 };
 pub use spec::TensorSpec;

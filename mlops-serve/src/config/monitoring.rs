@@ -100,8 +100,10 @@ pub struct FeedbackConfig {
     /// Bytes the predictions awaiting their outcome may hold (ids and scores),
     /// at most (oldest forgotten first). Default 64 MiB.
     pub max_pending_bytes: usize,
-    /// Longest request id taken, in bytes; longer ones are refused (400), since
-    /// each is kept until its outcome arrives. Default 256.
+    /// Longest prediction id a feedback call may name, in bytes; longer ones
+    /// are refused (400) before any lookup. The server issues ids of 32
+    /// bytes (returned with every answer as the `prediction_id` response
+    /// parameter). Default 256.
     pub max_id_bytes: usize,
 }
 

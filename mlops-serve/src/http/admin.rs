@@ -47,8 +47,8 @@ pub(super) fn routes(
         limits,
         budget,
     };
+    let feedback_routes = Router::new().route("/v2/models/{model}/feedback", post(feedback));
     let infer = Router::new()
-        .route("/v2/models/{model}/feedback", post(feedback))
         .route("/v2/models/{model}/health", get(health_of))
         .route("/v2/repository/index", post(repository_index));
     let admin = Router::new()
@@ -64,6 +64,7 @@ pub(super) fn routes(
         .route("/admin/models/{model}/shadow", get(admin_shadow));
     let metrics = Router::new().route("/metrics", get(metrics));
     with_scope(infer, keys, Scope::Infer, refusals)
+        .merge(with_scope(feedback_routes, keys, Scope::Feedback, refusals))
         .merge(with_scope(
             audited(admin, audit),
             keys,

@@ -176,14 +176,16 @@ impl FeedbackBook {
         }
     }
 
-    /// Refuses request ids longer than the configured limit: each is kept until
-    /// its outcome arrives, so their length is memory a client controls.
+    /// Refuses prediction ids longer than the configured limit before any
+    /// lookup: the server issues 32-character ids, so a longer one is a
+    /// client's mistake (or a probe), named as such.
     pub(crate) fn check_id(&self, id: &str) -> Result<()> {
         if id.len() > self.config.max_id_bytes {
             return Err(Error::invalid_input(
-                "request id",
+                "prediction id",
                 format!(
-                    "{} bytes long; a deployment with feedback takes ids of at most {} bytes",
+                    "{} bytes long; feedback names a prediction by the id the server \
+                     returned with it (parameters.prediction_id), at most {} bytes",
                     id.len(),
                     self.config.max_id_bytes
                 ),
@@ -248,6 +250,7 @@ impl FeedbackBook {
         outcomes: &[f64],
         bucket: i64,
     ) -> Result<u64> {
+        self.check_id(id)?;
         if let Some(o) = outcomes.iter().find(|o| !o.is_finite()) {
             return Err(Error::invalid_input(
                 "feedback outcomes",
@@ -307,6 +310,7 @@ impl FeedbackBook {
         values: &BTreeMap<String, f64>,
         bucket: i64,
     ) -> Result<u64> {
+        self.check_id(id)?;
         if values.is_empty() || values.len() > MAX_METRICS_PER_CALL {
             return Err(Error::invalid_input(
                 "feedback metrics",

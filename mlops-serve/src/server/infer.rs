@@ -9,7 +9,8 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use mlops_core::error::ResourceKind;
 use mlops_core::inference::{
-    InferenceRequest, InferenceResponse, ModelMetadataResponse, ServerMetadataResponse, Tensor,
+    InferenceRequest, InferenceResponse, ModelMetadataResponse, PREDICTION_ID, ParameterValue,
+    Parameters, ServerMetadataResponse, Tensor,
 };
 use mlops_core::model::VersionSelector;
 use mlops_core::{Error, Result, Server};
@@ -78,9 +79,6 @@ impl ModelServer {
             });
         }
         let d = self.deployment(name)?;
-        if let (Some(book), Some(id)) = (&d.feedback, &request.id) {
-            book.check_id(id)?;
-        }
         let state = d.state();
         let loaded = self.choose(name, &state, version, &request)?;
         let number = loaded.version.version;
@@ -179,8 +177,14 @@ impl ModelServer {
                 .filter(|o| w.iter().any(|x| x.name == o.name))
                 .collect(),
         };
-        if let (Some(book), Some(id)) = (&d.feedback, &id) {
-            book.record_prediction(id, number, &outputs);
+        // Feedback names the answer by an id the server issues (unguessable):
+        // the client's request id is a correlation field only, so one client
+        // cannot label another's predictions by guessing or reusing ids.
+        let mut parameters = Parameters::default();
+        if let Some(book) = &d.feedback {
+            let prediction = new_prediction_id()?;
+            book.record_prediction(&prediction, number, &outputs);
+            parameters.insert(PREDICTION_ID.to_owned(), ParameterValue::String(prediction));
         }
         if let Some(inputs) = kept_inputs {
             if let Some(l) = &logger {
@@ -202,7 +206,7 @@ impl ModelServer {
             model_name: name.to_owned(),
             model_version: Some(number.to_string()),
             id,
-            parameters: Default::default(),
+            parameters,
             outputs,
         })
     }
@@ -365,4 +369,11 @@ impl Server for ModelServer {
         }
         result
     }
+}
+
+/// 128 bits from the operating system's CSPRNG, as 32 hex digits.
+fn new_prediction_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| Error::backend("getrandom", e.to_string()))?;
+    Ok(hex::encode(bytes))
 }

@@ -65,32 +65,45 @@ async fn feedback_ids_are_capped_and_pending_predictions_fit_their_byte_budget()
         );
     })
     .await;
-    // An id over the limit is refused before the model runs, naming the limit.
-    let err = in_time(
+    // Request ids are the client's correlation field, never kept for
+    // feedback: a long one is served; feedback naming an id over the limit is
+    // refused before any lookup, naming the limit.
+    let answer = in_time(
         "a request with a long id",
         s.infer("fraud", None, with_id(1, &"i".repeat(65))),
     )
     .await
-    .unwrap_err();
+    .unwrap();
+    assert_eq!(answer.prediction_id().map(str::len), Some(32));
+    let err = s
+        .record_feedback("fraud", &"i".repeat(65), &[1.0])
+        .unwrap_err();
     assert!(
         matches!(err, Error::InvalidInput { .. }) && err.to_string().contains("at most 64 bytes"),
         "{err}"
     );
     // 1,000 predictions of 100 rows each (about 800 KB of scores) in a 64 KiB
     // budget: the oldest are forgotten, the newest still take feedback.
+    let mut ids = Vec::new();
     in_time("1,000 requests", async {
         for i in 0..1000 {
-            s.infer("fraud", None, with_id(100, &format!("r{i}")))
+            let answer = s
+                .infer("fraud", None, with_id(100, &format!("r{i}")))
                 .await
                 .unwrap();
+            ids.push(answer.prediction_id().unwrap().to_owned());
         }
     })
     .await;
     assert!(matches!(
-        s.record_feedback("fraud", "r0", &[1.0; 100]).unwrap_err(),
+        s.record_feedback("fraud", &ids[0], &[1.0; 100])
+            .unwrap_err(),
         Error::NotFound { .. }
     ));
-    assert_eq!(s.record_feedback("fraud", "r999", &[1.0; 100]).unwrap(), 1);
+    assert_eq!(
+        s.record_feedback("fraud", &ids[999], &[1.0; 100]).unwrap(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -193,18 +193,31 @@ async fn feedback_gives_live_quality_locally_and_over_http() {
     d.feedback = Some(FeedbackConfig::new(Task::BinaryClassification));
     s.deploy(d).await.unwrap();
     let (x, y) = rows(200, 0.0, 4);
+    let mut ids = Vec::new();
     for (i, (xv, yv)) in x.iter().zip(&y).enumerate() {
-        s.infer("m", None, request(&[*xv], &format!("r{i}")))
+        let answer = s
+            .infer("m", None, request(&[*xv], &format!("r{i}")))
             .await
             .unwrap();
+        // The client's id is echoed; feedback names the server's.
+        assert_eq!(answer.id.as_deref(), Some(format!("r{i}").as_str()));
+        let id = answer.prediction_id().unwrap().to_owned();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        ids.push(id);
         if i < 150 {
-            assert_eq!(
-                s.record_feedback("m", &format!("r{i}"), &[*yv as f64])
-                    .unwrap(),
-                1
-            );
+            assert_eq!(s.record_feedback("m", &ids[i], &[*yv as f64]).unwrap(), 1);
         }
     }
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 200, "every answer has its own id");
+    // The client's own request id does not name a prediction.
+    assert!(matches!(
+        s.record_feedback("m", "r160", &[1.0]).unwrap_err(),
+        Error::NotFound { .. }
+    ));
     let q = &s.live_quality("m").unwrap()[&1];
     assert_eq!(q.rows, 150);
     assert!(
@@ -216,24 +229,24 @@ async fn feedback_gives_live_quality_locally_and_over_http() {
             .contains("mlops_live_quality{model=\"m\",version=\"1\",metric=\"roc_auc\"}")
     );
     // Bad feedback is refused clearly and changes nothing.
-    let err = s.record_feedback("m", "r0", &[1.0]).unwrap_err();
+    let err = s.record_feedback("m", &ids[0], &[1.0]).unwrap_err();
     assert!(
         matches!(err, Error::NotFound { .. }),
         "already labelled: {err}"
     );
     assert!(
-        s.record_feedback("m", "r160", &[2.0])
+        s.record_feedback("m", &ids[160], &[2.0])
             .unwrap_err()
             .to_string()
             .contains("not 0 or 1")
     );
     assert!(
-        s.record_feedback("m", "r160", &[1.0, 0.0])
+        s.record_feedback("m", &ids[160], &[1.0, 0.0])
             .unwrap_err()
             .to_string()
             .contains("2 outcomes")
     );
-    assert!(s.record_feedback("m", "r160", &[f64::NAN]).is_err());
+    assert!(s.record_feedback("m", &ids[160], &[f64::NAN]).is_err());
     assert_eq!(s.live_quality("m").unwrap()[&1].rows, 150);
 
     // Over HTTP, with the remote client's TrafficControl.
@@ -248,7 +261,7 @@ async fn feedback_gives_live_quality_locally_and_over_http() {
         .unwrap();
     assert_eq!(
         remote
-            .record_feedback("m", "r160", &[y[160] as f64])
+            .record_feedback("m", &ids[160], &[y[160] as f64])
             .await
             .unwrap(),
         1
@@ -264,14 +277,14 @@ async fn feedback_gives_live_quality_locally_and_over_http() {
     let conversion = std::collections::BTreeMap::from([("conversion".to_owned(), 1.0)]);
     assert_eq!(
         remote
-            .record_metrics("m", "r161", &conversion)
+            .record_metrics("m", &ids[161], &conversion)
             .await
             .unwrap(),
         1
     );
     assert!(matches!(
         remote
-            .record_metrics("m", "r161", &conversion)
+            .record_metrics("m", &ids[161], &conversion)
             .await
             .unwrap_err(),
         Error::Conflict { .. }
@@ -427,4 +440,69 @@ async fn the_monitor_queue_holds_its_byte_budget() {
             .values()
             .all(|v| v.inputs.is_none())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_needs_its_own_scope_and_the_server_issued_id() {
+    use mlops_serve::{ApiKeys, HttpConfig, Scope};
+    let root = StoreRoot::open("memory://").unwrap();
+    let s = trained_server(&root).await;
+    let mut d = DeploymentConfig::new("m", "m", Routing::Fixed(VersionSelector::Latest));
+    d.feedback = Some(FeedbackConfig::new(Task::BinaryClassification));
+    s.deploy(d).await.unwrap();
+    let keys = ApiKeys::new()
+        .with_key("app", "app-key", &[Scope::Infer])
+        .with_key("labels", "labels-key", &[Scope::Feedback])
+        .with_key("ops", "ops-key", &[Scope::Admin]);
+    let config = HttpConfig::default().with_keys(keys);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(s.clone(), config.clone()).unwrap();
+    tokio::spawn(async move { serve(listener, app, &config, std::future::pending()).await });
+    let client = |key: &str| {
+        RemoteServer::new(&base)
+            .unwrap()
+            .with_timeout(WAIT)
+            .unwrap()
+            .with_api_key(key)
+    };
+    let (app, labels, ops) = (client("app-key"), client("labels-key"), client("ops-key"));
+    let answer = app.infer("m", None, request(&[0.5], "mine")).await.unwrap();
+    let id = answer.prediction_id().unwrap().to_owned();
+    // An infer key cannot label predictions (its own or anyone's) ...
+    assert!(matches!(
+        app.record_feedback("m", &id, &[1.0]).await.unwrap_err(),
+        Error::Forbidden { .. }
+    ));
+    // ... a feedback key can, by the server's id only, and cannot infer.
+    assert!(matches!(
+        labels
+            .record_feedback("m", "mine", &[1.0])
+            .await
+            .unwrap_err(),
+        Error::NotFound { .. }
+    ));
+    assert_eq!(labels.record_feedback("m", &id, &[1.0]).await.unwrap(), 1);
+    assert!(matches!(
+        labels
+            .infer("m", None, request(&[0.5], "x"))
+            .await
+            .unwrap_err(),
+        Error::Forbidden { .. }
+    ));
+    // Admin implies feedback; ids past the limit are refused before a lookup.
+    let second = ops.infer("m", None, request(&[0.1], "y")).await.unwrap();
+    assert_eq!(
+        ops.record_feedback("m", second.prediction_id().unwrap(), &[0.0])
+            .await
+            .unwrap(),
+        1
+    );
+    let long = "f".repeat(300);
+    let err = labels
+        .record_feedback("m", &long, &[1.0])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("prediction_id"), "{err}");
+    assert_eq!(s.live_quality("m").unwrap()[&1].rows, 2);
 }
