@@ -6,14 +6,17 @@
 //! ```
 //!
 //! Model A (linear) is the champion; model B (an MLP that sees the interaction
-//! between discount and category) starts at 10% of traffic, sticky per shopper
-//! (the `routing_key` parameter). After each round of traffic and feedback the
-//! live log loss of both decides: B gains 30 points while it wins by a margin,
-//! stays where it is on a tie, and is rolled back if it loses.
+//! between discount and category) starts at 20% of traffic, sticky per shopper
+//! (the `routing_key` parameter). After each round of traffic and feedback a
+//! sequential test decides on the live per-prediction loss (Brier score) of
+//! both, valid however many rounds look at it: B gains 30 points while its
+//! always-valid interval says it is better, holds while undecided, and is
+//! rolled back as soon as it says worse. Each verdict prints its evidence.
 
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use mlops::core::experiment::{SequentialTest, Verdict};
 use mlops::core::inference::{InferenceRequest, ParameterValue, Tensor, TensorData};
 use mlops::prelude::*;
 use mlops::serve::{FeedbackConfig, ROUTING_KEY};
@@ -40,11 +43,11 @@ fn offers(n: usize, rng: &mut Rng) -> (Vec<f64>, Vec<f64>, Vec<&'static str>, Ve
         let c = CATEGORIES[(rng.uniform() * 4.0) as usize % 4];
         // Discounts sell fashion and toys, barely electronics: an interaction.
         let lift = if c == "fashion" || c == "toys" {
-            14.0
+            24.0
         } else {
-            -6.0
+            -12.0
         };
-        let logit = -1.5 - 0.02 * p + lift * d;
+        let logit = 0.5 - 0.03 * p + lift * d;
         price.push(p);
         discount.push(d);
         category.push(c);
@@ -91,15 +94,18 @@ async fn main() -> Result<()> {
         Routing::Canary {
             stable: a,
             canary: b,
-            weight: 0.1,
+            weight: 0.2,
         },
     );
     config.feedback = Some(FeedbackConfig::new(Task::BinaryClassification).with_window(3000));
     server.deploy(config).await?;
 
-    let mut weight = 0.1;
+    // Lower loss is better; a false "B is better" at most 5% of the time,
+    // however many rounds look; most sensitive to differences near 0.01.
+    let test = SequentialTest::new(0.05, 0.0, 0.01, false)?;
+    let mut weight = 0.2;
     for round in 1..=6 {
-        let (p, d, c, y) = offers(6000, &mut rng);
+        let (p, d, c, y) = offers(8000, &mut rng);
         for i in 0..p.len() {
             let mut request = InferenceRequest::new(vec![
                 Tensor::new("price", vec![1], TensorData::Fp64(vec![p[i]]))?,
@@ -115,7 +121,7 @@ async fn main() -> Result<()> {
             // The same shopper always sees the same model.
             request.parameters.insert(
                 ROUTING_KEY.into(),
-                ParameterValue::String(format!("shopper-{}", i % 1500)),
+                ParameterValue::String(format!("shopper-{}", i % 5000)),
             );
             let answer = server.infer("conversion", None, request).await?;
             // Feedback names the answer by the id the server issued for it.
@@ -125,25 +131,22 @@ async fn main() -> Result<()> {
             server.record_feedback("conversion", prediction, &[y[i] as f64])?;
         }
         let live = server.live_quality("conversion")?;
-        let loss = |v: u64| {
-            live.get(&v)
-                .and_then(|q| q.metrics.get("log_loss"))
-                .copied()
-                .unwrap_or(f64::NAN)
-        };
-        let (la, lb) = (loss(1), loss(2));
-        let verdict = if lb < la - 0.005 {
-            weight = (weight + 0.3_f64).min(1.0);
-            "B wins: more traffic"
-        } else if lb > la + 0.005 {
-            weight = 0.0;
-            "B loses: rolled back"
-        } else {
-            "tie: hold"
+        let loss = |v: u64| live.get(&v).map(|q| q.loss).unwrap_or_default();
+        let evidence = test.compare(&loss(1), &loss(2));
+        let verdict = match evidence.verdict {
+            Verdict::Better => {
+                weight = (weight + 0.3_f64).min(1.0);
+                "B is better: more traffic"
+            }
+            Verdict::Worse => {
+                weight = 0.0;
+                "B is worse: rolled back"
+            }
+            _ => "undecided: hold",
         };
         server.set_canary_weight("conversion", weight).await?;
         println!(
-            "round {round}: live log loss A {la:.4}, B {lb:.4} -> {verdict}; B now gets {:.0}% of shoppers",
+            "round {round}: {verdict}; B now gets {:.0}% of shoppers\n         Brier {evidence}",
             weight * 100.0
         );
         if weight >= 1.0 || weight == 0.0 {
