@@ -53,6 +53,7 @@ pub mod error;
 pub mod exec;
 pub mod experiment;
 pub mod feature;
+pub mod fleet;
 pub mod inference;
 pub mod metrics;
 pub mod model;

@@ -7,9 +7,12 @@
 //! - `enrich`: inputs looked up in the online feature store;
 //! - `infer`: the request path and the [`Server`](mlops_core::Server) impl;
 //! - `traffic`: [`TrafficControl`](mlops_core::monitoring::TrafficControl), for the
-//!   retraining loop.
+//!   retraining loop;
+//! - `fleet`: the server as one replica of a fleet steered through the storage
+//!   root.
 
 mod enrich;
+mod fleet;
 mod infer;
 mod lifecycle;
 mod routing;

@@ -506,3 +506,83 @@ async fn feedback_needs_its_own_scope_and_the_server_issued_id() {
     assert!(err.to_string().contains("prediction_id"), "{err}");
     assert_eq!(s.live_quality("m").unwrap()[&1].rows, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_replicas_is_steered_and_judged_as_one() {
+    use mlops_core::fleet::{FleetStore, FleetTraffic};
+    use mlops_store::ObjectFleet;
+    let root = StoreRoot::open("memory://").unwrap();
+    // Two versions of `m` in the registry; two replicas serving it.
+    let first = trained_server(&root).await;
+    let registry = ObjectRegistry::new(&root);
+    let (_, v1) = registry
+        .load_artifact("m", &VersionSelector::Number(1))
+        .await
+        .unwrap();
+    let meta = registry
+        .get_version("m", &VersionSelector::Number(1))
+        .await
+        .unwrap()
+        .metadata;
+    registry.register("m", v1, meta).await.unwrap();
+    let fleet: Arc<dyn FleetStore> = Arc::new(ObjectFleet::new(&root));
+    let replicas = [first.clone(), trained_server(&root).await];
+    for (i, s) in replicas.iter().enumerate() {
+        let mut d = DeploymentConfig::new("m", "m", Routing::Fixed(VersionSelector::Number(1)));
+        d.feedback = Some(FeedbackConfig::new(Task::BinaryClassification));
+        s.deploy(d).await.unwrap();
+        s.join_fleet(fleet.clone(), format!("pod-{i}"), Duration::from_millis(50));
+    }
+    let steer = FleetTraffic::new(fleet.clone(), Duration::from_secs(60));
+    eventually("both replicas report", async || {
+        fleet.reports("m").await.unwrap().len() == 2
+    })
+    .await;
+    // One call moves every replica.
+    steer.start_canary("m", 1, 2, 0.5).await.unwrap();
+    for s in &replicas {
+        eventually("the canary reaches the replica", async || {
+            matches!(s.status("m").unwrap().routing, Routing::Canary { weight, .. } if weight == 0.5)
+        })
+        .await;
+    }
+    // Feedback on either replica counts in the one health.
+    let (x, y) = rows(40, 0.0, 9);
+    for (i, (xv, yv)) in x.iter().zip(&y).enumerate() {
+        let s = &replicas[i % 2];
+        let answer = s.infer("m", None, request(&[*xv], "q")).await.unwrap();
+        s.record_feedback("m", answer.prediction_id().unwrap(), &[*yv as f64])
+            .unwrap();
+    }
+    eventually("the merged health counts all 40", async || {
+        let h = steer.health("m").await.unwrap();
+        h.versions
+            .values()
+            .map(|v| v.live.loss.count())
+            .sum::<u64>()
+            == 40
+    })
+    .await;
+    let h = steer.health("m").await.unwrap();
+    assert_eq!((h.champion, h.canary), (Some(1), Some(2)));
+    // The weight moves on every replica; promotion routes all of them.
+    steer.set_canary_weight("m", 0.9).await.unwrap();
+    steer.route_all("m", 2).await.unwrap();
+    for s in &replicas {
+        eventually("the promotion reaches the replica", async || {
+            matches!(
+                &s.status("m").unwrap().routing,
+                Routing::Fixed(VersionSelector::Number(2))
+            )
+        })
+        .await;
+    }
+    // A weight without a canary, and bad intents, are refused; nothing moves.
+    assert!(steer.set_canary_weight("m", 0.2).await.is_err());
+    assert!(steer.start_canary("m", 2, 2, 0.5).await.is_err());
+    assert_eq!(fleet.routing("m").await.unwrap().unwrap().revision, 3);
+    assert!(matches!(
+        steer.health("nope").await.unwrap_err(),
+        Error::Unavailable { .. }
+    ));
+}
