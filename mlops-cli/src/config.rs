@@ -34,6 +34,10 @@
 //! url = "${REDIS_URL}"                 # redis://host:port/db; default memory://
 //! namespace = "mlops"
 //!
+//! [fleet]                              # optional: on by default
+//! replica = "${HOSTNAME}"              # this replica's name (default: HOSTNAME)
+//! interval = "5s"                      # apply routing intents, write its report
+//!
 //! [inference_log]                      # optional: every request as Parquet
 //! flush_rows = 10000                   # under the root's inference-log/
 //! flush_interval = "5s"
@@ -118,6 +122,68 @@ pub(crate) struct Config {
     /// Retraining loops `mlops retrain` runs (mlops-cli/src/retrain.rs).
     #[serde(default)]
     pub(crate) retrain: Vec<crate::retrain::RetrainToml>,
+    /// This server as one replica of a fleet steered through the storage root.
+    #[serde(default)]
+    pub(crate) fleet: Fleet,
+}
+
+/// `[fleet]`: `mlops serve` applies the routing intents the retraining loop
+/// sets on the storage root and reports its routing, drift and live
+/// statistics there, so the loop steers and judges every replica at once.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Fleet {
+    /// Off: the server neither applies intents nor reports (default on).
+    #[serde(default = "default_true")]
+    pub(crate) enabled: bool,
+    /// This replica's name (default: `${HOSTNAME}`, a pod's name, else
+    /// `replica-<pid>`).
+    pub(crate) replica: Option<String>,
+    /// How often intents are checked and reports written (default 5 s).
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) interval: Option<Duration>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            replica: None,
+            interval: None,
+        }
+    }
+}
+
+impl Fleet {
+    /// The replica name, `${ENV}` expanded, checked as a storage name.
+    pub(crate) fn replica_name(&self) -> Result<String> {
+        let name = match &self.replica {
+            Some(r) => expand("fleet.replica", r)?,
+            None => std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("replica-{}", std::process::id())),
+        };
+        mlops::core::validate_name(mlops::core::ResourceKind::Object, &name)
+            .map_err(|e| Error::invalid_input("config fleet.replica", e.to_string()))?;
+        Ok(name)
+    }
+
+    /// The round interval (default 5 s; at least 100 ms).
+    pub(crate) fn every(&self) -> Result<Duration> {
+        let every = self.interval.unwrap_or(Duration::from_secs(5));
+        if every < Duration::from_millis(100) {
+            return Err(Error::invalid_input(
+                "config fleet.interval",
+                format!("{every:?} is under 100ms: every replica writes a report each round"),
+            ));
+        }
+        Ok(every)
+    }
 }
 
 /// A deployment's `enrichment = { features = ["view:feature", ...],

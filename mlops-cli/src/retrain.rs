@@ -7,8 +7,12 @@
 //! [[retrain]]
 //! model = "fraud"                        # the registry name
 //! deployment = "fraud"                   # the served deployment (default: model)
-//! server = "http://mlops:8000"           # the server's base URL: health and routing
-//! admin_key_file = "/run/secrets/mlops/admin-key"   # or admin_key = "${MLOPS_ADMIN_KEY}"
+//! # Steered through the storage root (the default): every `mlops serve` replica
+//! # applies the loop's routing and reports its live statistics there.
+//! report_max_age = "60s"                 # replicas silent longer are left out
+//! # Or one server's admin API (one replica only):
+//! # server = "http://mlops:8000"
+//! # admin_key_file = "/run/secrets/mlops/admin-key"   # or admin_key = "${MLOPS_ADMIN_KEY}"
 //! task = "binary_classification"
 //! labels = { view = "chargebacks", column = "is_fraud" }   # labelled rows: a feature view
 //! features = ["card:spend_7d", "card:txn_count_7d"]
@@ -36,16 +40,20 @@
 //! time; the view's join keys and `event_timestamp` join the features and are
 //! not features themselves.
 //!
-//! The canary's routing and live quality go through the `server` URL's admin
-//! API: one server process. Several replicas behind one Service each keep
-//! their own routing and feedback, so run the loop against a deployment
-//! served by one replica.
+//! Without `server`, the loop steers the fleet on the storage root
+//! ([`FleetTraffic`](mlops::core::fleet::FleetTraffic)): its routing intents
+//! reach every replica of `mlops serve` (each applies them within its `[fleet]
+//! interval`) and its judgement reads the replicas' merged reports. With
+//! `server`, routing and live quality go through that one server's admin API:
+//! one process, fit for a single replica.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mlops::chrono::Utc;
 use mlops::core::feature::FeatureRef;
+use mlops::core::fleet::FleetTraffic;
+use mlops::core::monitoring::TrafficControl;
 use mlops::core::retrain::{
     CanaryPolicy, Decision, Guardrails, LoopPhase, RetrainConfig, RetrainLoop, RetrainServices,
     Triggers,
@@ -53,8 +61,8 @@ use mlops::core::retrain::{
 use mlops::core::{Error, Result, Task};
 use mlops::serve::RemoteServer;
 use mlops::store::{
-    InMemoryOnlineStore, ObjectAuditLog, ObjectFeatureStore, ObjectLoopStates, ObjectSnapshotStore,
-    ObjectTracker, StoreRoot, ViewLabels,
+    InMemoryOnlineStore, ObjectAuditLog, ObjectFeatureStore, ObjectFleet, ObjectLoopStates,
+    ObjectSnapshotStore, ObjectTracker, StoreRoot, ViewLabels,
 };
 use mlops::train::{Progress, TabularLoader, TabularTrainer};
 use serde::Deserialize;
@@ -65,13 +73,19 @@ use crate::train::{Network, Training, trainer_config};
 /// How long between ticks when `interval` is not set.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 
+/// How old a replica's report may be and still count, when
+/// `report_max_age` is not set.
+const DEFAULT_REPORT_MAX_AGE: Duration = Duration::from_secs(60);
+
 /// A `[[retrain]]` section.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RetrainToml {
     model: String,
     deployment: Option<String>,
-    server: String,
+    server: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    report_max_age: Option<Duration>,
     admin_key_file: Option<String>,
     admin_key: Option<String>,
     task: Task,
@@ -239,9 +253,25 @@ impl RetrainToml {
         Ok(c)
     }
 
-    /// The admin key the server's routing and health need.
-    fn admin_key(&self, i: usize) -> Result<String> {
+    /// The admin key the server's routing and health need (`None` when the
+    /// loop steers the fleet on the storage root).
+    fn admin_key(&self, i: usize) -> Result<Option<String>> {
         let at = self.at(i);
+        if self.server.is_none() {
+            if self.admin_key_file.is_some() || self.admin_key.is_some() {
+                return Err(Error::invalid_input(
+                    at,
+                    "an admin key without `server` is unused: the loop steers the fleet on \
+                     the storage root; set `server` to steer one server instead",
+                ));
+            }
+            return Ok(None);
+        }
+        self.server_key(&at).map(Some)
+    }
+
+    fn server_key(&self, at: &str) -> Result<String> {
+        let at = at.to_owned();
         match (&self.admin_key_file, &self.admin_key) {
             (Some(file), None) => {
                 let file = expand(&format!("{at}.admin_key_file"), file)?;
@@ -365,9 +395,17 @@ async fn open(
             Progress::Hidden,
             exclude,
         ));
-        let server = RemoteServer::new(&r.server)
-            .map_err(|e| Error::invalid_input(format!("{at}.server"), e.to_string()))?
-            .with_api_key(admin_key);
+        let traffic: Arc<dyn TrafficControl> = match (&r.server, admin_key) {
+            (Some(url), Some(key)) => Arc::new(
+                RemoteServer::new(url)
+                    .map_err(|e| Error::invalid_input(format!("{at}.server"), e.to_string()))?
+                    .with_api_key(key),
+            ),
+            _ => Arc::new(FleetTraffic::new(
+                Arc::new(ObjectFleet::new(&root)),
+                r.report_max_age.unwrap_or(DEFAULT_REPORT_MAX_AGE),
+            )),
+        };
         let services = RetrainServices::new(
             store.clone(),
             Arc::new(ViewLabels::new(
@@ -378,7 +416,7 @@ async fn open(
             Arc::new(trainer),
             Arc::new(TabularLoader::default()),
             registry.clone(),
-            Arc::new(server),
+            traffic,
             tracker.clone(),
             audit.clone(),
         )

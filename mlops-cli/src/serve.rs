@@ -11,7 +11,7 @@ use mlops::core::{Error, Result};
 use mlops::serve::http::{router, serve};
 use mlops::serve::{KeyRing, ModelServer};
 use mlops::store::{
-    ObjectAuditLog, ObjectFeatureStore, ObjectInferenceLog, ObjectRegistry, StoreRoot,
+    ObjectAuditLog, ObjectFeatureStore, ObjectFleet, ObjectInferenceLog, ObjectRegistry, StoreRoot,
 };
 
 use crate::config::{Config, unopened_features};
@@ -27,6 +27,10 @@ pub(crate) fn check(path: &Path, json: bool) -> Result<()> {
         config.http_config()?;
     }
     config.registry_options(false)?;
+    if config.fleet.enabled {
+        config.fleet.replica_name()?;
+        config.fleet.every()?;
+    }
     config.inference_log()?;
     let deployments = config.deployment_configs(&unopened_features()?)?;
     let loops = crate::retrain::check(&config)?;
@@ -294,6 +298,14 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     let registry_options = config.registry_options(false)?;
     let registry = Arc::new(ObjectRegistry::new(&root).with_options(registry_options));
     let server = ModelServer::new(registry, crate::models::loaders());
+    // One replica of the fleet: the loop's routing intents on the root apply
+    // here, and what this replica serves and sees is reported there.
+    if config.fleet.enabled {
+        let replica = config.fleet.replica_name()?;
+        let every = config.fleet.every()?;
+        tracing::info!(replica = %replica, every = ?every, "joining the fleet on the storage root");
+        server.join_fleet(Arc::new(ObjectFleet::new(&root)), replica, every);
+    }
     if let Some(log) = config.inference_log()? {
         server.set_inference_log(Arc::new(ObjectInferenceLog::new(&root)), log)?;
     }

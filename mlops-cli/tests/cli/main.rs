@@ -133,11 +133,17 @@ struct Served {
 
 /// Starts the binary serving `config_path` and waits for its address.
 fn start(config_path: &Path) -> Served {
+    start_with_env(config_path, &[])
+}
+
+/// [`start`] with `env` set for the process.
+fn start_with_env(config_path: &Path, env: &[(&str, &str)]) -> Served {
     let mut child = ChildGuard::spawn(
         "mlops serve",
         Command::new(env!("CARGO_BIN_EXE_mlops"))
             .args(["--log-format", "json", "serve", "--config"])
             .arg(config_path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),

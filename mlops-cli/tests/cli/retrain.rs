@@ -288,3 +288,92 @@ async fn retrain_processes_share_one_loop_and_roll_out_through_the_server() {
     assert_eq!(registry.list_versions("fraud").await.unwrap().len(), 2);
     stop(served.child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_steers_two_server_replicas_through_the_storage_root() {
+    use mlops::core::fleet::FleetStore as _;
+    let dir = temp_dir("fleet");
+    let root = StoreRoot::open(&store_url(&dir)).unwrap();
+    seed(&root).await;
+    let registry = ObjectRegistry::new(&root);
+    champion(&registry).await;
+    let path = dir.path().join("mlops.toml");
+    // No `server`: the loop steers the fleet on the root; each replica names
+    // itself from the environment and checks the root every 100 ms.
+    let loop_section: String = section(dir.path(), "")
+        .lines()
+        .filter(|l| !l.starts_with("server") && !l.starts_with("admin_key_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text = format!(
+        "{}\n[fleet]\nreplica = \"${{MLOPS_REPLICA}}\"\ninterval = \"100ms\"\n{loop_section}",
+        config(dir.path())
+    );
+    std::fs::write(&path, text).unwrap();
+    let a = start_with_env(&path, &[("MLOPS_REPLICA", "pod-a")]);
+    let b = start_with_env(&path, &[("MLOPS_REPLICA", "pod-b")]);
+    let fleet = mlops::store::ObjectFleet::new(&root);
+    let deadline = Instant::now() + LIMIT;
+    while fleet.reports("fraud").await.unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both replicas report: {}",
+            a.logs.recent()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let clients = [&a, &b].map(|s| RemoteServer::new(&s.base).unwrap().with_api_key(KEY));
+    let until = async |what: &str, want: (Option<u64>, Option<u64>)| {
+        for c in &clients {
+            let deadline = Instant::now() + LIMIT;
+            loop {
+                let h = c.health("fraud").await.unwrap();
+                if (h.champion, h.canary) == want {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{what}: {h:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // The first tick starts the schedule; the second trains v2 and starts
+    // its canary: one intent on the root, applied by both replicas.
+    let (code, v, err) = tick(&path, "loop");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["phase"], "watching", "{v}");
+    let (code, v, err) = tick(&path, "loop");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        v["decisions"]
+            .to_string()
+            .contains("v2 registered; canary at 20%"),
+        "{v}"
+    );
+    until("both replicas run the canary", (Some(1), Some(2))).await;
+    let reports = fleet.reports("fraud").await.unwrap();
+    assert!(
+        reports.iter().all(|r| r.applied_revision >= 1),
+        "{reports:?}"
+    );
+    // Unjudged past its deadline: rolled back on both.
+    let (code, v, err) = tick(&path, "loop");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        v["decisions"].to_string().contains("could not be judged"),
+        "{v}"
+    );
+    until("both replicas route all to v1", (Some(1), None)).await;
+    // An admin key beside fleet steering is a config error naming it.
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("margin = -1.0", "margin = -1.0\nadmin_key = \"${X}\""),
+    )
+    .unwrap();
+    let (code, _, err) = mlops_within(&["retrain", "--once"], &path, FAST);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("storage root"), "{err}");
+    stop(a.child).await;
+    stop(b.child).await;
+}
