@@ -57,6 +57,49 @@ fn store_url(dir: &TempDir) -> String {
     format!("file://{}", dir.path().join("store").display())
 }
 
+/// Event times (microseconds, UTC) as an Arrow column.
+fn ts(v: Vec<i64>) -> ArrayRef {
+    Arc::new(arrow_array::TimestampMicrosecondArray::from(v).with_timezone("UTC"))
+}
+
+/// The `card` view (`card_id` -> `spend`) with 200 cards, card `c` spending
+/// `c - 100`, known from `at_us`.
+async fn card_spend(offline: &mlops::store::ObjectOfflineStore, at_us: i64) {
+    use mlops::arrow::schema::DataType;
+    use mlops::core::feature::{ApplyOptions, FeatureView};
+    let view = FeatureView::builder("card")
+        .join_key("card_id", DataType::Int64)
+        .event_time("ts")
+        .feature("spend", DataType::Float64)
+        .build()
+        .unwrap();
+    offline
+        .apply_view(view, ApplyOptions::default())
+        .await
+        .unwrap();
+    let cards: Vec<i64> = (0..200).collect();
+    offline
+        .ingest(
+            "card",
+            RecordBatch::try_from_iter([
+                (
+                    "card_id",
+                    Arc::new(Int64Array::from(cards.clone())) as ArrayRef,
+                ),
+                ("ts", ts(vec![at_us; 200])),
+                (
+                    "spend",
+                    Arc::new(Float64Array::from_iter_values(
+                        cards.iter().map(|c| *c as f64 - 100.0),
+                    )) as ArrayRef,
+                ),
+            ])
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
 /// A model of `x -> y` (y = x > shift) trained on a little data.
 fn trained(shift: f64) -> mlops::core::TrainedModel {
     let x: Vec<f64> = (0..400).map(|i| f64::from(i) / 100.0 - 2.0).collect();

@@ -5,7 +5,6 @@
 //! be judged in time is rolled back there, and its version archived. Bad
 //! sections fail fast naming the key.
 
-use arrow_array::TimestampMicrosecondArray;
 use mlops::arrow::schema::DataType;
 use mlops::core::ModelRegistry as _;
 use mlops::core::feature::{ApplyOptions, FeatureView};
@@ -16,10 +15,6 @@ use mlops::store::ObjectOfflineStore;
 use super::*;
 
 const HOUR: i64 = 3_600_000_000;
-
-fn ts(v: Vec<i64>) -> ArrayRef {
-    Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
-}
 
 /// The `[[retrain]]` section of the test: labels from `chargebacks`, a
 /// schedule that fires on any tick after the first, canaries judged within
@@ -50,44 +45,15 @@ training = {{ epochs = 2 }}
 async fn seed(root: &StoreRoot) {
     let offline = ObjectOfflineStore::new(root);
     let now = mlops::chrono::Utc::now().timestamp_micros();
-    for view in [
-        FeatureView::builder("card")
-            .join_key("card_id", DataType::Int64)
-            .event_time("ts")
-            .feature("spend", DataType::Float64)
-            .build()
-            .unwrap(),
-        FeatureView::builder("chargebacks")
-            .join_key("card_id", DataType::Int64)
-            .event_time("ts")
-            .feature("is_fraud", DataType::Int64)
-            .build()
-            .unwrap(),
-    ] {
-        offline
-            .apply_view(view, ApplyOptions::default())
-            .await
-            .unwrap();
-    }
-    let cards: Vec<i64> = (0..200).collect();
+    card_spend(&offline, now - 240 * HOUR).await;
+    let chargebacks = FeatureView::builder("chargebacks")
+        .join_key("card_id", DataType::Int64)
+        .event_time("ts")
+        .feature("is_fraud", DataType::Int64)
+        .build()
+        .unwrap();
     offline
-        .ingest(
-            "card",
-            RecordBatch::try_from_iter([
-                (
-                    "card_id",
-                    Arc::new(Int64Array::from(cards.clone())) as ArrayRef,
-                ),
-                ("ts", ts(vec![now - 240 * HOUR; 200])),
-                (
-                    "spend",
-                    Arc::new(Float64Array::from_iter_values(
-                        cards.iter().map(|c| *c as f64 - 100.0),
-                    )) as ArrayRef,
-                ),
-            ])
-            .unwrap(),
-        )
+        .apply_view(chargebacks, ApplyOptions::default())
         .await
         .unwrap();
     let tx: Vec<i64> = (0..400).map(|i| (i * 37) % 200).collect();

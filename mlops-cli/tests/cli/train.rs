@@ -2,20 +2,13 @@
 //! the run tracked, the set snapshotted, the model registered with lineage;
 //! bad jobs change nothing.
 
-use arrow_array::TimestampMicrosecondArray;
-use mlops::arrow::schema::DataType;
 use mlops::core::ModelRegistry as _;
-use mlops::core::feature::{ApplyOptions, FeatureView};
 use mlops::core::model::VersionSelector;
 use mlops::store::ObjectOfflineStore;
 
 use super::*;
 
 const DAY: i64 = 86_400_000_000;
-
-fn ts(v: Vec<i64>) -> ArrayRef {
-    Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
-}
 
 fn write_parquet(path: &Path, batch: &RecordBatch) {
     let file = std::fs::File::create(path).unwrap();
@@ -32,38 +25,8 @@ async fn train_builds_the_set_tracks_snapshots_and_registers() {
     // card:spend on day 1 for 200 cards; card c spends c - 100, and a
     // transaction on day 2 is fraud when its card spends over 0.
     let root = StoreRoot::open(&store_url(&dir)).unwrap();
-    let offline = ObjectOfflineStore::new(&root);
-    let view = FeatureView::builder("card")
-        .join_key("card_id", DataType::Int64)
-        .event_time("ts")
-        .feature("spend", DataType::Float64)
-        .build()
-        .unwrap();
-    offline
-        .apply_view(view, ApplyOptions::default())
-        .await
-        .unwrap();
+    card_spend(&ObjectOfflineStore::new(&root), DAY).await;
     let cards: Vec<i64> = (0..200).collect();
-    offline
-        .ingest(
-            "card",
-            RecordBatch::try_from_iter([
-                (
-                    "card_id",
-                    Arc::new(Int64Array::from(cards.clone())) as ArrayRef,
-                ),
-                ("ts", ts(vec![DAY; 200])),
-                (
-                    "spend",
-                    Arc::new(Float64Array::from_iter_values(
-                        cards.iter().map(|c| *c as f64 - 100.0),
-                    )) as ArrayRef,
-                ),
-            ])
-            .unwrap(),
-        )
-        .await
-        .unwrap();
     let entities = RecordBatch::try_from_iter([
         (
             "card_id",

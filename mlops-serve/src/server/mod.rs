@@ -246,6 +246,22 @@ impl ModelServer {
     /// deployment `name`; they feed the version's live quality. An id never
     /// served, already labelled or forgotten is [`Error::NotFound`].
     pub fn record_feedback(&self, name: &str, id: &str, outcomes: &[f64]) -> Result<u64> {
+        self.with_feedback(name, |book| {
+            let version = book.record_outcomes(name, id, outcomes)?;
+            if let Some(q) = book.quality().get(&version) {
+                self.inner.metrics.record_quality(name, version, q);
+            }
+            Ok(version)
+        })
+    }
+
+    /// Runs `f` on deployment `name`'s feedback book; a deployment without
+    /// feedback is [`Error::Conflict`].
+    fn with_feedback<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&FeedbackBook) -> Result<T>,
+    ) -> Result<T> {
         let d = self.deployment(name)?;
         let book = d.feedback.as_ref().ok_or_else(|| {
             Error::conflict(
@@ -253,11 +269,7 @@ impl ModelServer {
                 "it was deployed without feedback",
             )
         })?;
-        let version = book.record_outcomes(name, id, outcomes)?;
-        if let Some(q) = book.quality().get(&version) {
-            self.inner.metrics.record_quality(name, version, q);
-        }
-        Ok(version)
+        f(book)
     }
 
     /// Records business metrics (a conversion, an order value: up to 16 per
@@ -272,19 +284,14 @@ impl ModelServer {
         id: &str,
         values: &BTreeMap<String, f64>,
     ) -> Result<u64> {
-        let d = self.deployment(name)?;
-        let book = d.feedback.as_ref().ok_or_else(|| {
-            Error::conflict(
-                format!("deployment {name}"),
-                "it was deployed without feedback",
+        self.with_feedback(name, |book| {
+            book.record_metrics_at(
+                name,
+                id,
+                values,
+                crate::runtime::feedback::bucket_of(chrono::Utc::now().timestamp()),
             )
-        })?;
-        book.record_metrics_at(
-            name,
-            id,
-            values,
-            crate::runtime::feedback::bucket_of(chrono::Utc::now().timestamp()),
-        )
+        })
     }
 
     /// Live quality per version of `name` (empty without feedback).
