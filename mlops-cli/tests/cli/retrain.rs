@@ -1,7 +1,8 @@
 //! `mlops retrain`: the `[[retrain]]` loops as processes against a running
-//! `mlops serve`. A long-running loop holds the lease while a `--once` run
-//! stands by, and gives it up on SIGTERM; a loop's state carries from one
-//! process to the next; a canary started through the server's admin API that cannot
+//! `mlops serve`. Two long-running loop processes started at once: exactly one
+//! takes the lease and keeps it while the other and a `--once` run stand by,
+//! and gives it up on SIGTERM; a loop's state carries from one process to the
+//! next; a canary started through the server's admin API that cannot
 //! be judged in time is rolled back there, and its version archived. Bad
 //! sections fail fast naming the key.
 
@@ -141,35 +142,52 @@ async fn retrain_processes_share_one_loop_and_roll_out_through_the_server() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("1 retrain loops"), "{out}");
 
-    // A long-running loop process takes the lease at its first tick and
-    // keeps it: a `--once` run beside it stands by.
-    let mut a = ChildGuard::spawn(
-        "mlops retrain",
-        Command::new(env!("CARGO_BIN_EXE_mlops"))
-            .args(["--json", "retrain", "--instance", "a", "--config"])
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let a_out = a.stdout_lines();
-    let a_logs = a.stderr_lines();
-    let first = tokio::task::block_in_place(|| {
-        a_out.wait_for("its first tick", LIMIT, |line| {
-            serde_json::from_str::<serde_json::Value>(line).ok()
+    // Two long-running loop processes started at once race for the lease at
+    // their first tick: exactly one wins and keeps it (a long-running process
+    // holds it until it stops), the other stands by, and so does a `--once`
+    // run beside them.
+    let spawn = |name: &str| {
+        let mut child = ChildGuard::spawn(
+            "mlops retrain",
+            Command::new(env!("CARGO_BIN_EXE_mlops"))
+                .args(["--json", "retrain", "--instance", name, "--config"])
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        let (out, logs) = (child.stdout_lines(), child.stderr_lines());
+        (child, out, logs)
+    };
+    let racers = [spawn("a1"), spawn("a2")];
+    let firsts: Vec<serde_json::Value> = racers
+        .iter()
+        .map(|(_, out, _)| {
+            tokio::task::block_in_place(|| {
+                out.wait_for("its first tick", LIMIT, |line| {
+                    serde_json::from_str::<serde_json::Value>(line).ok()
+                })
+            })
         })
-    });
-    assert_eq!(first["leader"], true, "{first} {}", a_logs.recent());
-    assert_eq!(first["phase"], "watching", "{first}");
+        .collect();
+    let leaders: Vec<&serde_json::Value> = firsts.iter().filter(|v| v["leader"] == true).collect();
+    assert_eq!(leaders.len(), 1, "exactly one racer leads: {firsts:?}");
+    let winner = leaders[0]["instance"].as_str().unwrap().to_owned();
+    assert_eq!(leaders[0]["phase"], "watching", "{firsts:?}");
+    for v in &firsts {
+        assert_eq!(v["lease_holder"], winner.as_str(), "{firsts:?}");
+    }
     let (code, v, err) = tick(&path, "b");
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(v["leader"], false, "{v}");
-    assert_eq!(v["lease_holder"], "a", "{v}");
+    assert_eq!(v["lease_holder"], winner.as_str(), "{v}");
     assert!(v["decisions"].as_array().unwrap().is_empty(), "{v}");
-    // On SIGTERM it exits 0 and gives the lease up: the next run acts at
-    // once, from the state it stored (the schedule counts from its start):
-    // it trains, registers v2 and starts a canary on the server.
-    assert!(stop(a).await.success(), "{}", a_logs.recent());
+    // On SIGTERM they exit 0 and the winner gives the lease up: the next run
+    // acts at once, from the state it stored (the schedule counts from its
+    // start): it trains, registers v2 and starts a canary on the server.
+    for (child, _, logs) in racers {
+        assert!(stop(child).await.success(), "{}", logs.recent());
+    }
     let (code, v, err) = tick(&path, "b");
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(v["leader"], true, "{v}");

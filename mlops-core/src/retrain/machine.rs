@@ -337,8 +337,9 @@ impl RetrainLoop {
         });
         next.started.get_or_insert(now);
         if !self.services.state.save(key, &next).await? {
-            // Another instance got there first; look again next tick.
-            self.state = stored;
+            // Another instance got there first: what it stored (its lease)
+            // is what this one now knows; look again next tick.
+            self.state = self.services.state.load(key).await?.unwrap_or(stored);
             return Ok(Claim::Standby);
         }
         self.state = next;
