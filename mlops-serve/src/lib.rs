@@ -31,6 +31,8 @@ mod auth;
 mod client;
 pub mod codec;
 mod config;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod http;
 mod runtime;
 mod server;

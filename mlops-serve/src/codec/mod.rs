@@ -60,7 +60,7 @@
 mod binary;
 mod json;
 mod meter;
-mod raw;
+pub(crate) mod raw;
 mod scan;
 
 use std::sync::Arc;

@@ -16,7 +16,7 @@ pub const BINARY_DATA_OUTPUT: &str = "binary_data_output";
 pub const HEADER_CONTENT_LENGTH: &str = "Inference-Header-Content-Length";
 
 /// Reads raw little-endian elements of `datatype` from `bytes`.
-pub(super) fn decode_raw(
+pub(crate) fn decode_raw(
     name: &str,
     datatype: Datatype,
     bytes: &[u8],
@@ -128,7 +128,7 @@ fn decoded_bytes(datatype: Datatype, bytes: &[u8]) -> usize {
 }
 
 /// Writes the elements raw, little-endian.
-pub(super) fn encode_raw(data: &TensorData, out: &mut Vec<u8>) {
+pub(crate) fn encode_raw(data: &TensorData, out: &mut Vec<u8>) {
     match data {
         TensorData::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
         TensorData::Uint8(v) => out.extend_from_slice(v),

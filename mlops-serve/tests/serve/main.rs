@@ -8,6 +8,7 @@ mod common;
 mod conformance;
 mod core;
 mod enrichment;
+mod grpc;
 mod http;
 mod inline;
 mod live;

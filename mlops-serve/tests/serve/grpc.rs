@@ -1,0 +1,331 @@
+//! The gRPC face over the wire, with the client generated from the same
+//! protos: every call of both services, typed and raw tensors, keys and
+//! scopes, and bad input answered with the right status and a message.
+
+use std::sync::Arc;
+
+use mlops_core::Server;
+use mlops_core::inference::{InferenceRequest, Tensor, TensorData};
+use mlops_core::model::VersionSelector;
+use mlops_serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use mlops_serve::grpc::proto::model_infer_request::InferInputTensor;
+use mlops_serve::grpc::proto::model_repository::model_repository_service_client::ModelRepositoryServiceClient;
+use mlops_serve::grpc::proto::{self as pb, model_repository as repo};
+use mlops_serve::grpc::{GrpcConfig, serve};
+use mlops_serve::{ApiKeys, DeploymentConfig, KeyRing, ModelServer, Routing, Scope};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+use crate::common::{Linear, LinearLoader, registry, within};
+
+const INFER: &str = "grpc-infer-key";
+const ADMIN: &str = "grpc-admin-key";
+
+struct Face {
+    server: ModelServer,
+    channel: Channel,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn start(config: impl FnOnce(KeyRing) -> GrpcConfig) -> Face {
+    let registry = registry(&[Linear {
+        w: [1.0, 2.0],
+        b: 0.5,
+        delay_ms: 0,
+    }])
+    .await;
+    let server = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
+    server
+        .deploy(DeploymentConfig::new(
+            "fraud",
+            "m",
+            Routing::Fixed(VersionSelector::Latest),
+        ))
+        .await
+        .unwrap();
+    let keys = KeyRing::new(
+        ApiKeys::new()
+            .with_key("app", INFER, &[Scope::Infer])
+            .with_key("ops", ADMIN, &[Scope::Admin]),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let s: Arc<dyn Server> = Arc::new(server.clone());
+    let models = Some(server.clone());
+    let config = config(keys);
+    tokio::spawn(async move {
+        serve(listener, s, models, config, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let channel = within("the gRPC face accepts", async {
+        loop {
+            if let Ok(c) = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+            {
+                break c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    Face {
+        server,
+        channel,
+        stop: Some(stop),
+    }
+}
+
+fn keyed<T>(message: T, key: Option<&str>) -> Request<T> {
+    let mut r = Request::new(message);
+    if let Some(k) = key {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {k}").parse().unwrap());
+    }
+    r
+}
+
+/// A request for `rows` rows of `x` ([rows, 2] FP32), typed or raw.
+fn infer_request(rows: usize, raw: bool) -> pb::ModelInferRequest {
+    let values: Vec<f32> = (0..rows * 2).map(|i| i as f32 * 0.25).collect();
+    let mut input = InferInputTensor {
+        name: "x".into(),
+        datatype: "FP32".into(),
+        shape: vec![rows as i64, 2],
+        ..Default::default()
+    };
+    let mut raw_input_contents = Vec::new();
+    if raw {
+        raw_input_contents.push(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+    } else {
+        input.contents = Some(pb::InferTensorContents {
+            fp32_contents: values,
+            ..Default::default()
+        });
+    }
+    pb::ModelInferRequest {
+        model_name: "fraud".into(),
+        id: "r1".into(),
+        inputs: vec![input],
+        raw_input_contents,
+        ..Default::default()
+    }
+}
+
+/// The model's answer in process, for comparison.
+async fn expected(server: &ModelServer, rows: usize) -> Vec<f32> {
+    let values: Vec<f32> = (0..rows * 2).map(|i| i as f32 * 0.25).collect();
+    let request = InferenceRequest::new(vec![
+        Tensor::new("x", vec![rows, 2], TensorData::Fp32(values)).unwrap(),
+    ]);
+    let answer = server.infer("fraud", None, request).await.unwrap();
+    answer.output("y").unwrap().data.to_f32_vec().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_answers_over_grpc_typed_and_raw() {
+    let mut face = start(GrpcConfig::new).await;
+    let mut c = GrpcInferenceServiceClient::new(face.channel.clone());
+    let k = Some(INFER);
+    assert!(
+        c.server_live(keyed(pb::ServerLiveRequest {}, k))
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    assert!(
+        c.server_ready(keyed(pb::ServerReadyRequest {}, k))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    let meta = c
+        .server_metadata(keyed(pb::ServerMetadataRequest {}, k))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta.name, "mlops");
+    let ready = pb::ModelReadyRequest {
+        name: "fraud".into(),
+        version: String::new(),
+    };
+    assert!(
+        c.model_ready(keyed(ready, k))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    let m = c
+        .model_metadata(keyed(
+            pb::ModelMetadataRequest {
+                name: "fraud".into(),
+                version: String::new(),
+            },
+            k,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (m.inputs[0].name.as_str(), m.inputs[0].shape.clone()),
+        ("x", vec![-1, 2])
+    );
+    assert_eq!(m.outputs.len(), 2);
+    // 1 and 1024 rows, typed and raw: the in-process answers, raw when asked raw.
+    for rows in [1, 1024] {
+        let want = expected(&face.server, rows).await;
+        let typed = c
+            .model_infer(keyed(infer_request(rows, false), k))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(typed.id, "r1");
+        assert!(typed.raw_output_contents.is_empty());
+        let y = typed.outputs.iter().find(|o| o.name == "y").unwrap();
+        assert_eq!(y.shape, vec![rows as i64]);
+        assert_eq!(y.contents.as_ref().unwrap().fp32_contents, want);
+        let raw = c
+            .model_infer(keyed(infer_request(rows, true), k))
+            .await
+            .unwrap()
+            .into_inner();
+        let i = raw.outputs.iter().position(|o| o.name == "y").unwrap();
+        assert!(raw.outputs[i].contents.is_none());
+        let got: Vec<f32> = raw.raw_output_contents[i]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(got, want, "{rows} rows raw");
+    }
+    // The repository, in both services; load and unload need admin.
+    let index = c
+        .repository_index(keyed(pb::RepositoryIndexRequest::default(), k))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(index.models[0].name, "fraud");
+    assert_eq!(index.models[0].state, "READY");
+    let unload = pb::RepositoryModelUnloadRequest {
+        model_name: "fraud".into(),
+        ..Default::default()
+    };
+    let denied = c
+        .repository_model_unload(keyed(unload.clone(), k))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    c.repository_model_unload(keyed(unload, Some(ADMIN)))
+        .await
+        .unwrap();
+    let gone = c
+        .model_infer(keyed(infer_request(1, false), k))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    let mut r = ModelRepositoryServiceClient::new(face.channel.clone());
+    r.repository_model_load(keyed(
+        repo::RepositoryModelLoadRequest {
+            model_name: "fraud".into(),
+            ..Default::default()
+        },
+        Some(ADMIN),
+    ))
+    .await
+    .unwrap();
+    let index = r
+        .repository_index(keyed(
+            repo::RepositoryIndexRequest {
+                repository_name: String::new(),
+                ready: true,
+            },
+            k,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(index.models.len(), 1);
+    assert!(
+        c.model_infer(keyed(infer_request(1, true), k))
+            .await
+            .is_ok()
+    );
+    face.stop.take().unwrap().send(()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_calls_get_the_right_status_and_a_message() {
+    let face = start(|keys| GrpcConfig::new(keys).with_max_message_bytes(1 << 20)).await;
+    let mut c = GrpcInferenceServiceClient::new(face.channel.clone());
+    let code = |r: Result<tonic::Response<pb::ModelInferResponse>, tonic::Status>| {
+        let s = r.unwrap_err();
+        assert!(!s.message().is_empty(), "{s:?}");
+        (s.code(), s.message().to_owned())
+    };
+    // Keys: none, a wrong one.
+    let (c1, _) = code(c.model_infer(keyed(infer_request(1, false), None)).await);
+    assert_eq!(c1, Code::Unauthenticated);
+    let (c2, _) = code(
+        c.model_infer(keyed(infer_request(1, false), Some("wrong")))
+            .await,
+    );
+    assert_eq!(c2, Code::Unauthenticated);
+    let k = Some(INFER);
+    // Unknown model, a shape that does not hold its data, an unknown datatype,
+    // raw and typed both, an input the model does not take.
+    let mut unknown = infer_request(1, false);
+    unknown.model_name = "nope".into();
+    let mut short = infer_request(2, false);
+    short.inputs[0].shape = vec![3, 2];
+    let mut datatype = infer_request(1, false);
+    datatype.inputs[0].datatype = "FP128".into();
+    let mut both = infer_request(1, true);
+    both.inputs[0].contents = Some(pb::InferTensorContents {
+        fp32_contents: vec![1.0, 2.0],
+        ..Default::default()
+    });
+    let mut wrong_name = infer_request(1, false);
+    wrong_name.inputs[0].name = "z".into();
+    for (request, want, needle) in [
+        (unknown, Code::NotFound, "nope"),
+        (short, Code::InvalidArgument, "'x'"),
+        (datatype, Code::InvalidArgument, "FP128"),
+        (
+            both,
+            Code::InvalidArgument,
+            "both contents and raw_input_contents",
+        ),
+        (wrong_name, Code::InvalidArgument, "x"),
+    ] {
+        let (got, message) = code(c.model_infer(keyed(request, k)).await);
+        assert_eq!(got, want, "{message}");
+        assert!(message.contains(needle), "{needle:?} not in {message}");
+    }
+    // Over the message limit: RESOURCE_EXHAUSTED, and the face still serves.
+    let (big, _) = code(c.model_infer(keyed(infer_request(200_000, true), k)).await);
+    assert_eq!(big, Code::ResourceExhausted);
+    assert!(
+        c.model_infer(keyed(infer_request(1, false), k))
+            .await
+            .is_ok()
+    );
+    // A face without keys must say so to start.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = serve(
+        listener,
+        Arc::new(face.server.clone()),
+        None,
+        GrpcConfig::new(KeyRing::new(ApiKeys::new())),
+        std::future::ready(()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("allow_unauthenticated"), "{err}");
+}
