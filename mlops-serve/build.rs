@@ -141,7 +141,11 @@ fn main() {
     let promtool = std::env::var("MLOPS_TEST_PROMTOOL").unwrap_or_else(|_| "promtool".into());
     let mut watch = BTreeSet::new();
     let mut missing = Vec::new();
-    let triton = run(&python, &["-c", "import tritonclient.http, numpy"]).map(|_| ());
+    let triton = run(
+        &python,
+        &["-c", "import tritonclient.http, tritonclient.grpc, numpy"],
+    )
+    .map(|_| ());
     let prom = run(&promtool, &["--version"]).map(|_| ());
     match &triton {
         Ok(()) => println!("cargo::rustc-cfg=mlops_tritonclient"),
@@ -150,7 +154,7 @@ fn main() {
             watch.extend(path_dirs());
             watch.extend(site_packages(&python));
             missing.push(format!(
-                "- Python's tritonclient: {why}; to get it: pip install \"tritonclient[http]\" \
+                "- Python's tritonclient: {why}; to get it: pip install \"tritonclient[http,grpc]\" \
                  numpy, or set MLOPS_TEST_PYTHON to a Python that has them"
             ));
         }

@@ -34,6 +34,9 @@
 //! url = "${REDIS_URL}"                 # redis://host:port/db; default memory://
 //! namespace = "mlops"
 //!
+//! [grpc]                               # optional: the gRPC face (cargo feature grpc)
+//! bind = "0.0.0.0:8001"                # same keys, timeout; max_message_bytes = body limit
+//!
 //! [fleet]                              # optional: on by default
 //! replica = "${HOSTNAME}"              # this replica's name (default: HOSTNAME)
 //! interval = "5s"                      # apply routing intents, write its report
@@ -125,6 +128,18 @@ pub(crate) struct Config {
     /// This server as one replica of a fleet steered through the storage root.
     #[serde(default)]
     pub(crate) fleet: Fleet,
+    /// The protocol's gRPC face beside HTTP; off when absent.
+    pub(crate) grpc: Option<GrpcToml>,
+}
+
+/// `[grpc]`: the protocol's gRPC face, with the HTTP face's keys (reloaded
+/// together on SIGHUP), request timeout and, unless set, its body limit as
+/// the message limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrpcToml {
+    pub(crate) bind: String,
+    pub(crate) max_message_bytes: Option<usize>,
 }
 
 /// `[fleet]`: `mlops serve` applies the routing intents the retraining loop

@@ -344,6 +344,7 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     // The address on stdout, for scripts and tests that bind port 0.
     println!("listening on http://{address}");
     tracing::info!(%address, storage = %url, "serving");
+    let grpc_face = start_grpc(&config, &http, &server).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let grace = http.shutdown_grace;
     let face = tokio::spawn(async move {
@@ -367,6 +368,11 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     // flight finish, then the listener closes.
     let left = server.drain(grace.max(Duration::from_millis(100))).await;
     let _ = stop.send(());
+    if let Some((stop, face)) = grpc_face {
+        let _ = stop.send(());
+        face.await
+            .map_err(|e| Error::backend("gRPC server", e.to_string()))??;
+    }
     face.await
         .map_err(|e| Error::backend("HTTP server", e.to_string()))?
         .map_err(|e| Error::backend("HTTP server", e))?;
@@ -375,4 +381,72 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The gRPC face of `[grpc]`, started: its stop signal and task. `None`
+/// without the section.
+#[cfg(feature = "grpc")]
+async fn start_grpc(
+    config: &Config,
+    http: &mlops::serve::HttpConfig,
+    server: &ModelServer,
+) -> Result<
+    Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<()>>,
+    )>,
+> {
+    use mlops::serve::grpc::{GrpcConfig, serve as serve_grpc};
+    let Some(g) = &config.grpc else {
+        return Ok(None);
+    };
+    let listener =
+        tokio::net::TcpListener::bind(&g.bind)
+            .await
+            .map_err(|e| Error::Unavailable {
+                what: format!("address {} (grpc.bind)", g.bind),
+                reason: e.to_string(),
+            })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::backend("listener", e))?;
+    let keys = http.key_ring.clone().unwrap_or_default();
+    let mut grpc = GrpcConfig::new(keys)
+        .with_max_message_bytes(g.max_message_bytes.unwrap_or(http.max_body_bytes))
+        .with_request_timeout(http.request_timeout);
+    if http.allow_unauthenticated {
+        grpc = grpc.allow_unauthenticated();
+    }
+    println!("listening on grpc://{address}");
+    tracing::info!(%address, "serving gRPC");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (s, models) = (Arc::new(server.clone()), Some(server.clone()));
+    let face = tokio::spawn(async move {
+        serve_grpc(listener, s, models, grpc, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Ok(Some((stop, face)))
+}
+
+/// Without the `grpc` feature, `[grpc]` is a config error naming it.
+#[cfg(not(feature = "grpc"))]
+async fn start_grpc(
+    config: &Config,
+    _http: &mlops::serve::HttpConfig,
+    _server: &ModelServer,
+) -> Result<
+    Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<()>>,
+    )>,
+> {
+    match &config.grpc {
+        None => Ok(None),
+        Some(_) => Err(Error::invalid_input(
+            "config grpc",
+            "this mlops binary was built without the `grpc` feature",
+        )),
+    }
 }

@@ -180,12 +180,13 @@ impl GrpcInferenceService for Faces {
     ) -> Answer<pb::ModelReadyResponse> {
         authorize(&self.keys, &request, Scope::Infer)?;
         let r = request.into_inner();
-        answer(
-            self.server
-                .model_ready(&r.name, version(&r.version))
-                .await
-                .map(|ready| pb::ModelReadyResponse { ready }),
-        )
+        // A boolean question: a model that is not (or no longer) served is
+        // not ready, as Triton answers after an unload.
+        let ready = match self.server.model_ready(&r.name, version(&r.version)).await {
+            Err(Error::NotFound { .. }) => Ok(false),
+            other => other,
+        };
+        answer(ready.map(|ready| pb::ModelReadyResponse { ready }))
     }
 
     async fn server_metadata(

@@ -234,3 +234,109 @@ async fn promtool_accepts_the_metrics() {
         "promtool check metrics failed:\n{stdout}\n{stderr}\n{text}"
     );
 }
+
+const TRITON_GRPC_SCRIPT: &str = r#"
+import sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+url, key = sys.argv[1], sys.argv[2]
+auth = {"authorization": f"Bearer {key}"}
+client = grpcclient.InferenceServerClient(url=url)
+assert client.is_server_live(headers=auth) and client.is_server_ready(headers=auth)
+assert client.is_model_ready("fraud", headers=auth)
+assert client.get_server_metadata(headers=auth).name == "mlops"
+meta = client.get_model_metadata("fraud", headers=auth)
+assert [i.name for i in meta.inputs] == [f"x{i}" for i in range(20)], meta
+assert meta.outputs[0].name == "probability", meta
+# 1 and 1024 rows, raw tensors (tritonclient.grpc sends raw_input_contents and
+# reads raw_output_contents).
+for rows in (1, 1024):
+    inputs = []
+    for i in range(20):
+        t = grpcclient.InferInput(f"x{i}", [rows], "FP32")
+        t.set_data_from_numpy((np.arange(rows, dtype=np.float32) % 7 / 7.0 - 0.5) * (1 if i == 0 else 0.3))
+        inputs.append(t)
+    result = client.infer("fraud", inputs, request_id="g1", headers=auth)
+    p = result.as_numpy("probability")
+    assert p.shape == (rows,) and ((p >= 0) & (p <= 1)).all(), p
+    assert result.get_response().id == "g1"
+    print(rows, float(p[0]))
+# The repository: index, unload and load (admin), in the inference service.
+index = client.get_model_repository_index(headers=auth)
+assert [m.name for m in index.models] == ["fraud"], index
+client.unload_model("fraud", headers=auth)
+assert not client.is_model_ready("fraud", headers=auth)
+client.load_model("fraud", headers=auth)
+assert client.is_model_ready("fraud", headers=auth)
+# Bad calls: an unknown model, a wrong shape, no key.
+def code(call):
+    try:
+        call()
+    except InferenceServerException as e:
+        return e.status(), e.message()
+    raise SystemExit("the call must fail")
+status, message = code(lambda: client.infer("nope", inputs, headers=auth))
+assert status == "StatusCode.NOT_FOUND" and "nope" in message, (status, message)
+bad = grpcclient.InferInput("x0", [1], "FP32")
+bad.set_data_from_numpy(np.zeros(1, dtype=np.float32))
+status, message = code(lambda: client.infer("fraud", [bad], headers=auth))
+assert status == "StatusCode.INVALID_ARGUMENT" and "x1" in message, (status, message)
+status, message = code(lambda: client.infer("fraud", inputs))
+assert status == "StatusCode.UNAUTHENTICATED", (status, message)
+print("ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(mlops_tritonclient),
+    ignore = "needs a Python with tritonclient[http,grpc] and numpy: pip install, or set \
+              MLOPS_TEST_PYTHON (see CONTRIBUTING.md)"
+)]
+async fn tritonclient_grpc_reads_metadata_infers_and_manages_the_repository() {
+    use mlops_serve::grpc::{GrpcConfig, serve as serve_grpc};
+    use mlops_serve::{ApiKeys, KeyRing, Scope};
+    let (base, server) = serve_trained().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let keys = KeyRing::new(ApiKeys::new().with_key("ops", "triton-grpc-key", &[Scope::Admin]));
+    let s: Arc<dyn mlops_core::Server> = Arc::new(server.clone());
+    tokio::spawn(serve_grpc(
+        listener,
+        s,
+        Some(server.clone()),
+        GrpcConfig::new(keys),
+        std::future::pending(),
+    ));
+    let stdout = tritonclient(TRITON_GRPC_SCRIPT, vec![grpc, "triton-grpc-key".into()]).await;
+    assert!(stdout.contains("ok"), "{stdout}");
+    // The gRPC answer for one row is the HTTP face's.
+    let one: f32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("1 "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let http = tritonclient(
+        r#"
+import sys
+import numpy as np
+import tritonclient.http as httpclient
+client = httpclient.InferenceServerClient(url=sys.argv[1])
+inputs = []
+for i in range(20):
+    t = httpclient.InferInput(f"x{i}", [1], "FP32")
+    t.set_data_from_numpy((np.arange(1, dtype=np.float32) % 7 / 7.0 - 0.5) * (1 if i == 0 else 0.3))
+    inputs.append(t)
+print(float(client.infer("fraud", inputs).as_numpy("probability")[0]))
+"#,
+        vec![base],
+    )
+    .await;
+    let over_http: f32 = http.trim().parse().unwrap();
+    assert!(
+        (one - over_http).abs() < 1e-6,
+        "{one} over gRPC, {over_http} over HTTP"
+    );
+}
