@@ -73,7 +73,9 @@ async fn entity_keys_are_enriched_from_redis() {
     let (code, _, err) = mlops(&["check"], &path);
     assert_eq!(code, Some(0), "{err}");
 
-    let Served { child, base, logs } = start(&path);
+    let Served {
+        child, base, logs, ..
+    } = start(&path);
     let client = RemoteServer::new(&base).unwrap().with_api_key(KEY);
     // Users 1 and 2 by key: the model sees their x (-1.5 and 1.5), as it does
     // when the values are sent directly.

@@ -58,6 +58,7 @@ async fn the_inference_log_keeps_every_served_request() {
         child,
         base,
         logs: _logs,
+        ..
     } = start(&path);
     let client = RemoteServer::new(&base).unwrap().with_api_key(KEY);
     let mut sent = Vec::new();

@@ -172,6 +172,8 @@ struct Served {
     child: ChildGuard,
     base: String,
     logs: Lines,
+    /// Its stdout after the "listening on" line of the HTTP face.
+    stdout: Lines,
 }
 
 /// Starts the binary serving `config_path` and waits for its address.
@@ -207,7 +209,12 @@ fn start_with_env(config_path: &Path, env: &[(&str, &str)]) -> Served {
             .unwrap_or_default();
         panic!("{why}\nits logs:\n{}", logs.recent())
     });
-    Served { child, base, logs }
+    Served {
+        child,
+        base,
+        logs,
+        stdout,
+    }
 }
 
 /// Sends SIGTERM and waits (with a deadline) for the exit, off the async
@@ -275,7 +282,9 @@ fn request() -> InferenceRequest {
 async fn serves_reloads_and_stops_cleanly_under_load() {
     let (dir, registry, path) = champion_store("serve").await;
 
-    let Served { child, base, logs } = start(&path);
+    let Served {
+        child, base, logs, ..
+    } = start(&path);
     let client = RemoteServer::new(&base).unwrap().with_api_key(KEY);
     assert!(client.ready().await.unwrap());
     // `mlops health` (the image's HEALTHCHECK) says so too, and fails (exit 1)
@@ -564,7 +573,9 @@ async fn the_dashboard_and_alerts_use_only_metrics_the_binary_exports() {
         );
     }
 
-    let Served { child, base, logs } = start(&path);
+    let Served {
+        child, base, logs, ..
+    } = start(&path);
     let client = RemoteServer::new(&base).unwrap().with_api_key(KEY);
     for i in 0..60 {
         let mut r = request();
@@ -867,7 +878,9 @@ async fn sighup_reloads_the_keys() {
         ),
     );
     std::fs::write(&path, &with_extra).unwrap();
-    let Served { child, base, logs } = start(&path);
+    let Served {
+        child, base, logs, ..
+    } = start(&path);
     let as_key = |key: &str| RemoteServer::new(&base).unwrap().with_api_key(key);
     as_key(KEY).infer("fraud", None, request()).await.unwrap();
     as_key("extra-key")
@@ -986,4 +999,61 @@ pub(crate) fn redis() -> (String, Option<ChildGuard>) {
         std::thread::sleep(Duration::from_millis(50));
     }
     (format!("redis://127.0.0.1:{port}"), Some(child))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_serves_beside_http_with_the_same_keys_reloaded_together() {
+    use mlops::serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use mlops::serve::grpc::proto::{self as pb, model_infer_request::InferInputTensor};
+    let (dir, _registry, path) = champion_store("grpc").await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}\n[grpc]\nbind = \"127.0.0.1:0\"\n")).unwrap();
+    let Served {
+        child,
+        logs,
+        stdout,
+        ..
+    } = start(&path);
+    let address = tokio::task::block_in_place(|| {
+        stdout.wait_for("its gRPC \"listening on\" line", LIMIT, |line| {
+            line.strip_prefix("listening on grpc://").map(str::to_owned)
+        })
+    });
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", logs.recent()));
+    let mut client = GrpcInferenceServiceClient::new(channel);
+    let call = |key: &str| {
+        let mut r = tonic::Request::new(pb::ModelInferRequest {
+            model_name: "fraud".into(),
+            inputs: vec![InferInputTensor {
+                name: "x".into(),
+                datatype: "FP64".into(),
+                shape: vec![2],
+                contents: Some(pb::InferTensorContents {
+                    fp64_contents: vec![-1.0, 1.0],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        r
+    };
+    let answer = client.model_infer(call(KEY)).await.unwrap().into_inner();
+    assert_eq!(answer.model_version, "1");
+    // The key file rotated, SIGHUP: the old key stops working on gRPC too.
+    std::fs::write(dir.path().join("key"), "rotated-grpc-key").unwrap();
+    child.signal("HUP");
+    wait_for_log(&logs, "the keys being reloaded", &[], |m, _| {
+        m == "API keys reloaded"
+    });
+    let refused = client.model_infer(call(KEY)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    client.model_infer(call("rotated-grpc-key")).await.unwrap();
+    assert!(stop(child).await.success(), "{}", logs.recent());
 }

@@ -120,7 +120,9 @@ async fn a_missing_alias_at_start_leaves_the_model_not_ready_until_it_appears() 
     let dir = temp_dir("waiting");
     let path = dir.path().join("mlops.toml");
     std::fs::write(&path, config(dir.path())).unwrap();
-    let Served { child, base, logs } = start(&path);
+    let Served {
+        child, base, logs, ..
+    } = start(&path);
 
     let waiting = wait_for_log(&logs, "the waiting deployment's log line", &[], |m, _| {
         m.starts_with("deployed, not ready")
@@ -285,7 +287,9 @@ async fn the_service_serves_only_signed_versions_and_keeps_the_one_it_has() {
         "{out}"
     );
 
-    let Served { child, base, logs } = start(&path);
+    let Served {
+        child, base, logs, ..
+    } = start(&path);
     let client = RemoteServer::new(&base).unwrap().with_api_key(KEY);
     let served_v1 = async || {
         let answer = client.infer("fraud", None, request()).await.unwrap();
@@ -359,7 +363,9 @@ async fn the_service_serves_only_signed_versions_and_keeps_the_one_it_has() {
     // Restarted with only the unsigned version as champion: up, not ready,
     // saying why; back on v1, it serves without a restart.
     champion_cli(&path, v2);
-    let Served { child, base, logs } = start(&path);
+    let Served {
+        child, base, logs, ..
+    } = start(&path);
     let waiting = wait_for_log(&logs, "the waiting deployment's log line", &[], |m, _| {
         m.starts_with("deployed, not ready")
     });
