@@ -254,6 +254,116 @@ pub(super) fn spec_out(s: &TensorSpec) -> TensorMetadata {
     }
 }
 
+/// The error a gRPC status stands for (the reverse of [`status`]), for the
+/// client: `server` names where it came from.
+pub(super) fn error(server: &str, s: &Status) -> Error {
+    let message = s.message().to_owned();
+    match s.code() {
+        Code::InvalidArgument | Code::OutOfRange => Error::invalid_input(server, message),
+        Code::NotFound => Error::not_found(mlops_core::ResourceKind::Object, message),
+        Code::Unauthenticated => Error::Unauthorized { reason: message },
+        Code::PermissionDenied => Error::Forbidden { reason: message },
+        Code::FailedPrecondition | Code::Aborted => Error::conflict(server, message),
+        Code::AlreadyExists => Error::conflict(server, message),
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded => {
+            Error::Unavailable {
+                what: server.to_owned(),
+                reason: message,
+            }
+        }
+        _ => Error::backend(server.to_owned(), format!("{:?}: {message}", s.code())),
+    }
+}
+
+/// The SDK's request as a `ModelInferRequest` with raw inputs (the compact
+/// form every server of the protocol reads).
+pub(super) fn request_out(
+    model: &str,
+    version: Option<&str>,
+    r: &InferenceRequest,
+) -> ModelInferRequest {
+    let mut raw_input_contents = Vec::with_capacity(r.inputs.len());
+    let inputs = r
+        .inputs
+        .iter()
+        .map(|t| {
+            let mut bytes = Vec::new();
+            encode_raw(&t.data, &mut bytes);
+            raw_input_contents.push(bytes);
+            InferInputTensor {
+                name: t.name.clone(),
+                datatype: t.datatype().to_string(),
+                shape: t.shape.iter().map(|&d| d as i64).collect(),
+                parameters: parameters_out(&t.parameters),
+                contents: None,
+            }
+        })
+        .collect();
+    ModelInferRequest {
+        model_name: model.to_owned(),
+        model_version: version.unwrap_or_default().to_owned(),
+        id: r.id.clone().unwrap_or_default(),
+        parameters: parameters_out(&r.parameters),
+        inputs,
+        outputs: r
+            .outputs
+            .iter()
+            .flatten()
+            .map(
+                |o| super::proto::model_infer_request::InferRequestedOutputTensor {
+                    name: o.name.clone(),
+                    parameters: parameters_out(&o.parameters),
+                },
+            )
+            .collect(),
+        raw_input_contents,
+    }
+}
+
+/// A `ModelInferResponse` (raw or typed outputs) as the SDK's answer.
+pub(super) fn response_in(r: ModelInferResponse) -> Result<InferenceResponse> {
+    let raw = !r.raw_output_contents.is_empty();
+    if raw && r.raw_output_contents.len() != r.outputs.len() {
+        return Err(Error::invalid_input(
+            "raw_output_contents",
+            format!(
+                "{} entries for {} outputs",
+                r.raw_output_contents.len(),
+                r.outputs.len()
+            ),
+        ));
+    }
+    let mut raws = r.raw_output_contents.into_iter();
+    let outputs = r
+        .outputs
+        .into_iter()
+        .map(|o| {
+            let datatype: Datatype = o.datatype.parse()?;
+            let shape = shape_in(&o.name, &o.shape)?;
+            let data = match raws.next() {
+                Some(bytes) => decode_raw(&o.name, datatype, &bytes)
+                    .map_err(|why| Error::invalid_input(format!("output '{}'", o.name), why))?,
+                None => contents_in(&o.name, datatype, o.contents.unwrap_or_default())?,
+            };
+            let mut t = Tensor::new(o.name, shape, data)?;
+            t.parameters = parameters_in(o.parameters)?;
+            Ok(t)
+        })
+        .collect::<Result<_>>()?;
+    Ok(InferenceResponse {
+        model_name: r.model_name,
+        model_version: (!r.model_version.is_empty()).then_some(r.model_version),
+        id: (!r.id.is_empty()).then_some(r.id),
+        parameters: parameters_in(r.parameters)?,
+        outputs,
+    })
+}
+
+/// The protocol's tensor metadata as a spec.
+pub(super) fn spec_in(m: TensorMetadata) -> Result<TensorSpec> {
+    Ok(TensorSpec::new(m.name, m.datatype.parse()?, m.shape))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

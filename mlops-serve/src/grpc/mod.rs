@@ -21,9 +21,11 @@
 //! pure Rust, so building needs no `protoc`, and tonic-prost-build generates
 //! the code into OUT_DIR.
 
+mod client;
 mod convert;
 mod service;
 
+pub use client::GrpcRemoteServer;
 pub use service::{GrpcConfig, serve};
 
 /// Code generated from proto/inference.proto.

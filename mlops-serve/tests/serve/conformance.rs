@@ -48,3 +48,32 @@ async fn the_v2_router_serves_any_server() {
     let proxy = RemoteServer::new(&base).unwrap();
     testkit::server::conformance(&proxy, "fraud").await;
 }
+
+/// Serves `server` over gRPC without keys; the face's address.
+async fn grpc_face(server: Arc<dyn Server>) -> String {
+    use mlops_serve::grpc::{GrpcConfig, serve as serve_grpc};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = GrpcConfig::new(mlops_serve::KeyRing::default()).allow_unauthenticated();
+    tokio::spawn(serve_grpc(
+        listener,
+        server,
+        None,
+        config,
+        std::future::pending(),
+    ));
+    url
+}
+
+/// The same contract over gRPC: the model server behind the gRPC face, and
+/// (the face serves any `Server`) a `RemoteServer` over HTTP behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_remote_server_keeps_the_same_contract() {
+    use mlops_serve::grpc::GrpcRemoteServer;
+    let running = start(&[model()], open(), None).await;
+    let direct = grpc_face(Arc::new(running.server.clone())).await;
+    testkit::server::conformance(&GrpcRemoteServer::new(&direct).unwrap(), "fraud").await;
+    let upstream: Arc<dyn Server> = Arc::new(RemoteServer::new(&running.base).unwrap());
+    let proxied = grpc_face(upstream).await;
+    testkit::server::conformance(&GrpcRemoteServer::new(&proxied).unwrap(), "fraud").await;
+}

@@ -24,6 +24,7 @@ const ADMIN: &str = "grpc-admin-key";
 struct Face {
     server: ModelServer,
     channel: Channel,
+    channel_addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -77,6 +78,7 @@ async fn start(config: impl FnOnce(KeyRing) -> GrpcConfig) -> Face {
     Face {
         server,
         channel,
+        channel_addr: addr,
         stop: Some(stop),
     }
 }
@@ -316,6 +318,31 @@ async fn bad_calls_get_the_right_status_and_a_message() {
             .await
             .is_ok()
     );
+    // The gRPC client maps the statuses back to the SDK's errors.
+    let url = format!("http://{}", face.channel_addr);
+    let anonymous = mlops_serve::grpc::GrpcRemoteServer::new(&url).unwrap();
+    assert!(matches!(
+        anonymous.live().await.unwrap_err(),
+        mlops_core::Error::Unauthorized { .. }
+    ));
+    let keyed_client = mlops_serve::grpc::GrpcRemoteServer::new(&url)
+        .unwrap()
+        .with_api_key(INFER);
+    assert!(keyed_client.live().await.unwrap());
+    let values = TensorData::Fp32(vec![1.0, 2.0]);
+    let request = InferenceRequest::new(vec![Tensor::new("x", vec![1, 2], values).unwrap()]);
+    let answer = keyed_client
+        .infer("fraud", None, request.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.output("y").unwrap().data.to_f32_vec().unwrap(),
+        vec![5.5]
+    );
+    assert!(matches!(
+        keyed_client.infer("nope", None, request).await.unwrap_err(),
+        mlops_core::Error::NotFound { .. }
+    ));
     // A face without keys must say so to start.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = serve(
