@@ -46,6 +46,9 @@ impl GrpcRemoteServer {
     pub fn new(url: &str) -> Result<Self> {
         let channel = Channel::from_shared(url.to_owned())
             .map_err(|e| Error::invalid_input(format!("gRPC server URL {url:?}"), e.to_string()))?
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(super::service::WINDOW))
+            .initial_connection_window_size(Some(4 * super::service::WINDOW))
             .connect_lazy();
         let max = 64 << 20;
         Ok(Self {

@@ -68,6 +68,9 @@ impl GrpcConfig {
     }
 }
 
+/// The HTTP/2 stream window of both ends (the connection's is 4x).
+pub(super) const WINDOW: u32 = 4 << 20;
+
 /// Checks the call's `authorization` metadata for `scope`.
 fn authorize<T>(
     keys: &KeyRing,
@@ -372,12 +375,18 @@ pub async fn serve(
         .max_encoding_message_size(max);
     tonic::transport::Server::builder()
         .layer(OversizeLayer)
+        // Windows for tensors of megabytes: HTTP/2's default 64 KiB window
+        // makes a large request wait on flow-control round trips.
+        .initial_stream_window_size(Some(WINDOW))
+        .initial_connection_window_size(Some(4 * WINDOW))
         .timeout(config.request_timeout)
         .max_concurrent_streams(config.max_concurrent_streams)
         .add_service(inference)
         .add_service(repository)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // No Nagle delay: a small answer after a large request would wait
+            // for the client's delayed acknowledgement (tens of ms).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await

@@ -1,0 +1,375 @@
+//! The gRPC face beside the gRPC floor and our HTTP face, one run, one process:
+//!
+//! ```text
+//! cargo bench --bench grpc_compare --features grpc [-- SECONDS]
+//! ```
+//!
+//! - the floor: a tonic `GRPCInferenceService` whose ModelInfer decodes the
+//!   request and answers a prebuilt response (no model, no checks);
+//! - ours over gRPC: `mlops_serve::grpc::serve` of the model server, the
+//!   20->64->64->1 MLP of the serving benchmark, raw tensors as Triton's
+//!   clients send them (20 FP32 inputs of N rows);
+//! - ours over HTTP: the same server's v2 JSON face (`RemoteServer`).
+//!
+//! The load generator is tonic's client (and `RemoteServer` for HTTP) in the
+//! same process: 16 requests in flight for SECONDS (default 4) after 1 s of
+//! warm-up, 1 row and 1024 rows. It is not the bottleneck when the floor
+//! answers several times more requests than ours with the same client: the
+//! table prints that ratio.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float32Array, Int64Array, RecordBatch};
+use mlops::core::inference::{InferenceRequest, Tensor, TensorData};
+use mlops::core::model::VersionSelector;
+use mlops::core::{ModelRegistry, Server, Task, Trainer};
+use mlops::serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use mlops::serve::grpc::proto::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
+use mlops::serve::grpc::proto::{self as pb, model_infer_request::InferInputTensor};
+use mlops::serve::grpc::{GrpcConfig, serve as serve_grpc};
+use mlops::serve::http::{router, serve as serve_http};
+use mlops::serve::{DeploymentConfig, HttpConfig, KeyRing, ModelServer, RemoteServer, Routing};
+use mlops::store::{ObjectRegistry, StoreRoot};
+use mlops::train::{ModelSpec, Progress, TabularLoader, TabularTrainer, TrainConfig};
+use tonic::{Request, Response, Status};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const IN_FLIGHT: usize = 16;
+
+fn data(n: usize) -> RecordBatch {
+    let mut state = 7u64;
+    let mut uniform = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 11) as f64 / (1u64 << 53) as f64) as f32 * 2.0 - 1.0
+    };
+    let xs: Vec<Vec<f32>> = (0..20)
+        .map(|_| (0..n).map(|_| uniform()).collect())
+        .collect();
+    let label: Vec<i64> = (0..n)
+        .map(|i| i64::from(xs[0][i] + 0.5 * xs[1][i] * xs[2][i] > 0.1))
+        .collect();
+    let mut cols: Vec<(String, ArrayRef)> = Vec::new();
+    for (f, x) in xs.into_iter().enumerate() {
+        cols.push((format!("x{f}"), Arc::new(Float32Array::from(x))));
+    }
+    cols.push(("label".into(), Arc::new(Int64Array::from(label))));
+    RecordBatch::try_from_iter(cols).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `rows` rows of the 20 inputs, raw (as tritonclient.grpc sends them).
+fn grpc_request(rows: usize) -> pb::ModelInferRequest {
+    let mut raw = Vec::new();
+    let inputs = (0..20)
+        .map(|f| {
+            let values: Vec<u8> = (0..rows)
+                .flat_map(|i| (((i * 7 + f) % 13) as f32 / 13.0 - 0.5).to_le_bytes())
+                .collect();
+            raw.push(values);
+            InferInputTensor {
+                name: format!("x{f}"),
+                datatype: "FP32".into(),
+                shape: vec![rows as i64],
+                ..Default::default()
+            }
+        })
+        .collect();
+    pb::ModelInferRequest {
+        model_name: "fraud".into(),
+        inputs,
+        raw_input_contents: raw,
+        ..Default::default()
+    }
+}
+
+fn http_request(rows: usize) -> InferenceRequest {
+    InferenceRequest::new(
+        (0..20)
+            .map(|f| {
+                let values: Vec<f32> = (0..rows)
+                    .map(|i| ((i * 7 + f) % 13) as f32 / 13.0 - 0.5)
+                    .collect();
+                Tensor::new(format!("x{f}"), vec![rows], TensorData::Fp32(values))
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect(),
+    )
+}
+
+/// The gRPC floor: decodes the request, answers the prebuilt response for its
+/// size (one row, or many).
+#[derive(Debug, Clone)]
+struct Floor {
+    one: Arc<pb::ModelInferResponse>,
+    many: Arc<pb::ModelInferResponse>,
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Floor {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: true }))
+    }
+    async fn model_ready(
+        &self,
+        _: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        Ok(Response::new(pb::ModelReadyResponse { ready: true }))
+    }
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+    async fn model_metadata(
+        &self,
+        _: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let request = std::hint::black_box(request.into_inner());
+        let many = request
+            .inputs
+            .first()
+            .and_then(|i| i.shape.first())
+            .is_some_and(|&n| n > 1);
+        Ok(Response::new(if many {
+            (*self.many).clone()
+        } else {
+            (*self.one).clone()
+        }))
+    }
+    async fn repository_index(
+        &self,
+        _: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+    async fn repository_model_load(
+        &self,
+        _: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+    async fn repository_model_unload(
+        &self,
+        _: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+}
+
+/// A client of the gRPC server at `url`, taking answers up to 64 MiB.
+async fn client(url: &str) -> GrpcInferenceServiceClient<tonic::transport::Channel> {
+    // As tritonclient.grpc and our GrpcRemoteServer: no Nagle delay, windows
+    // for megabytes.
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    GrpcInferenceServiceClient::new(channel)
+}
+
+/// Requests per second of `call` with IN_FLIGHT at once for `seconds`, after
+/// a second of warm-up.
+async fn rate<F, Fut>(seconds: f64, call: F) -> f64
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let call = Arc::new(call);
+    let count = Arc::new(AtomicU64::new(0));
+    let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let end = Instant::now() + Duration::from_secs(1) + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let (call, count, counting) = (call.clone(), count.clone(), counting.clone());
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    call().await;
+                    if counting.load(Ordering::Relaxed) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    counting.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    for t in tasks {
+        t.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds: f64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(4.0);
+    // The model and its server.
+    let mut c = TrainConfig::new(Task::BinaryClassification, ModelSpec::mlp([64, 64]));
+    c.epochs = 1;
+    c.progress = Progress::Hidden;
+    let trained = TabularTrainer::new(c)
+        .fit(&data(5000), "label")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let registry = Arc::new(ObjectRegistry::new(
+        &StoreRoot::open("memory://").unwrap_or_else(|e| panic!("{e}")),
+    ));
+    registry
+        .register("fraud", trained.artifact, trained.metadata)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let server = ModelServer::new(registry, vec![Arc::new(TabularLoader::default())]);
+    server
+        .deploy(DeploymentConfig::new(
+            "fraud",
+            "fraud",
+            Routing::Fixed(VersionSelector::Latest),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bind = || async {
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    // Ours over gRPC and HTTP, the floor over gRPC.
+    let l = bind().await;
+    let ours_grpc = format!(
+        "http://{}",
+        l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    let config = GrpcConfig::new(KeyRing::default()).allow_unauthenticated();
+    let s: Arc<dyn Server> = Arc::new(server.clone());
+    tokio::spawn(serve_grpc(l, s, None, config, std::future::pending()));
+    let l = bind().await;
+    let ours_http = format!(
+        "http://{}",
+        l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    let http = HttpConfig::default().allow_unauthenticated();
+    let app = router(server.clone(), http.clone()).unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move { serve_http(l, app, &http, std::future::pending()).await });
+    let l = bind().await;
+    let floor_url = format!(
+        "http://{}",
+        l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    println!(
+        "gRPC face against its floor and our HTTP face; {IN_FLIGHT} in flight, {seconds} s each"
+    );
+    println!("{:<34} {:>12} {:>14}", "server", "req/s", "rows/s");
+    // The floor answers what ours answers, for each size.
+    let mut probe = client(&ours_grpc).await.max_decoding_message_size(64 << 20);
+    let mut answer = async |rows| {
+        Arc::new(
+            probe
+                .model_infer(grpc_request(rows))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_inner(),
+        )
+    };
+    let floor_service = Floor {
+        one: answer(1).await,
+        many: answer(1024).await,
+    };
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .add_service(
+                GrpcInferenceServiceServer::new(floor_service)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
+            )
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+            )
+            .await
+    });
+    for rows in [1usize, 1024] {
+        let floor = client(&floor_url).await.max_decoding_message_size(64 << 20);
+        let ours = client(&ours_grpc).await.max_decoding_message_size(64 << 20);
+        let request = Arc::new(grpc_request(rows));
+        let (f, r) = (floor.clone(), request.clone());
+        let floor_rate = rate(seconds, move || {
+            let (mut c, r) = (f.clone(), (*r).clone());
+            async move {
+                c.model_infer(r).await.unwrap_or_else(|e| panic!("{e}"));
+            }
+        })
+        .await;
+        let (o, r) = (ours.clone(), request.clone());
+        let grpc_rate = rate(seconds, move || {
+            let (mut c, r) = (o.clone(), (*r).clone());
+            async move {
+                c.model_infer(r).await.unwrap_or_else(|e| panic!("{e}"));
+            }
+        })
+        .await;
+        let remote = RemoteServer::new(&ours_http).unwrap_or_else(|e| panic!("{e}"));
+        let http_req = Arc::new(http_request(rows));
+        let http_rate = rate(seconds, move || {
+            let (c, r) = (remote.clone(), (*http_req).clone());
+            async move {
+                c.infer("fraud", None, r)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        })
+        .await;
+        let n = rows as f64;
+        println!(
+            "{:<34} {:>12.0} {:>14.0}",
+            format!("gRPC floor, {rows} rows"),
+            floor_rate,
+            floor_rate * n
+        );
+        println!(
+            "{:<34} {:>12.0} {:>14.0}",
+            format!("mlops gRPC, {rows} rows"),
+            grpc_rate,
+            grpc_rate * n
+        );
+        println!(
+            "{:<34} {:>12.0} {:>14.0}",
+            format!("mlops HTTP JSON, {rows} rows"),
+            http_rate,
+            http_rate * n
+        );
+        println!(
+            "  {rows} rows: gRPC = {:.0}% of its floor; gRPC / HTTP JSON = {:.2}x",
+            100.0 * grpc_rate / floor_rate,
+            grpc_rate / http_rate
+        );
+    }
+}
