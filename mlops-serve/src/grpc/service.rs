@@ -7,13 +7,13 @@ use mlops_core::{Error, Result, Server};
 use tonic::{Request, Response, Status};
 
 use super::convert::{request_in, response_out, spec_out, status};
+use super::proto as pb;
 use super::proto::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
 use super::proto::model_repository::model_repository_service_server::{
     ModelRepositoryService, ModelRepositoryServiceServer,
 };
-use super::proto::{self as pb, model_repository as repo};
 use crate::auth::{KeyRing, Scope};
 use crate::server::ModelServer;
 
@@ -290,52 +290,29 @@ impl GrpcInferenceService for Faces {
     }
 }
 
+/// MLServer's place for the repository calls: the same calls, on the same
+/// messages, as in the inference service.
 #[tonic::async_trait]
 impl ModelRepositoryService for Faces {
     async fn repository_index(
         &self,
-        request: Request<repo::RepositoryIndexRequest>,
-    ) -> Answer<repo::RepositoryIndexResponse> {
-        authorize(&self.keys, &request, Scope::Infer)?;
-        let ready = request.get_ref().ready;
-        answer(self.index(ready).await.map(|models| {
-            repo::RepositoryIndexResponse {
-                models: models
-                    .into_iter()
-                    .map(
-                        |(name, ready)| repo::repository_index_response::ModelIndex {
-                            name,
-                            version: String::new(),
-                            state: if ready { "READY" } else { "UNAVAILABLE" }.into(),
-                            reason: String::new(),
-                        },
-                    )
-                    .collect(),
-            }
-        }))
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Answer<pb::RepositoryIndexResponse> {
+        GrpcInferenceService::repository_index(self, request).await
     }
 
     async fn repository_model_load(
         &self,
-        request: Request<repo::RepositoryModelLoadRequest>,
-    ) -> Answer<repo::RepositoryModelLoadResponse> {
-        authorize(&self.keys, &request, Scope::Admin)?;
-        answer(
-            self.load(&request.get_ref().model_name)
-                .await
-                .map(|()| repo::RepositoryModelLoadResponse {}),
-        )
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Answer<pb::RepositoryModelLoadResponse> {
+        GrpcInferenceService::repository_model_load(self, request).await
     }
 
     async fn repository_model_unload(
         &self,
-        request: Request<repo::RepositoryModelUnloadRequest>,
-    ) -> Answer<repo::RepositoryModelUnloadResponse> {
-        authorize(&self.keys, &request, Scope::Admin)?;
-        answer(
-            self.unload(&request.get_ref().model_name)
-                .map(|()| repo::RepositoryModelUnloadResponse {}),
-        )
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Answer<pb::RepositoryModelUnloadResponse> {
+        GrpcInferenceService::repository_model_unload(self, request).await
     }
 }
 

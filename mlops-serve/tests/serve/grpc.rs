@@ -7,10 +7,10 @@ use std::sync::Arc;
 use mlops_core::Server;
 use mlops_core::inference::{InferenceRequest, Tensor, TensorData};
 use mlops_core::model::VersionSelector;
+use mlops_serve::grpc::proto as pb;
 use mlops_serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use mlops_serve::grpc::proto::model_infer_request::InferInputTensor;
 use mlops_serve::grpc::proto::model_repository::model_repository_service_client::ModelRepositoryServiceClient;
-use mlops_serve::grpc::proto::{self as pb, model_repository as repo};
 use mlops_serve::grpc::{GrpcConfig, serve};
 use mlops_serve::{ApiKeys, DeploymentConfig, KeyRing, ModelServer, Routing, Scope};
 use tonic::transport::Channel;
@@ -234,7 +234,7 @@ async fn every_call_answers_over_grpc_typed_and_raw() {
     assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
     let mut r = ModelRepositoryServiceClient::new(face.channel.clone());
     r.repository_model_load(keyed(
-        repo::RepositoryModelLoadRequest {
+        pb::RepositoryModelLoadRequest {
             model_name: "fraud".into(),
             ..Default::default()
         },
@@ -244,7 +244,7 @@ async fn every_call_answers_over_grpc_typed_and_raw() {
     .unwrap();
     let index = r
         .repository_index(keyed(
-            repo::RepositoryIndexRequest {
+            pb::RepositoryIndexRequest {
                 repository_name: String::new(),
                 ready: true,
             },
