@@ -36,6 +36,7 @@
 //!
 //! [grpc]                               # optional: the gRPC face (cargo feature grpc)
 //! bind = "0.0.0.0:8001"                # same keys, timeout; max_message_bytes = body limit
+//! tls = { cert_file = "/run/secrets/tls.crt", key_file = "/run/secrets/tls.key" }   # optional
 //!
 //! [fleet]                              # optional: on by default
 //! replica = "${HOSTNAME}"              # this replica's name (default: HOSTNAME)
@@ -140,6 +141,32 @@ pub(crate) struct Config {
 pub(crate) struct GrpcToml {
     pub(crate) bind: String,
     pub(crate) max_message_bytes: Option<usize>,
+    /// TLS: `{ cert_file = "...", key_file = "..." }` (PEM; `${ENV}` paths).
+    pub(crate) tls: Option<TlsToml>,
+}
+
+/// PEM files of a certificate chain and its private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsToml {
+    pub(crate) cert_file: String,
+    pub(crate) key_file: String,
+}
+
+impl TlsToml {
+    /// The two files' bytes; `at` names the setting in errors.
+    pub(crate) fn read(&self, at: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+        let read = |key: &str, file: &str| {
+            let path = expand(&format!("{at}.{key}"), file)?;
+            std::fs::read(&path).map_err(|e| {
+                Error::invalid_input(format!("config {at}.{key}"), format!("{path}: {e}"))
+            })
+        };
+        Ok((
+            read("cert_file", &self.cert_file)?,
+            read("key_file", &self.key_file)?,
+        ))
+    }
 }
 
 /// `[fleet]`: `mlops serve` applies the routing intents the retraining loop

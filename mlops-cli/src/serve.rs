@@ -33,6 +33,9 @@ pub(crate) fn check(path: &Path, json: bool) -> Result<()> {
     }
     config.inference_log()?;
     let deployments = config.deployment_configs(&unopened_features()?)?;
+    if let Some(tls) = config.grpc.as_ref().and_then(|g| g.tls.as_ref()) {
+        tls.read("grpc.tls")?;
+    }
     let loops = crate::retrain::check(&config)?;
     if json {
         let names: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();
@@ -416,6 +419,10 @@ async fn start_grpc(
         .with_request_timeout(http.request_timeout);
     if http.allow_unauthenticated {
         grpc = grpc.allow_unauthenticated();
+    }
+    if let Some(tls) = &g.tls {
+        let (cert, key) = tls.read("grpc.tls")?;
+        grpc = grpc.with_tls(cert, key);
     }
     println!("listening on grpc://{address}");
     tracing::info!(%address, "serving gRPC");

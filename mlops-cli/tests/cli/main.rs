@@ -1056,4 +1056,13 @@ async fn grpc_serves_beside_http_with_the_same_keys_reloaded_together() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     client.model_infer(call("rotated-grpc-key")).await.unwrap();
     assert!(stop(child).await.success(), "{}", logs.recent());
+    // TLS files that are not there fail the check, naming the key.
+    std::fs::write(
+        &path,
+        format!("{text}\n[grpc]\nbind = \"127.0.0.1:0\"\ntls = {{ cert_file = \"/nope.crt\", key_file = \"/nope.key\" }}\n"),
+    )
+    .unwrap();
+    let (code, _, err) = mlops_within(&["check"], &path, FAST);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("grpc.tls.cert_file"), "{err}");
 }

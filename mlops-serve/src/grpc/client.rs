@@ -44,12 +44,7 @@ impl GrpcRemoteServer {
     /// # Errors
     /// [`Error::InvalidInput`] for a URL that is not one.
     pub fn new(url: &str) -> Result<Self> {
-        let channel = Channel::from_shared(url.to_owned())
-            .map_err(|e| Error::invalid_input(format!("gRPC server URL {url:?}"), e.to_string()))?
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(super::service::WINDOW))
-            .initial_connection_window_size(Some(4 * super::service::WINDOW))
-            .connect_lazy();
+        let channel = Self::endpoint(url)?.connect_lazy();
         let max = 64 << 20;
         Ok(Self {
             url: url.to_owned(),
@@ -60,6 +55,33 @@ impl GrpcRemoteServer {
             timeout: Duration::from_secs(30),
             max_message_bytes: max,
         })
+    }
+
+    fn endpoint(url: &str) -> Result<tonic::transport::Endpoint> {
+        Ok(Channel::from_shared(url.to_owned())
+            .map_err(|e| Error::invalid_input(format!("gRPC server URL {url:?}"), e.to_string()))?
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(super::service::WINDOW))
+            .initial_connection_window_size(Some(4 * super::service::WINDOW)))
+    }
+
+    /// Connects over TLS (an `https://` URL), trusting the certificate
+    /// authority `ca_pem` (PEM) for the server's certificate.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the CA or the URL cannot make a TLS
+    /// connection's settings.
+    pub fn with_tls(mut self, ca_pem: impl AsRef<[u8]>) -> Result<Self> {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+        let channel = Self::endpoint(&self.url)?
+            .tls_config(tls)
+            .map_err(|e| Error::invalid_input("gRPC TLS settings", e.to_string()))?
+            .connect_lazy();
+        self.client = GrpcInferenceServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
+        Ok(self)
     }
 
     /// Sends `key` as `authorization: Bearer <key>` with every call.

@@ -23,6 +23,8 @@ use crate::server::ModelServer;
 pub struct GrpcConfig {
     keys: KeyRing,
     open: bool,
+    /// PEM certificate chain and private key, for TLS.
+    tls: Option<(Vec<u8>, Vec<u8>)>,
     max_message_bytes: usize,
     request_timeout: Duration,
     max_concurrent_streams: u32,
@@ -35,6 +37,7 @@ impl GrpcConfig {
         Self {
             keys,
             open: false,
+            tls: None,
             max_message_bytes: 64 << 20,
             request_timeout: Duration::from_secs(30),
             max_concurrent_streams: 1024,
@@ -58,6 +61,13 @@ impl GrpcConfig {
     /// shorter `grpc-timeout`).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Serves over TLS (rustls) with this PEM certificate chain and PEM
+    /// private key; clients must then connect with `https://`.
+    pub fn with_tls(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls = Some((cert_pem.into(), key_pem.into()));
         self
     }
 
@@ -350,7 +360,14 @@ pub async fn serve(
     let repository = ModelRepositoryServiceServer::new(faces)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::invalid_input("gRPC TLS certificate or key", e.to_string()))?;
+    }
+    builder
         .layer(OversizeLayer)
         // Windows for tensors of megabytes: HTTP/2's default 64 KiB window
         // makes a large request wait on flow-control round trips.

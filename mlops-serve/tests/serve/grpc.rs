@@ -356,3 +356,82 @@ async fn bad_calls_get_the_right_status_and_a_message() {
     .unwrap_err();
     assert!(err.to_string().contains("allow_unauthenticated"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_face_serves_over_tls_with_a_generated_certificate() {
+    use mlops_serve::grpc::GrpcRemoteServer;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let registry = registry(&[Linear {
+        w: [1.0, 2.0],
+        b: 0.5,
+        delay_ms: 0,
+    }])
+    .await;
+    let server = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
+    server
+        .deploy(DeploymentConfig::new(
+            "fraud",
+            "m",
+            Routing::Fixed(VersionSelector::Latest),
+        ))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let keys = KeyRing::new(ApiKeys::new().with_key("app", INFER, &[Scope::Infer]));
+    let config = GrpcConfig::new(keys).with_tls(cert_pem.clone(), key_pem);
+    let s: Arc<dyn Server> = Arc::new(server.clone());
+    tokio::spawn(serve(listener, s, None, config, std::future::pending()));
+    let values = TensorData::Fp32(vec![1.0, 2.0]);
+    let request = InferenceRequest::new(vec![Tensor::new("x", vec![1, 2], values).unwrap()]);
+    // Over TLS, trusting the generated certificate: served.
+    let tls = GrpcRemoteServer::new(&format!("https://localhost:{port}"))
+        .unwrap()
+        .with_tls(cert_pem)
+        .unwrap()
+        .with_api_key(INFER);
+    let answer = within(
+        "an answer over TLS",
+        tls.infer("fraud", None, request.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answer.output("y").unwrap().data.to_f32_vec().unwrap(),
+        vec![5.5]
+    );
+    // Trusting another certificate authority, or speaking plaintext: refused.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let wrong = GrpcRemoteServer::new(&format!("https://localhost:{port}"))
+        .unwrap()
+        .with_tls(other.cert.pem())
+        .unwrap()
+        .with_api_key(INFER);
+    assert!(
+        within("a refusal", wrong.infer("fraud", None, request.clone()))
+            .await
+            .is_err()
+    );
+    let plain = GrpcRemoteServer::new(&format!("http://localhost:{port}"))
+        .unwrap()
+        .with_api_key(INFER);
+    assert!(
+        within("a refusal", plain.infer("fraud", None, request))
+            .await
+            .is_err()
+    );
+    // A key that is not one is refused when the face starts.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bad = GrpcConfig::new(KeyRing::new(ApiKeys::new().with_key(
+        "a",
+        "k",
+        &[Scope::Infer],
+    )))
+    .with_tls(other.cert.pem(), "not a key");
+    let s: Arc<dyn Server> = Arc::new(server.clone());
+    let err = serve(listener, s, None, bad, std::future::ready(()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+}
