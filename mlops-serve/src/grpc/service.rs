@@ -15,6 +15,7 @@ use super::proto::model_repository::model_repository_service_server::{
     ModelRepositoryService, ModelRepositoryServiceServer,
 };
 use crate::auth::{KeyRing, Scope};
+use crate::http::auth::Refusals;
 use crate::server::ModelServer;
 
 /// The gRPC face's settings: the keys it checks (the HTTP face's ring, so a
@@ -81,9 +82,10 @@ impl GrpcConfig {
 /// The HTTP/2 stream window of both ends (the connection's is 4x).
 pub(super) const WINDOW: u32 = 4 << 20;
 
-/// Checks the call's `authorization` metadata for `scope`.
+/// Checks the call's `authorization` metadata for `scope`; a refusal is
+/// counted and logged as the HTTP face's are.
 fn authorize<T>(
-    keys: &KeyRing,
+    (keys, refusals): (&KeyRing, &Refusals),
     request: &Request<T>,
     scope: Scope,
 ) -> std::result::Result<(), Status> {
@@ -103,10 +105,10 @@ fn authorize<T>(
         .metadata()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    current
-        .authorize(value, scope)
-        .map(|_| ())
-        .map_err(|e| status(&e))
+    current.authorize(value, scope).map(|_| ()).map_err(|e| {
+        refusals.record(scope, &e);
+        status(&e)
+    })
 }
 
 /// An empty version string is no version.
@@ -121,6 +123,7 @@ struct Faces {
     server: Arc<dyn Server>,
     models: Option<ModelServer>,
     keys: KeyRing,
+    refusals: Refusals,
 }
 
 impl Faces {
@@ -165,7 +168,7 @@ impl GrpcInferenceService for Faces {
         &self,
         request: Request<pb::ServerLiveRequest>,
     ) -> Answer<pb::ServerLiveResponse> {
-        authorize(&self.keys, &request, Scope::Infer)?;
+        authorize((&self.keys, &self.refusals), &request, Scope::Infer)?;
         answer(
             self.server
                 .live()
@@ -178,7 +181,7 @@ impl GrpcInferenceService for Faces {
         &self,
         request: Request<pb::ServerReadyRequest>,
     ) -> Answer<pb::ServerReadyResponse> {
-        authorize(&self.keys, &request, Scope::Infer)?;
+        authorize((&self.keys, &self.refusals), &request, Scope::Infer)?;
         answer(
             self.server
                 .ready()
@@ -191,7 +194,7 @@ impl GrpcInferenceService for Faces {
         &self,
         request: Request<pb::ModelReadyRequest>,
     ) -> Answer<pb::ModelReadyResponse> {
-        authorize(&self.keys, &request, Scope::Infer)?;
+        authorize((&self.keys, &self.refusals), &request, Scope::Infer)?;
         let r = request.into_inner();
         // A boolean question: a model that is not (or no longer) served is
         // not ready, as Triton answers after an unload.
@@ -206,7 +209,7 @@ impl GrpcInferenceService for Faces {
         &self,
         request: Request<pb::ServerMetadataRequest>,
     ) -> Answer<pb::ServerMetadataResponse> {
-        authorize(&self.keys, &request, Scope::Infer)?;
+        authorize((&self.keys, &self.refusals), &request, Scope::Infer)?;
         answer(
             self.server
                 .server_metadata()
@@ -223,7 +226,7 @@ impl GrpcInferenceService for Faces {
         &self,
         request: Request<pb::ModelMetadataRequest>,
     ) -> Answer<pb::ModelMetadataResponse> {
-        authorize(&self.keys, &request, Scope::Infer)?;
+        authorize((&self.keys, &self.refusals), &request, Scope::Infer)?;
         let r = request.into_inner();
         answer(
             self.server
@@ -243,7 +246,7 @@ impl GrpcInferenceService for Faces {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Answer<pb::ModelInferResponse> {
-        authorize(&self.keys, &request, Scope::Infer)?;
+        authorize((&self.keys, &self.refusals), &request, Scope::Infer)?;
         let r = request.into_inner();
         let (model, model_version) = (r.model_name.clone(), r.model_version.clone());
         let (request, raw) = request_in(r).map_err(|e| status(&e))?;
@@ -259,7 +262,7 @@ impl GrpcInferenceService for Faces {
         &self,
         request: Request<pb::RepositoryIndexRequest>,
     ) -> Answer<pb::RepositoryIndexResponse> {
-        authorize(&self.keys, &request, Scope::Infer)?;
+        authorize((&self.keys, &self.refusals), &request, Scope::Infer)?;
         let ready = request.get_ref().ready;
         answer(self.index(ready).await.map(|models| {
             pb::RepositoryIndexResponse {
@@ -280,7 +283,7 @@ impl GrpcInferenceService for Faces {
         &self,
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Answer<pb::RepositoryModelLoadResponse> {
-        authorize(&self.keys, &request, Scope::Admin)?;
+        authorize((&self.keys, &self.refusals), &request, Scope::Admin)?;
         answer(
             self.load(&request.get_ref().model_name)
                 .await
@@ -292,7 +295,7 @@ impl GrpcInferenceService for Faces {
         &self,
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Answer<pb::RepositoryModelUnloadResponse> {
-        authorize(&self.keys, &request, Scope::Admin)?;
+        authorize((&self.keys, &self.refusals), &request, Scope::Admin)?;
         answer(
             self.unload(&request.get_ref().model_name)
                 .map(|()| pb::RepositoryModelUnloadResponse {}),
@@ -348,10 +351,16 @@ pub async fn serve(
              explicitly (allow_unauthenticated)",
         ));
     }
+    // Refusals count into the model server's metrics, when it is the server.
+    let refusals = models
+        .as_ref()
+        .map(|m| Refusals::counted(m.auth_failures()))
+        .unwrap_or_default();
     let faces = Faces {
         server,
         models,
         keys: config.keys.clone(),
+        refusals,
     };
     let max = config.max_message_bytes;
     let inference = GrpcInferenceServiceServer::new(faces.clone())

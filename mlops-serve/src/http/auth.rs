@@ -25,25 +25,26 @@ use crate::runtime::metrics::AuthLabels;
 #[derive(Debug, Clone)]
 pub(super) struct KeyName(pub(super) String);
 
-/// Refused requests: counted by route group and status (when the face has the
-/// model server's metrics) and logged, the first ten of a group and then one
+/// Refused requests (of the HTTP face, and of the gRPC face under the same
+/// groups with the HTTP status their refusal stands for): counted by route
+/// group and status (when the face has the model server's metrics) and logged, the first ten of a group and then one
 /// in a hundred, so a flood of bad keys cannot flood the log.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Refusals {
+pub(crate) struct Refusals {
     counter: Option<Family<AuthLabels, Counter>>,
     seen: Arc<AtomicU64>,
 }
 
 impl Refusals {
     /// Counting into `counter` (the server's `mlops_http_auth_failures_total`).
-    pub(super) fn counted(counter: Family<AuthLabels, Counter>) -> Self {
+    pub(crate) fn counted(counter: Family<AuthLabels, Counter>) -> Self {
         Self {
             counter: Some(counter),
             seen: Arc::default(),
         }
     }
 
-    fn record(&self, scope: Scope, error: &Error) {
+    pub(crate) fn record(&self, scope: Scope, error: &Error) {
         let status = match error {
             Error::Forbidden { .. } => 403,
             _ => 401,

@@ -47,7 +47,7 @@
 //! group's scope is checked by one middleware layer, never inside a handler.
 
 mod admin;
-mod auth;
+pub(crate) mod auth;
 mod body;
 mod error;
 mod listener;

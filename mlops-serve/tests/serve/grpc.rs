@@ -279,6 +279,14 @@ async fn bad_calls_get_the_right_status_and_a_message() {
             .await,
     );
     assert_eq!(c2, Code::Unauthenticated);
+    // Counted as the HTTP face's refusals are (group infer, status 401).
+    let text = face.server.metrics_text();
+    let refused = crate::common::sample(
+        &text,
+        "mlops_http_auth_failures_total",
+        r#"group="infer",status="401""#,
+    );
+    assert_eq!(refused, 2.0, "{text}");
     let k = Some(INFER);
     // Unknown model, a shape that does not hold its data, an unknown datatype,
     // raw and typed both, an input the model does not take.
