@@ -11,6 +11,7 @@
 //! max_body_bytes = 67108864
 //! # max_body_budget_bytes = 335544320   # bodies read or decoded at once (default 5 x max_body_bytes)
 //! request_timeout = "30s"
+//! # tls = { cert_file = "/run/secrets/tls.crt", key_file = "/run/secrets/tls.key" }   # HTTPS only
 //!
 //! [[http.keys]]
 //! name = "app"
@@ -143,6 +144,24 @@ pub(crate) struct GrpcToml {
     pub(crate) max_message_bytes: Option<usize>,
     /// TLS: `{ cert_file = "...", key_file = "..." }` (PEM; `${ENV}` paths).
     pub(crate) tls: Option<TlsToml>,
+}
+
+/// `config` serving HTTPS with the PEM files of `[http] tls`.
+#[cfg(feature = "tls")]
+fn with_tls(config: HttpConfig, tls: &TlsToml) -> Result<HttpConfig> {
+    let (cert, key) = tls.read("http.tls")?;
+    let identity = mlops::serve::HttpTls::from_pem(&cert, &key)
+        .map_err(|e| Error::invalid_input("config http.tls", e.to_string()))?;
+    Ok(config.with_tls(identity))
+}
+
+/// Without the `tls` feature, `[http] tls` is a config error naming it.
+#[cfg(not(feature = "tls"))]
+fn with_tls(_config: HttpConfig, _tls: &TlsToml) -> Result<HttpConfig> {
+    Err(Error::invalid_input(
+        "config http.tls",
+        "this mlops binary was built without the `tls` feature",
+    ))
 }
 
 /// PEM files of a certificate chain and its private key.
@@ -357,6 +376,8 @@ pub(crate) struct Http {
     pub(crate) max_header_bytes: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     pub(crate) request_timeout: Option<Duration>,
+    /// TLS: `{ cert_file = "...", key_file = "..." }` (PEM; `${ENV}` paths).
+    pub(crate) tls: Option<TlsToml>,
     #[serde(default, deserialize_with = "duration")]
     pub(crate) header_read_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
@@ -380,6 +401,7 @@ impl Default for Http {
             probe_connections: None,
             max_header_bytes: None,
             request_timeout: None,
+            tls: None,
             header_read_timeout: None,
             body_timeout: None,
             write_timeout: None,
@@ -785,6 +807,9 @@ impl Config {
             };
         }
         let mut c = HttpConfig::default().with_keys(keys);
+        if let Some(tls) = &h.tls {
+            c = with_tls(c, tls)?;
+        }
         if h.allow_unauthenticated {
             c = c.allow_unauthenticated();
         }

@@ -345,7 +345,12 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     let audit = Arc::new(ObjectAuditLog::new(&root));
     let app = router(server.clone(), http.clone().with_audit(audit))?;
     // The address on stdout, for scripts and tests that bind port 0.
-    println!("listening on http://{address}");
+    let scheme = if config.http.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("listening on {scheme}://{address}");
     tracing::info!(%address, storage = %url, "serving");
     let grpc_face = start_grpc(&config, &http, &server).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

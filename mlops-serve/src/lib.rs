@@ -40,6 +40,8 @@ mod status;
 
 pub use auth::{ApiKeys, KeyRing, Scope};
 pub use client::RemoteServer;
+#[cfg(feature = "tls")]
+pub use config::HttpTls;
 pub use config::{
     Arm, BatchConfig, CacheConfig, CanaryRamp, DeploymentConfig, Enrichment, FeedbackConfig,
     HttpConfig, LogConfig, MonitorConfig, Routing,

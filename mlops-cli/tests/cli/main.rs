@@ -1065,4 +1065,33 @@ async fn grpc_serves_beside_http_with_the_same_keys_reloaded_together() {
     let (code, _, err) = mlops_within(&["check"], &path, FAST);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("grpc.tls.cert_file"), "{err}");
+    // The HTTP face's too; and PEM that is not a certificate, naming it.
+    std::fs::write(
+        &path,
+        text.replace(
+            "[http]\n",
+            "[http]\ntls = { cert_file = \"/nope.crt\", key_file = \"/nope.key\" }\n",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = mlops_within(&["check"], &path, FAST);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("http.tls.cert_file"), "{err}");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not pem").unwrap();
+    let junk = junk.display().to_string();
+    std::fs::write(
+        &path,
+        text.replace(
+            "[http]\n",
+            &format!("[http]\ntls = {{ cert_file = \"{junk}\", key_file = \"{junk}\" }}\n"),
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = mlops_within(&["check"], &path, FAST);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("http.tls") && err.contains("certificate"),
+        "{err}"
+    );
 }

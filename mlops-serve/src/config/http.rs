@@ -73,6 +73,58 @@ pub struct HttpConfig {
     /// is recorded with the name of the key that asked; also logged. None: only
     /// logged.
     pub audit: Option<Arc<dyn AuditLog>>,
+    /// TLS: the face speaks HTTPS only (cargo feature `tls`).
+    #[cfg(feature = "tls")]
+    pub tls: Option<HttpTls>,
+}
+
+/// The HTTP face's TLS identity (rustls, ring provider, TLS 1.2 and 1.3,
+/// HTTP/1.1 by ALPN): made from PEM by [`HttpTls::from_pem`].
+#[cfg(feature = "tls")]
+#[derive(Clone)]
+pub struct HttpTls(pub(crate) tokio_rustls::TlsAcceptor);
+
+#[cfg(feature = "tls")]
+impl std::fmt::Debug for HttpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpTls(..)")
+    }
+}
+
+#[cfg(feature = "tls")]
+impl HttpTls {
+    /// From a PEM certificate chain (leaf first) and its PEM private key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming which of the two does not parse, or
+    /// when they do not go together.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            Error::invalid_input(format!("HTTP TLS {what}"), e.to_string())
+        };
+        let certs = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad("certificate", &e))?;
+        if certs.is_empty() {
+            return Err(Error::invalid_input(
+                "HTTP TLS certificate",
+                "no certificate in the PEM",
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("key", &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("settings", &e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("certificate and key", &e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
 }
 
 /// The default body budget, in largest bodies: one body and its decoded inputs
@@ -100,11 +152,20 @@ impl Default for HttpConfig {
             max_header_bytes: 64 << 10,
             key_ring: None,
             audit: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
 
 impl HttpConfig {
+    /// Serves HTTPS only, with `tls` (cargo feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: HttpTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Accepts these keys.
     pub fn with_keys(mut self, keys: ApiKeys) -> Self {
         self.keys = keys;

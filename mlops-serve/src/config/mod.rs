@@ -14,6 +14,8 @@ mod routing;
 
 pub use deployment::{BatchConfig, CacheConfig, DeploymentConfig, Enrichment};
 pub use http::HttpConfig;
+#[cfg(feature = "tls")]
+pub use http::HttpTls;
 pub(crate) use http::MIN_HEADER_BYTES;
 pub use monitoring::{FeedbackConfig, LogConfig, MonitorConfig};
 pub(crate) use routing::check_canary_weight;

@@ -33,7 +33,7 @@ use hyper::service::{Service as _, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
@@ -119,6 +119,24 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = config.tls.clone() {
+            let (router, stopping) = (router.clone(), stopping.clone());
+            connections.spawn(async move {
+                // The handshake has the header deadline: a client that opens
+                // a connection and says nothing cannot hold its slot.
+                let handshake =
+                    tokio::time::timeout(limits.header_read_timeout, tls.0.accept(stream)).await;
+                match handshake {
+                    Ok(Ok(stream)) => {
+                        connection(stream, router, limits, stopping, slot, probes_only).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+            continue;
+        }
         connections.spawn(connection(
             stream,
             router.clone(),
@@ -145,8 +163,8 @@ pub async fn serve(
     Ok(())
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     router: Router,
     limits: ConnectionLimits,
     mut stopping: watch::Receiver<bool>,
@@ -219,14 +237,14 @@ fn over_capacity() -> Response<Body> {
 /// A stream whose writes fail with [`io::ErrorKind::TimedOut`] once one has made
 /// no progress for the deadline: a client that stops reading its answer cannot
 /// hold a connection (and its task and buffers) forever.
-struct WriteDeadline {
-    stream: TcpStream,
+struct WriteDeadline<S> {
+    stream: S,
     deadline: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
-impl WriteDeadline {
-    fn new(stream: TcpStream, deadline: Duration) -> Self {
+impl<S> WriteDeadline<S> {
+    fn new(stream: S, deadline: Duration) -> Self {
         Self {
             stream,
             deadline,
@@ -253,7 +271,7 @@ impl WriteDeadline {
     }
 }
 
-impl AsyncRead for WriteDeadline {
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -263,7 +281,7 @@ impl AsyncRead for WriteDeadline {
     }
 }
 
-impl AsyncWrite for WriteDeadline {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

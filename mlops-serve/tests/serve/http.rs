@@ -699,3 +699,76 @@ async fn the_remote_client_encodes_names_and_bounds_time_and_size() {
         "{err}"
     );
 }
+
+/// A TLS client of `addr` trusting `ca_pem`: the answer to one raw request.
+async fn over_tls(addr: SocketAddr, ca_pem: &str, request: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    tls.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await?;
+    Ok(answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_face_serves_https_with_a_generated_certificate() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let tls = mlops_serve::HttpTls::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+    let model = Linear {
+        w: [1.0, 2.0],
+        b: 0.0,
+        delay_ms: 0,
+    };
+    let running = start(&[model], open().with_tls(tls), None).await;
+    let live = "GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let answer = within(
+        "an answer over TLS",
+        over_tls(running.addr, &cert_pem, live),
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Another CA is not trusted; plaintext gets no HTTP answer.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    assert!(
+        within("a refusal", over_tls(running.addr, &other.cert.pem(), live))
+            .await
+            .is_err()
+    );
+    let plain = exchange_raw(running.addr, live).await;
+    assert!(!plain.starts_with("HTTP/1.1 200"), "{plain}");
+    // PEM that is not a certificate or a key is refused, naming which.
+    let bad = mlops_serve::HttpTls::from_pem(b"nope", key_pem.as_bytes()).unwrap_err();
+    assert!(bad.to_string().contains("certificate"), "{bad}");
+    let bad = mlops_serve::HttpTls::from_pem(cert_pem.as_bytes(), b"nope").unwrap_err();
+    assert!(bad.to_string().contains("key"), "{bad}");
+}
+
+/// Sends `request` in plaintext and reads what comes back (empty when the
+/// connection closes without an answer).
+async fn exchange_raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(request.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = within("the connection ends", s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
