@@ -421,7 +421,8 @@ async fn start_grpc(
     let keys = http.key_ring.clone().unwrap_or_default();
     let mut grpc = GrpcConfig::new(keys)
         .with_max_message_bytes(g.max_message_bytes.unwrap_or(http.max_body_bytes))
-        .with_request_timeout(http.request_timeout);
+        .with_request_timeout(http.request_timeout)
+        .with_max_concurrency(http.max_concurrency);
     if http.allow_unauthenticated {
         grpc = grpc.allow_unauthenticated();
     }

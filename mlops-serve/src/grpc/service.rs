@@ -29,6 +29,7 @@ pub struct GrpcConfig {
     max_message_bytes: usize,
     request_timeout: Duration,
     max_concurrent_streams: u32,
+    max_concurrency: usize,
 }
 
 impl GrpcConfig {
@@ -42,6 +43,7 @@ impl GrpcConfig {
             max_message_bytes: 64 << 20,
             request_timeout: Duration::from_secs(30),
             max_concurrent_streams: 1024,
+            max_concurrency: 1024,
         }
     }
 
@@ -69,6 +71,13 @@ impl GrpcConfig {
     /// private key; clients must then connect with `https://`.
     pub fn with_tls(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
         self.tls = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Inferences in flight across all connections; one more is refused at
+    /// once with `RESOURCE_EXHAUSTED` (the HTTP face's `max_concurrency`).
+    pub fn with_max_concurrency(mut self, calls: usize) -> Self {
+        self.max_concurrency = calls.max(1);
         self
     }
 
@@ -124,6 +133,9 @@ struct Faces {
     models: Option<ModelServer>,
     keys: KeyRing,
     refusals: Refusals,
+    /// Places for inferences in flight.
+    permits: Arc<tokio::sync::Semaphore>,
+    max_concurrency: usize,
 }
 
 impl Faces {
@@ -247,6 +259,14 @@ impl GrpcInferenceService for Faces {
         request: Request<pb::ModelInferRequest>,
     ) -> Answer<pb::ModelInferResponse> {
         authorize((&self.keys, &self.refusals), &request, Scope::Infer)?;
+        // Over capacity: refused at once, before any decoding or model work.
+        let _permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "unavailable: {} inferences are in flight, the most this server takes; \
+                 retry later",
+                self.max_concurrency
+            ))
+        })?;
         let r = request.into_inner();
         let (model, model_version) = (r.model_name.clone(), r.model_version.clone());
         let (request, raw) = request_in(r).map_err(|e| status(&e))?;
@@ -361,6 +381,8 @@ pub async fn serve(
         models,
         keys: config.keys.clone(),
         refusals,
+        permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrency)),
+        max_concurrency: config.max_concurrency,
     };
     let max = config.max_message_bytes;
     let inference = GrpcInferenceServiceServer::new(faces.clone())

@@ -443,3 +443,64 @@ async fn the_grpc_face_serves_over_tls_with_a_generated_certificate() {
         .unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inferences_beyond_the_concurrency_limit_are_refused_at_once() {
+    use crate::common::{GATED, Gate};
+    let gate = Gate::closed();
+    let registry = registry(&[Linear {
+        w: [1.0, 2.0],
+        b: 0.5,
+        delay_ms: GATED,
+    }])
+    .await;
+    let server = ModelServer::new(
+        registry,
+        vec![Arc::new(LinearLoader::default().gated_calls(&gate))],
+    );
+    server
+        .deploy(DeploymentConfig::new(
+            "fraud",
+            "m",
+            Routing::Fixed(VersionSelector::Latest),
+        ))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = GrpcConfig::new(KeyRing::default())
+        .allow_unauthenticated()
+        .with_max_concurrency(1);
+    let s: Arc<dyn Server> = Arc::new(server.clone());
+    tokio::spawn(serve(listener, s, None, config, std::future::pending()));
+    let client = mlops_serve::grpc::GrpcRemoteServer::new(&url).unwrap();
+    let request = || {
+        let values = TensorData::Fp32(vec![1.0, 2.0]);
+        InferenceRequest::new(vec![Tensor::new("x", vec![1, 2], values).unwrap()])
+    };
+    let held = {
+        let (c, r) = (client.clone(), request());
+        tokio::spawn(async move { c.infer("fraud", None, r).await })
+    };
+    gate.held(1, "the first call in the model").await;
+    let mut raw = GrpcInferenceServiceClient::new(
+        Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let refused = raw
+        .model_infer(keyed(infer_request(1, false), None))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("1 inferences are in flight"),
+        "{refused:?}"
+    );
+    gate.open();
+    within("the held call", held).await.unwrap().unwrap();
+    // The place is free again.
+    assert!(client.infer("fraud", None, request()).await.is_ok());
+}

@@ -285,6 +285,9 @@ status, message = code(lambda: client.infer("fraud", [bad], headers=auth))
 assert status == "StatusCode.INVALID_ARGUMENT" and "x1" in message, (status, message)
 status, message = code(lambda: client.infer("fraud", inputs))
 assert status == "StatusCode.UNAUTHENTICATED", (status, message)
+wrong = {"authorization": "Bearer wrong-key"}
+status, message = code(lambda: client.infer("fraud", inputs, headers=wrong))
+assert status == "StatusCode.UNAUTHENTICATED" and message, (status, message)
 print("ok")
 "#;
 
