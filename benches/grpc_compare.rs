@@ -11,11 +11,12 @@
 //!   clients send them (20 FP32 inputs of N rows);
 //! - ours over HTTP: the same server's v2 JSON face (`RemoteServer`).
 //!
-//! The load generator is tonic's client (and `RemoteServer` for HTTP) in the
-//! same process: 16 requests in flight for SECONDS (default 4) after 1 s of
-//! warm-up, 1 row and 1024 rows. It is not the bottleneck when the floor
-//! answers several times more requests than ours with the same client: the
-//! table prints that ratio.
+//! The load generator is tonic's client (and `RemoteServer` for HTTP): 16
+//! requests in flight for SECONDS (default 4) after 1 s of warm-up, 1 row and
+//! 1024 rows. With `taskset` and two cores it runs as a process of its own on
+//! core 1, this process's servers pinned to core 0 with one runtime worker, so
+//! the client never takes the servers' core; it is not the bottleneck when the
+//! floor answers clearly more than ours with the same client.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -227,8 +228,114 @@ where
     count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
-#[tokio::main]
-async fn main() {
+/// Requests per second against `url` of `kind` (`grpc`: a gRPC server of the
+/// protocol, ours or the floor; `http`: our HTTP JSON face) at `rows` rows.
+async fn measure(kind: &str, url: &str, rows: usize, seconds: f64) -> f64 {
+    if kind == "http" {
+        let remote = RemoteServer::new(url).unwrap_or_else(|e| panic!("{e}"));
+        let request = Arc::new(http_request(rows));
+        return rate(seconds, move || {
+            let (c, r) = (remote.clone(), (*request).clone());
+            async move {
+                c.infer("fraud", None, r)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        })
+        .await;
+    }
+    let c = client(url).await.max_decoding_message_size(64 << 20);
+    let request = Arc::new(grpc_request(rows));
+    rate(seconds, move || {
+        let (mut c, r) = (c.clone(), (*request).clone());
+        async move {
+            c.model_infer(r).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+    })
+    .await
+}
+
+/// Whether the load generator runs as its own process on core 1, the servers
+/// on core 0 (taskset and two cores present), rather than in this process.
+fn split() -> bool {
+    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+        && std::process::Command::new("taskset")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// Runs the load generator for one measurement: a child process on core 1
+/// when `split`, else here.
+async fn load(split: bool, kind: &str, url: &str, rows: usize, seconds: f64) -> f64 {
+    if !split {
+        return measure(kind, url, rows, seconds).await;
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let (kind, url) = (kind.to_owned(), url.to_owned());
+    // The child runs off the servers' only worker: waiting here must not
+    // stop them.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(exe)
+            .args([
+                "--load",
+                &kind,
+                &url,
+                &rows.to_string(),
+                &seconds.to_string(),
+            ])
+            .output()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--load") {
+        // The load generator's process: one measurement, its rate on stdout.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (kind, url) = (args[2].clone(), args[3].clone());
+        let rows: usize = args[4].parse().unwrap_or_else(|e| panic!("{e}"));
+        let seconds: f64 = args[5].parse().unwrap_or_else(|e| panic!("{e}"));
+        println!("{}", runtime.block_on(measure(&kind, &url, rows, seconds)));
+        return;
+    }
+    let split = split();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if split {
+        // The servers on core 0, as in a one-CPU pod: one runtime worker.
+        let pinned = std::process::Command::new("taskset")
+            .args(["-pc", "0", &std::process::id().to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(pinned, "taskset could not pin the servers to core 0");
+        runtime.worker_threads(1);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(serve_and_measure(split));
+}
+
+async fn serve_and_measure(split: bool) {
     let seconds: f64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
@@ -284,7 +391,12 @@ async fn main() {
         l.local_addr().unwrap_or_else(|e| panic!("{e}"))
     );
     println!(
-        "gRPC face against its floor and our HTTP face; {IN_FLIGHT} in flight, {seconds} s each"
+        "gRPC face against its floor and our HTTP face; {IN_FLIGHT} in flight, {seconds} s each; {}",
+        if split {
+            "servers on core 0 (one runtime worker), load generator on core 1 (its own process)"
+        } else {
+            "servers and load generator in one process (no taskset or one core)"
+        }
     );
     println!("{:<34} {:>12} {:>14}", "server", "req/s", "rows/s");
     // The floor answers what ours answers, for each size.
@@ -317,36 +429,9 @@ async fn main() {
             .await
     });
     for rows in [1usize, 1024] {
-        let floor = client(&floor_url).await.max_decoding_message_size(64 << 20);
-        let ours = client(&ours_grpc).await.max_decoding_message_size(64 << 20);
-        let request = Arc::new(grpc_request(rows));
-        let (f, r) = (floor.clone(), request.clone());
-        let floor_rate = rate(seconds, move || {
-            let (mut c, r) = (f.clone(), (*r).clone());
-            async move {
-                c.model_infer(r).await.unwrap_or_else(|e| panic!("{e}"));
-            }
-        })
-        .await;
-        let (o, r) = (ours.clone(), request.clone());
-        let grpc_rate = rate(seconds, move || {
-            let (mut c, r) = (o.clone(), (*r).clone());
-            async move {
-                c.model_infer(r).await.unwrap_or_else(|e| panic!("{e}"));
-            }
-        })
-        .await;
-        let remote = RemoteServer::new(&ours_http).unwrap_or_else(|e| panic!("{e}"));
-        let http_req = Arc::new(http_request(rows));
-        let http_rate = rate(seconds, move || {
-            let (c, r) = (remote.clone(), (*http_req).clone());
-            async move {
-                c.infer("fraud", None, r)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-            }
-        })
-        .await;
+        let floor_rate = load(split, "grpc", &floor_url, rows, seconds).await;
+        let grpc_rate = load(split, "grpc", &ours_grpc, rows, seconds).await;
+        let http_rate = load(split, "http", &ours_http, rows, seconds).await;
         let n = rows as f64;
         println!(
             "{:<34} {:>12.0} {:>14.0}",
