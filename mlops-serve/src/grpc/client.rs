@@ -72,6 +72,7 @@ impl GrpcRemoteServer {
     /// [`Error::InvalidInput`] when the CA or the URL cannot make a TLS
     /// connection's settings.
     pub fn with_tls(mut self, ca_pem: impl AsRef<[u8]>) -> Result<Self> {
+        super::ensure_crypto_provider();
         let tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
         let channel = Self::endpoint(&self.url)?

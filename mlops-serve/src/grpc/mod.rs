@@ -28,6 +28,15 @@ mod service;
 pub use client::GrpcRemoteServer;
 pub use service::{GrpcConfig, serve};
 
+/// Makes rustls's ring provider the process's default when none is set yet.
+/// tonic's TLS builds its rustls configs from the process default, which
+/// rustls cannot pick by itself when a build enables both of its providers
+/// (another dependency of the application may enable aws-lc-rs); an
+/// application that installed its own keeps it.
+fn ensure_crypto_provider() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Code generated from proto/inference.proto.
 #[allow(
     missing_docs,

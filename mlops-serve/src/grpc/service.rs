@@ -393,6 +393,7 @@ pub async fn serve(
         .max_encoding_message_size(max);
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &config.tls {
+        super::ensure_crypto_provider();
         let identity = tonic::transport::Identity::from_pem(cert, key);
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
