@@ -8,7 +8,8 @@
 //! mlops models --config mlops.toml list | show | register [--sign] | alias | archive | verify
 //! mlops models keygen --out DIR --id ID   an ed25519 key pair for [registry]
 //!
-//! mlops audit --config mlops.toml verify | tail
+//! mlops audit --config mlops.toml verify | tail | anchor   (anchor: the head signed
+//!                                     with [registry] signing_key; verify checks it)
 //! mlops runs --config mlops.toml list | show
 //! mlops train --config mlops.toml JOB.toml   train on the feature store, track, register
 //! mlops datasets --config mlops.toml snapshot FILE... | list | show ID | verify ID

@@ -7,16 +7,22 @@ use clap::Subcommand;
 use mlops::core::audit::{AuditLog, ChainVerdict};
 use mlops::core::tracking::{ExperimentTracker, RunQuery};
 use mlops::core::{Error, Result};
-use mlops::store::{ObjectAuditLog, ObjectTracker, StoreRoot};
+use mlops::store::{AnchoredVerdict, ObjectAuditLog, ObjectTracker, StoreRoot};
 
 use crate::config::Config;
 
 /// What `mlops audit` does.
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Checks the whole hash chain; exit 3 at the first entry changed, removed or
-    /// reordered.
+    /// Checks the whole hash chain, and every anchor against it with the
+    /// `[registry]` trusted keys; exit 3 at the first entry changed, removed or
+    /// reordered, or an anchor broken (entries cut off, the tail rewritten, a
+    /// signature that does not verify).
     Verify,
+    /// Signs the chain's head with the `[registry]` signing key and stores it
+    /// as an anchor: later truncation or a rewrite of the tail then fails
+    /// `verify`. Run it periodically (a CronJob).
+    Anchor,
     /// The last entries.
     Tail {
         /// How many.
@@ -46,23 +52,76 @@ fn root(config: &Path) -> Result<StoreRoot> {
     StoreRoot::open_with_options(&config.storage_root()?, config.storage_options()?)
 }
 
+/// `mlops audit anchor`: the head signed with the `[registry]` signing key.
+async fn anchor(config_path: &Path, log: &ObjectAuditLog, json: bool) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let (id, key) = config.registry_options(true)?.signing_key.ok_or_else(|| {
+        Error::invalid_input(
+            "config registry.signing_key",
+            "not set: nothing to sign with",
+        )
+    })?;
+    let a = log.anchor(&id, &key).await?;
+    if json {
+        let line = serde_json::json!({"seq": a.seq, "hash": a.hash, "at": a.at.to_rfc3339(), "key_id": a.key_id});
+        println!("{line}");
+    } else {
+        println!(
+            "anchored entry {} (hash {}) with key '{}'",
+            a.seq, a.hash, a.key_id
+        );
+    }
+    Ok(())
+}
+
+/// The anchors checked with the `[registry]` trusted keys: how many, or
+/// the integrity error naming the broken one. Without trusted keys, none.
+async fn anchors(config_path: &Path, log: &ObjectAuditLog) -> Result<Option<(usize, Option<u64>)>> {
+    let trusted = Config::load(config_path)?.trusted_keys()?;
+    if trusted.is_empty() {
+        return Ok(None);
+    }
+    match log.verify_anchored(&trusted).await? {
+        AnchoredVerdict::Intact {
+            anchors,
+            latest_anchor,
+            ..
+        } => Ok(Some((anchors, latest_anchor))),
+        AnchoredVerdict::Broken { reason } => Err(Error::integrity("audit log", reason)),
+    }
+}
+
 /// Runs an audit command on the `config` file's storage root.
 pub(crate) async fn audit(config: &Path, command: AuditCommand, json: bool) -> Result<()> {
     let log = ObjectAuditLog::new(&root(config)?);
+    if matches!(command, AuditCommand::Anchor) {
+        return anchor(config, &log, json).await;
+    }
     let verdict = log.verify().await?;
     match command {
+        AuditCommand::Anchor => Ok(()),
         AuditCommand::Verify => match verdict {
             ChainVerdict::Intact { entries, head } => {
+                let anchored = anchors(config, &log).await?;
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({"intact": true, "entries": entries, "head": head})
+                        serde_json::json!({"intact": true, "entries": entries, "head": head,
+                                           "anchors_checked": anchored.map(|a| a.0),
+                                           "latest_anchor": anchored.and_then(|a| a.1)})
                     );
                 } else {
                     println!(
                         "audit log intact: {entries} entries, head {}",
                         head.as_deref().unwrap_or("(empty)")
                     );
+                    match anchored {
+                        Some((n, latest)) => println!(
+                            "{n} anchors hold (latest: entry {})",
+                            latest.map_or_else(|| "none".into(), |l| l.to_string())
+                        ),
+                        None => println!("anchors not checked: [registry] names no trusted key"),
+                    }
                 }
                 Ok(())
             }

@@ -58,6 +58,11 @@ impl ObjectAuditLog {
         }
     }
 
+    /// The root the log is under.
+    pub(crate) fn root(&self) -> &StoreRoot {
+        &self.root
+    }
+
     /// Sequence numbers of every stored entry, ascending.
     async fn stored_sequences(&self) -> Result<Vec<u64>> {
         self.root.list_numbered("audit", ".json").await

@@ -34,6 +34,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod audit;
+mod audit_anchor;
 mod cas;
 mod error;
 mod fault;
@@ -52,6 +53,7 @@ mod snapshot;
 mod tracking;
 
 pub use audit::{MAX_AUDIT_DETAILS_BYTES, MAX_AUDIT_FIELD_BYTES, ObjectAuditLog};
+pub use audit_anchor::{AnchoredVerdict, AuditAnchor};
 pub use error::storage_error;
 pub use fault::FaultyStore;
 pub use feature_store::ObjectFeatureStore;

@@ -540,3 +540,36 @@ fn registry_config_errors_name_the_key_the_file_and_what_was_expected() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a key id"));
     assert!(!dir.path().join("escape.key").exists());
 }
+
+#[test]
+fn audit_anchors_catch_a_log_cut_short() {
+    let dir = temp_dir("anchor");
+    keygen(dir.path());
+    let path = dir.path().join("mlops.toml");
+    std::fs::write(&path, signed_config(dir.path())).unwrap();
+    // Something to audit: a signed registration.
+    let (file, flavor) = artifact_file(dir.path(), "m.bin", 0.0);
+    register_cli(&path, &file, &flavor, true);
+    let (code, out, err) = mlops(&["--json", "audit", "anchor"], &path);
+    assert_eq!(code, Some(0), "{err}");
+    let anchor: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(anchor["key_id"], "release", "{anchor}");
+    let last = anchor["seq"].as_u64().unwrap();
+    let (code, out, err) = mlops(&["audit", "verify"], &path);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 anchors hold"), "{out}");
+    // The newest entry removed: the chain alone still holds, the anchor not.
+    let entry = dir
+        .path()
+        .join("store")
+        .join(format!("audit/{last:020}.json"));
+    std::fs::remove_file(&entry).unwrap();
+    let (code, _, err) = mlops(&["audit", "verify"], &path);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("cut off"), "{err}");
+    // Without a signing key there is nothing to anchor with: exit 2 naming it.
+    std::fs::write(&path, config(dir.path())).unwrap();
+    let (code, _, err) = mlops(&["audit", "anchor"], &path);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("registry.signing_key"), "{err}");
+}
