@@ -28,14 +28,16 @@ struct Face {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-async fn start(config: impl FnOnce(KeyRing) -> GrpcConfig) -> Face {
+/// The model server with y = x . [1, 2] + 0.5 (calls delayed by
+/// `delay_ms`) deployed as "fraud".
+async fn deployed(delay_ms: u64, loader: LinearLoader) -> ModelServer {
     let registry = registry(&[Linear {
         w: [1.0, 2.0],
         b: 0.5,
-        delay_ms: 0,
+        delay_ms,
     }])
     .await;
-    let server = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
+    let server = ModelServer::new(registry, vec![Arc::new(loader)]);
     server
         .deploy(DeploymentConfig::new(
             "fraud",
@@ -44,6 +46,11 @@ async fn start(config: impl FnOnce(KeyRing) -> GrpcConfig) -> Face {
         ))
         .await
         .unwrap();
+    server
+}
+
+async fn start(config: impl FnOnce(KeyRing) -> GrpcConfig) -> Face {
+    let server = deployed(0, LinearLoader::default()).await;
     let keys = KeyRing::new(
         ApiKeys::new()
             .with_key("app", INFER, &[Scope::Infer])
@@ -370,21 +377,7 @@ async fn the_grpc_face_serves_over_tls_with_a_generated_certificate() {
     use mlops_serve::grpc::GrpcRemoteServer;
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
-    let registry = registry(&[Linear {
-        w: [1.0, 2.0],
-        b: 0.5,
-        delay_ms: 0,
-    }])
-    .await;
-    let server = ModelServer::new(registry, vec![Arc::new(LinearLoader::default())]);
-    server
-        .deploy(DeploymentConfig::new(
-            "fraud",
-            "m",
-            Routing::Fixed(VersionSelector::Latest),
-        ))
-        .await
-        .unwrap();
+    let server = deployed(0, LinearLoader::default()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let keys = KeyRing::new(ApiKeys::new().with_key("app", INFER, &[Scope::Infer]));
@@ -448,24 +441,7 @@ async fn the_grpc_face_serves_over_tls_with_a_generated_certificate() {
 async fn inferences_beyond_the_concurrency_limit_are_refused_at_once() {
     use crate::common::{GATED, Gate};
     let gate = Gate::closed();
-    let registry = registry(&[Linear {
-        w: [1.0, 2.0],
-        b: 0.5,
-        delay_ms: GATED,
-    }])
-    .await;
-    let server = ModelServer::new(
-        registry,
-        vec![Arc::new(LinearLoader::default().gated_calls(&gate))],
-    );
-    server
-        .deploy(DeploymentConfig::new(
-            "fraud",
-            "m",
-            Routing::Fixed(VersionSelector::Latest),
-        ))
-        .await
-        .unwrap();
+    let server = deployed(GATED, LinearLoader::default().gated_calls(&gate)).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let config = GrpcConfig::new(KeyRing::default())
