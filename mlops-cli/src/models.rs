@@ -74,6 +74,16 @@ pub(crate) enum ModelsCommand {
         #[arg(default_value = "latest")]
         version: String,
     },
+    /// Where a version came from and where it went, as JSON: its ancestors,
+    /// training run, dataset snapshot, feature views, code version, who moved
+    /// which alias to it, and the serving replicas that reported it.
+    Lineage {
+        /// The model.
+        name: String,
+        /// A number, an alias (`@champion`) or `latest` (the default).
+        #[arg(default_value = "latest")]
+        version: String,
+    },
     /// Makes an ed25519 key pair for signing versions: DIR/ID.key (the private
     /// key, mode 0600, for `[registry] signing_key`) and DIR/ID.pub (for
     /// `[[registry.trusted_keys]]`). Never overwrites a key. Reads no config.
@@ -316,6 +326,17 @@ pub(crate) async fn run(config: &Path, command: ModelsCommand, json: bool) -> Re
             } else {
                 println!("archived {name} version {version}");
             }
+        }
+        ModelsCommand::Lineage { name, version } => {
+            let selector: VersionSelector = version.parse()?;
+            let number = registry.get_version(&name, &selector).await?.version;
+            let loaded = Config::load(config)?;
+            let root =
+                StoreRoot::open_with_options(&loaded.storage_root()?, loaded.storage_options()?)?;
+            let lineage = mlops::store::version_lineage(&root, &name, number).await?;
+            let text = serde_json::to_string_pretty(&lineage)
+                .map_err(|e| Error::backend("serde_json", e))?;
+            println!("{text}");
         }
         ModelsCommand::Verify { name, version } => {
             let selector: VersionSelector = version.parse()?;

@@ -62,6 +62,9 @@ pub struct RoutingRecord {
 pub struct ReplicaReport {
     /// The replica's name (unique in the fleet: a pod's name).
     pub replica: String,
+    /// The registry model the deployment serves.
+    #[serde(default)]
+    pub model: String,
     /// When it reported.
     pub at: DateTime<Utc>,
     /// The routing revision it has applied (0: none).
@@ -294,6 +297,7 @@ mod tests {
         };
         ReplicaReport {
             replica: replica.into(),
+            model: "m".into(),
             at: Utc::now(),
             applied_revision: 1,
             health: ModelHealth {

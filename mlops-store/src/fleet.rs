@@ -142,6 +142,7 @@ mod tests {
             for (replica, revision) in [("pod-a", 1), ("pod-b", 2), ("pod-a", 3)] {
                 let report = ReplicaReport {
                     replica: replica.into(),
+                    model: "m".into(),
                     at: Utc::now(),
                     applied_revision: revision,
                     health: ModelHealth::default(),
@@ -157,6 +158,7 @@ mod tests {
             assert_eq!(seen, [("pod-a".into(), 3), ("pod-b".into(), 2)], "{url}");
             let bad_name = ReplicaReport {
                 replica: "../x".into(),
+                model: "m".into(),
                 at: Utc::now(),
                 applied_revision: 0,
                 health: ModelHealth::default(),

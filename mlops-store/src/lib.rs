@@ -42,6 +42,7 @@ mod feature_store;
 mod fleet;
 mod inference_log;
 mod labels;
+mod lineage;
 mod loops;
 mod offline;
 mod online;
@@ -60,6 +61,7 @@ pub use feature_store::ObjectFeatureStore;
 pub use fleet::ObjectFleet;
 pub use inference_log::ObjectInferenceLog;
 pub use labels::ViewLabels;
+pub use lineage::{AliasMove, FeatureOrigin, ServedBy, VersionLineage, version_lineage};
 pub use loops::ObjectLoopStates;
 pub use offline::{ObjectOfflineStore, view_incompatibility};
 #[cfg(feature = "redis")]

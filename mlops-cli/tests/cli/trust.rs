@@ -550,6 +550,14 @@ fn audit_anchors_catch_a_log_cut_short() {
     // Something to audit: a signed registration.
     let (file, flavor) = artifact_file(dir.path(), "m.bin", 0.0);
     register_cli(&path, &file, &flavor, true);
+    // Its lineage, as JSON: signed by the release key, registered by the CLI.
+    let (code, out, err) = mlops(&["models", "lineage", "fraud", "1"], &path);
+    assert_eq!(code, Some(0), "{err}");
+    let lineage: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(lineage["signed_by"], "release", "{lineage}");
+    assert_eq!(lineage["version"], 1, "{lineage}");
+    let (code, _, err) = mlops(&["models", "lineage", "fraud", "9"], &path);
+    assert_eq!(code, Some(1), "{err}");
     let (code, out, err) = mlops(&["--json", "audit", "anchor"], &path);
     assert_eq!(code, Some(0), "{err}");
     let anchor: serde_json::Value = serde_json::from_str(&out).unwrap();

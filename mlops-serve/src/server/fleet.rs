@@ -88,6 +88,7 @@ impl ModelServer {
         }
         let report = ReplicaReport {
             replica: replica.to_owned(),
+            model: self.deployment(name)?.config.model.clone(),
             at: chrono::Utc::now(),
             applied_revision: applied,
             health: TrafficControl::health(self, name).await?,
