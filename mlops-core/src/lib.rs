@@ -47,6 +47,7 @@
 //! traffic splitting draw from it, so a changed stream would be a breaking change).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod access;
 pub mod audit;
 pub mod drift;
 pub mod error;

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use mlops_core::access::{Action, Authorizer, Resource};
 use mlops_core::audit::{AuditEvent, AuditLog};
 use mlops_core::model::{
     ArtifactSignature, ModelArtifact, ModelMetadata, ModelRegistry, ModelVersion, VersionQuery,
@@ -68,6 +69,12 @@ pub struct RegistryOptions {
     pub max_metadata_bytes: usize,
     /// Where every change is recorded.
     pub audit: Option<Arc<dyn AuditLog>>,
+    /// Who may register (`register` on `model:NAME`), move aliases (`promote`
+    /// on `alias:MODEL@ALIAS`) and archive (`archive` on `model:NAME`); the
+    /// principal is the registry's actor. Every decision is audited
+    /// (`access.allow` / `access.deny`); a denied call writes nothing else.
+    /// None: everything is allowed, nothing extra audited.
+    pub authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 impl std::fmt::Debug for RegistryOptions {
@@ -82,6 +89,7 @@ impl std::fmt::Debug for RegistryOptions {
             .field("require_signatures", &self.require_signatures)
             .field("max_metadata_bytes", &self.max_metadata_bytes)
             .field("audit", &self.audit.is_some())
+            .field("authorizer", &self.authorizer)
             .finish()
     }
 }
@@ -176,6 +184,13 @@ impl ObjectRegistry {
         self
     }
 
+    /// Checks every register, alias move and archive with `authorizer` (see
+    /// [`RegistryOptions::authorizer`]).
+    pub fn with_authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
+        self.options.authorizer = Some(authorizer);
+        self
+    }
+
     /// Records changes as done by `actor`.
     pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
         self.options.actor = Some(actor.into());
@@ -218,6 +233,26 @@ impl ObjectRegistry {
             .range(..next)
             .map(|(_, v)| v.clone())
             .collect())
+    }
+
+    /// Checks `action` on `resource` for the actor with the authorizer, if
+    /// any, recording the decision in the audit log.
+    async fn authorize(&self, action: Action, resource: Resource) -> Result<()> {
+        let Some(authorizer) = &self.options.authorizer else {
+            return Ok(());
+        };
+        let principal = self.actor();
+        let decision = authorizer.authorize(&principal, action, &resource);
+        let (verdict, reason) = match &decision {
+            Ok(()) => ("access.allow", None),
+            Err(e) => ("access.deny", Some(e.to_string())),
+        };
+        let mut details = vec![("action", action.to_string())];
+        if let Some(r) = reason {
+            details.push(("reason", r));
+        }
+        self.audit(verdict, resource.to_string(), &details).await?;
+        decision
     }
 
     fn actor(&self) -> String {
@@ -510,6 +545,8 @@ impl ModelRegistry for ObjectRegistry {
         validate_name(ResourceKind::Model, model)?;
         validate_name(ResourceKind::Artifact, &artifact.flavor)
             .map_err(|e| Error::invalid_input("artifact flavor", e.to_string()))?;
+        self.authorize(Action::Register, Resource::model(model))
+            .await?;
         artifact.verify()?;
         self.check_metadata(model, &metadata)?;
         self.put_blob(&artifact).await?;
@@ -613,6 +650,8 @@ impl ModelRegistry for ObjectRegistry {
     async fn set_alias(&self, model: &str, alias: &str, version: u64) -> Result<()> {
         validate_name(ResourceKind::Model, model)?;
         check_alias(alias)?;
+        self.authorize(Action::Promote, Resource::alias(model, alias))
+            .await?;
         if self.read_manifest(model, version).await?.is_none() {
             return Err(if self.model_exists(model).await? {
                 Error::not_found(ResourceKind::ModelVersion, format!("{model}@{version}"))
@@ -651,6 +690,8 @@ impl ModelRegistry for ObjectRegistry {
     async fn delete_alias(&self, model: &str, alias: &str) -> Result<()> {
         validate_name(ResourceKind::Model, model)?;
         check_alias(alias)?;
+        self.authorize(Action::Promote, Resource::alias(model, alias))
+            .await?;
         let removed = self
             .state(model)
             .update(|state: Option<ModelState>| {
@@ -715,6 +756,8 @@ impl ModelRegistry for ObjectRegistry {
 
     async fn archive_version(&self, model: &str, version: u64) -> Result<ModelVersion> {
         validate_name(ResourceKind::Model, model)?;
+        self.authorize(Action::Archive, Resource::model(model))
+            .await?;
         let manifest = self.read_manifest(model, version).await?.ok_or_else(|| {
             Error::not_found(ResourceKind::ModelVersion, format!("{model}@{version}"))
         })?;

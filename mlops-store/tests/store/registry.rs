@@ -412,3 +412,76 @@ async fn local_state_reads_do_not_list_the_history() {
     let listed = faulty.objects_listed() - before;
     assert!(listed < 20, "one read listed {listed} objects");
 }
+
+/// Stage separation in the registry: only the release principal moves
+/// `champion`; a denial names principal, action and resource, writes nothing
+/// but its audit entry, and every decision is audited with the principal.
+#[tokio::test]
+async fn only_the_release_principal_moves_champion() {
+    use mlops_core::access::Policy;
+    use mlops_core::audit::AuditLog as _;
+    let policy = Policy::parse(
+        r#"
+[roles.release]
+grants = [{ actions = ["promote"], resources = ["alias:*@champion"] }]
+[roles.training]
+grants = [{ actions = ["register"], resources = ["model:*"] },
+          { actions = ["promote"], resources = ["alias:*@challenger"] }]
+[principals]
+release-bot = ["release"]
+trainer = ["training"]
+"#,
+        "toml",
+        "test policy",
+    )
+    .unwrap();
+    let root = mlops_store::StoreRoot::open("memory://").unwrap();
+    let audit = std::sync::Arc::new(mlops_store::ObjectAuditLog::new(&root));
+    let as_principal = |who: &str| {
+        mlops_store::ObjectRegistry::new(&root)
+            .with_audit(audit.clone())
+            .with_authorizer(std::sync::Arc::new(policy.clone()))
+            .with_actor(who)
+    };
+    let (trainer, release) = (as_principal("trainer"), as_principal("release-bot"));
+    let artifact = || mlops_core::model::ModelArtifact::new("test", vec![1, 2, 3]);
+    let meta = mlops_core::model::ModelMetadata::default;
+    trainer.register("fraud", artifact(), meta()).await.unwrap();
+    trainer.set_alias("fraud", "challenger", 1).await.unwrap();
+    // The trainer may not move champion, nor archive; the release bot may not
+    // register.
+    let denied = trainer.set_alias("fraud", "champion", 1).await.unwrap_err();
+    let text = denied.to_string();
+    assert!(
+        matches!(denied, mlops_core::Error::Forbidden { .. })
+            && text.contains("trainer")
+            && text.contains("promote")
+            && text.contains("alias:fraud@champion"),
+        "{text}"
+    );
+    assert!(trainer.archive_version("fraud", 1).await.is_err());
+    assert!(release.register("fraud", artifact(), meta()).await.is_err());
+    let aliases = trainer.aliases("fraud").await.unwrap();
+    assert_eq!(
+        aliases.get("champion"),
+        None,
+        "nothing written: {aliases:?}"
+    );
+    assert_eq!(trainer.list_versions("fraud").await.unwrap().len(), 1);
+    release.set_alias("fraud", "champion", 1).await.unwrap();
+    // Every decision is on record with its principal.
+    let entries = audit.entries(1, 1000).await.unwrap();
+    let decision = |action: &str, actor: &str, target: &str| {
+        entries
+            .iter()
+            .any(|e| e.event.action == action && e.event.actor == actor && e.event.target == target)
+    };
+    assert!(decision("access.deny", "trainer", "alias:fraud@champion"));
+    assert!(decision("access.deny", "release-bot", "model:fraud"));
+    assert!(decision(
+        "access.allow",
+        "release-bot",
+        "alias:fraud@champion"
+    ));
+    assert!(decision("access.allow", "trainer", "model:fraud"));
+}
