@@ -1,11 +1,14 @@
 //! `mlops`: the service binary of the mlops SDK.
 //!
 //! ```text
-//! mlops serve --config mlops.toml     serve the configured deployments over HTTP (v2);
-//!                                     SIGTERM drains and exits, SIGHUP applies
-//!                                     deployment changes from the file
+//! mlops serve --config mlops.toml     serve the configured deployments over HTTP (v2)
+//!                                     and, with [grpc], gRPC; TLS with [http] / [grpc]
+//!                                     tls; SIGTERM drains and exits, SIGHUP applies
+//!                                     deployment changes and keys from the file; joins
+//!                                     the fleet on the storage root ([fleet])
 //! mlops check --config mlops.toml     check a config file, change nothing
 //! mlops models --config mlops.toml list | show | register [--sign] | alias | archive | verify
+//!     | lineage NAME [VERSION]        where a version came from and where it went (JSON)
 //! mlops models keygen --out DIR --id ID   an ed25519 key pair for [registry]
 //!
 //! mlops audit --config mlops.toml verify | tail | anchor   (anchor: the head signed
