@@ -39,6 +39,10 @@
 //! bind = "0.0.0.0:8001"                # same keys, timeout; max_message_bytes = body limit
 //! tls = { cert_file = "/run/secrets/tls.crt", key_file = "/run/secrets/tls.key" }   # optional
 //!
+//! [access]                             # optional: who may register, promote, archive
+//! policy_file = "/etc/mlops/policy.toml"   # roles and principals (mlops_core::access)
+//! principal = "${MLOPS_PRINCIPAL}"     # who the commands act as (default mlops-cli)
+//!
 //! [fleet]                              # optional: on by default
 //! replica = "${HOSTNAME}"              # this replica's name (default: HOSTNAME)
 //! interval = "5s"                      # apply routing intents, write its report
@@ -132,6 +136,45 @@ pub(crate) struct Config {
     pub(crate) fleet: Fleet,
     /// The protocol's gRPC face beside HTTP; off when absent.
     pub(crate) grpc: Option<GrpcToml>,
+    /// Who may do what to the registry; everything is allowed when absent.
+    pub(crate) access: Option<AccessToml>,
+}
+
+/// `[access]`: an access policy (mlops_core::access) for the registry writes
+/// of this config's commands and retraining loops.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessToml {
+    /// A TOML file (or `.json`) of roles and principals; `${ENV}` paths.
+    pub(crate) policy_file: String,
+    /// Who the `mlops` commands act as (default `mlops-cli`); the retraining
+    /// loops act as `retrain-loop`.
+    pub(crate) principal: Option<String>,
+}
+
+impl AccessToml {
+    /// The policy, read and checked; errors name `access.policy_file`.
+    pub(crate) fn policy(&self) -> Result<mlops::core::access::Policy> {
+        let path = expand("access.policy_file", &self.policy_file)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::invalid_input("config access.policy_file", format!("{path}: {e}"))
+        })?;
+        let format = if path.ends_with(".json") {
+            "json"
+        } else {
+            "toml"
+        };
+        mlops::core::access::Policy::parse(&text, format, &path)
+            .map_err(|e| Error::invalid_input("config access.policy_file", e.to_string()))
+    }
+
+    /// The principal the commands act as.
+    pub(crate) fn principal(&self) -> Result<String> {
+        match &self.principal {
+            Some(p) => expand("access.principal", p),
+            None => Ok("mlops-cli".to_owned()),
+        }
+    }
 }
 
 /// `[grpc]`: the protocol's gRPC face, with the HTTP face's keys (reloaded

@@ -109,6 +109,13 @@ pub(crate) fn registry(config: &Path, sign: bool) -> Result<(ObjectRegistry, boo
         .with_options(options)
         .with_audit(Arc::new(ObjectAuditLog::new(&root)))
         .with_actor("mlops-cli");
+    // With [access], every write is checked for the configured principal.
+    let registry = match &config.access {
+        Some(access) => registry
+            .with_authorizer(Arc::new(access.policy()?))
+            .with_actor(access.principal()?),
+        None => registry,
+    };
     Ok((registry, checks))
 }
 

@@ -36,6 +36,10 @@ pub(crate) fn check(path: &Path, json: bool) -> Result<()> {
     if let Some(tls) = config.grpc.as_ref().and_then(|g| g.tls.as_ref()) {
         tls.read("grpc.tls")?;
     }
+    if let Some(access) = &config.access {
+        access.policy()?;
+        access.principal()?;
+    }
     let loops = crate::retrain::check(&config)?;
     if json {
         let names: Vec<&str> = deployments.iter().map(|d| d.name.as_str()).collect();

@@ -581,3 +581,48 @@ fn audit_anchors_catch_a_log_cut_short() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("registry.signing_key"), "{err}");
 }
+
+#[test]
+fn an_access_policy_lets_only_its_release_principal_move_champion() {
+    let dir = temp_dir("access");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[roles.ci]\ngrants = [{ actions = [\"register\"], resources = [\"model:*\"] }]\n\
+         [roles.release]\ngrants = [{ actions = [\"promote\"], resources = [\"alias:*@champion\"] }]\n\
+         [principals]\nci = [\"ci\"]\nrelease = [\"release\"]\n",
+    )
+    .unwrap();
+    let path = dir.path().join("mlops.toml");
+    let as_principal = |who: &str| {
+        let text = format!(
+            "{}\n[access]\npolicy_file = \"{}\"\nprincipal = \"{who}\"\n",
+            config(dir.path()),
+            policy.display()
+        );
+        std::fs::write(&path, text).unwrap();
+    };
+    as_principal("ci");
+    let (file, flavor) = artifact_file(dir.path(), "m.bin", 0.0);
+    register_cli(&path, &file, &flavor, false);
+    let (code, _, err) = mlops(&["models", "alias", "fraud", "champion", "1"], &path);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("\"ci\" may not promote alias:fraud@champion"),
+        "{err}"
+    );
+    as_principal("release");
+    let (code, _, err) = mlops(&["models", "alias", "fraud", "champion", "1"], &path);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = mlops(&["--json", "audit", "tail", "-n", "50"], &path);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("access.deny") && out.contains("access.allow"),
+        "{out}"
+    );
+    // A policy that does not parse fails the check, naming the key.
+    std::fs::write(&policy, "[roles.x]\ngrants = []\n").unwrap();
+    let (code, _, err) = mlops(&["check"], &path);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("access.policy_file"), "{err}");
+}
