@@ -9,6 +9,8 @@ use arrow::compute::take;
 use arrow::datatypes::{Field, FieldRef, Schema};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use mlops_core::access::{Action, Authorizer, Resource};
+use mlops_core::audit::{AuditEvent, AuditLog};
 use mlops_core::feature::{
     ApplyOptions, Entity, FeatureDefinitions, FeatureRef, FeatureStatus, FeatureView,
     HistoricalOptions, IngestReceipt, MaterializeReport, OfflineFeatureStore, OnlineFeatureColumn,
@@ -39,6 +41,16 @@ pub struct ObjectFeatureStore {
     /// View definitions for online reads, refreshed at most every `refresh`.
     views: Arc<std::sync::RwLock<Option<CachedViews>>>,
     refresh: std::time::Duration,
+    /// Who acts through this store and what they may do.
+    guard: Option<Guard>,
+}
+
+/// A principal, the authorizer that decides for it, and where decisions go.
+#[derive(Debug, Clone)]
+struct Guard {
+    authorizer: Arc<dyn Authorizer>,
+    principal: String,
+    audit: Option<Arc<dyn AuditLog>>,
 }
 
 /// View definitions and when they were read.
@@ -75,7 +87,66 @@ impl ObjectFeatureStore {
             online,
             views: Arc::new(std::sync::RwLock::new(None)),
             refresh: std::time::Duration::from_secs(1),
+            guard: None,
         }
+    }
+
+    /// Acts as `principal` under `authorizer`: writes and definitions need
+    /// `write` on `view:NAME`, materialization `materialize` on it, offline
+    /// reads (training sets) `read` on each view read, online reads `read` on
+    /// each `feature:VIEW:FEATURE` (so serving can be allowed online features
+    /// and denied the offline store). Denials are written to `audit` with the
+    /// principal, and so are allows, except online reads' (one per request
+    /// would put an audit write on the serving path). A denied call does
+    /// nothing else.
+    pub fn with_authorizer(
+        mut self,
+        authorizer: Arc<dyn Authorizer>,
+        principal: impl Into<String>,
+        audit: Option<Arc<dyn AuditLog>>,
+    ) -> Self {
+        self.guard = Some(Guard {
+            authorizer,
+            principal: principal.into(),
+            audit,
+        });
+        self
+    }
+
+    /// Checks `action` on every resource; records denials (and allows, when
+    /// `record_allow`).
+    async fn check(
+        &self,
+        action: Action,
+        resources: &[Resource],
+        record_allow: bool,
+    ) -> Result<()> {
+        let Some(g) = &self.guard else {
+            return Ok(());
+        };
+        for r in resources {
+            let decision = g.authorizer.authorize(&g.principal, action, r);
+            if let Some(audit) = &g.audit
+                && (decision.is_err() || record_allow)
+            {
+                let mut event = AuditEvent::new(
+                    &g.principal,
+                    if decision.is_ok() {
+                        "access.allow"
+                    } else {
+                        "access.deny"
+                    },
+                    r.to_string(),
+                )
+                .detail("action", action.to_string());
+                if let Err(e) = &decision {
+                    event = event.detail("reason", e.to_string());
+                }
+                audit.append(event).await?;
+            }
+            decision?;
+        }
+        Ok(())
     }
 
     /// How long online reads may use cached view definitions (default 1 s; zero
@@ -321,10 +392,14 @@ impl ObjectFeatureStore {
 #[async_trait]
 impl FeatureDefinitions for ObjectFeatureStore {
     async fn apply_entity(&self, entity: Entity) -> Result<()> {
+        self.check(Action::Write, &[Resource::view(&entity.name)], true)
+            .await?;
         self.offline.apply_entity(entity).await
     }
 
     async fn apply_view(&self, view: FeatureView, options: ApplyOptions) -> Result<()> {
+        self.check(Action::Write, &[Resource::view(&view.name)], true)
+            .await?;
         self.offline.apply_view(view, options).await?;
         self.forget_views();
         Ok(())
@@ -342,6 +417,8 @@ impl FeatureDefinitions for ObjectFeatureStore {
 #[async_trait]
 impl OfflineFeatureStore for ObjectFeatureStore {
     async fn ingest(&self, view: &str, batch: RecordBatch) -> Result<IngestReceipt> {
+        self.check(Action::Write, &[Resource::view(view)], true)
+            .await?;
         self.offline.ingest(view, batch).await
     }
 
@@ -351,6 +428,9 @@ impl OfflineFeatureStore for ObjectFeatureStore {
         features: &[FeatureRef],
         options: HistoricalOptions,
     ) -> Result<RecordBatch> {
+        let mut views: Vec<Resource> = features.iter().map(|f| Resource::view(f.view())).collect();
+        views.dedup();
+        self.check(Action::Read, &views, true).await?;
         self.offline
             .get_historical_features(entity_df, features, options)
             .await
@@ -362,6 +442,8 @@ impl OfflineFeatureStore for ObjectFeatureStore {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<MaterializeReport> {
+        self.check(Action::Materialize, &[Resource::view(view)], true)
+            .await?;
         if end <= start {
             return Err(Error::invalid_input(
                 format!("materialization of view {view}"),
@@ -384,6 +466,8 @@ impl OfflineFeatureStore for ObjectFeatureStore {
         view: &str,
         end: DateTime<Utc>,
     ) -> Result<MaterializeReport> {
+        self.check(Action::Materialize, &[Resource::view(view)], true)
+            .await?;
         let def = self.offline.get_view(view).await?;
         let (rows, next, previous) = self.offline.incremental_rows(&def, micros(end)).await?;
         let written = if rows.num_rows() == 0 {
@@ -411,6 +495,13 @@ impl OnlineFeatureStore for ObjectFeatureStore {
         entity_rows: RecordBatch,
         features: &[FeatureRef],
     ) -> Result<OnlineFeatures> {
+        if self.guard.is_some() {
+            let wanted: Vec<Resource> = features
+                .iter()
+                .map(|f| Resource::feature(f.view(), f.feature()))
+                .collect();
+            self.check(Action::Read, &wanted, false).await?;
+        }
         self.online_features(entity_rows, features, None).await
     }
 }

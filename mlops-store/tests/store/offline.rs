@@ -737,3 +737,181 @@ async fn list_features_are_read_back_with_their_values() {
     );
     assert_eq!(column(&out, "spend"), vec![Some(2.5), Some(1.5)]);
 }
+
+/// The healthcare case's stage separation on the feature store: the training
+/// principal reads only de-identified views offline, the serving principal
+/// reads only online features and never the offline store; every denial names
+/// principal, action and resource, is audited, and writes nothing.
+#[tokio::test]
+async fn training_and_serving_principals_see_only_their_stage() {
+    use arrow::array::{
+        ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+    };
+    use mlops_core::access::Policy;
+    use mlops_core::audit::AuditLog as _;
+    use mlops_core::feature::{
+        FeatureDefinitions as _, OfflineFeatureStore as _, OnlineFeatureStore as _,
+    };
+    use mlops_store::{InMemoryOnlineStore, ObjectAuditLog, ObjectFeatureStore};
+    let policy = Arc::new(
+        Policy::parse(
+            r#"
+[roles.pipeline]
+grants = [{ actions = ["write", "materialize"], resources = ["view:*"] }]
+[roles.training]
+grants = [{ actions = ["read"], resources = ["view:*_deid"] }]
+[roles.serving]
+grants = [{ actions = ["read"], resources = ["feature:*"] }]
+[principals]
+pipeline = ["pipeline"]
+trainer = ["training"]
+server = ["serving"]
+"#,
+            "toml",
+            "healthcare policy",
+        )
+        .unwrap(),
+    );
+    let root = StoreRoot::open("memory://").unwrap();
+    let online = Arc::new(InMemoryOnlineStore::new());
+    let audit = Arc::new(ObjectAuditLog::new(&root));
+    let as_principal = |who: &str| {
+        ObjectFeatureStore::new(&root, online.clone()).with_authorizer(
+            policy.clone(),
+            who,
+            Some(audit.clone()),
+        )
+    };
+    let (pipeline, trainer, server) = (
+        as_principal("pipeline"),
+        as_principal("trainer"),
+        as_principal("server"),
+    );
+    let batch = |name: &str| {
+        RecordBatch::try_from_iter([
+            (
+                "patient_id",
+                Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef,
+            ),
+            (
+                "ts",
+                Arc::new(TimestampMicrosecondArray::from(vec![10, 10]).with_timezone("UTC"))
+                    as ArrayRef,
+            ),
+            (
+                name,
+                Arc::new(Float64Array::from(vec![0.5, 0.7])) as ArrayRef,
+            ),
+        ])
+        .unwrap()
+    };
+    for (view, feature) in [("vitals", "heart_rate"), ("vitals_deid", "risk")] {
+        let def = FeatureView::builder(view)
+            .join_key("patient_id", DataType::Int64)
+            .event_time("ts")
+            .feature(feature, DataType::Float64)
+            .build()
+            .unwrap();
+        pipeline
+            .apply_view(def, ApplyOptions::default())
+            .await
+            .unwrap();
+        pipeline.ingest(view, batch(feature)).await.unwrap();
+        pipeline
+            .materialize(
+                view,
+                chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+                chrono::Utc::now(),
+            )
+            .await
+            .unwrap();
+    }
+    let entities = RecordBatch::try_from_iter([
+        (
+            "patient_id",
+            Arc::new(Int64Array::from(vec![1])) as ArrayRef,
+        ),
+        (
+            "event_timestamp",
+            Arc::new(TimestampMicrosecondArray::from(vec![20]).with_timezone("UTC")) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let refs = |r: &str| vec![r.parse::<FeatureRef>().unwrap()];
+    // Training: the de-identified view, not the identifying one.
+    let set = trainer
+        .get_historical_features(
+            entities.clone(),
+            &refs("vitals_deid:risk"),
+            HistoricalOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.num_rows(), 1);
+    let denied = trainer
+        .get_historical_features(
+            entities.clone(),
+            &refs("vitals:heart_rate"),
+            HistoricalOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    let text = denied.to_string();
+    assert!(
+        matches!(denied, Error::Forbidden { .. })
+            && text.contains("trainer")
+            && text.contains("read")
+            && text.contains("view:vitals"),
+        "{text}"
+    );
+    // Serving: online features yes, the offline store no.
+    let keys = RecordBatch::try_from_iter([(
+        "patient_id",
+        Arc::new(Int64Array::from(vec![1])) as ArrayRef,
+    )])
+    .unwrap();
+    server
+        .get_online_features(keys, &refs("vitals:heart_rate"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        server
+            .get_historical_features(
+                entities,
+                &refs("vitals_deid:risk"),
+                HistoricalOptions::default()
+            )
+            .await,
+        Err(Error::Forbidden { .. })
+    ));
+    // Neither may write; a denied ingest writes nothing: the store's objects
+    // are the same before and after.
+    let objects = || async {
+        use futures_util::TryStreamExt as _;
+        root.store()
+            .list(Some(&root.path("features")))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .len()
+    };
+    let before = objects().await;
+    assert!(trainer.ingest("vitals", batch("heart_rate")).await.is_err());
+    assert!(server.ingest("vitals", batch("heart_rate")).await.is_err());
+    assert_eq!(objects().await, before, "a denied ingest wrote something");
+    // Decisions are on record with their principal (online allows are not).
+    let entries = audit.entries(1, 1000).await.unwrap();
+    let has = |action: &str, actor: &str, target: &str| {
+        entries
+            .iter()
+            .any(|e| e.event.action == action && e.event.actor == actor && e.event.target == target)
+    };
+    assert!(has("access.deny", "trainer", "view:vitals"));
+    assert!(has("access.deny", "server", "view:vitals_deid"));
+    assert!(has("access.allow", "trainer", "view:vitals_deid"));
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.event.actor == "server" && e.event.action == "access.allow")
+    );
+}
