@@ -18,11 +18,13 @@
 //! the client never takes the servers' core; it is not the bottleneck when the
 //! floor answers clearly more than ours with the same client.
 
+#[path = "support/mlp_data.rs"]
+mod mlp_data;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Float32Array, Int64Array, RecordBatch};
 use mlops::core::inference::{InferenceRequest, Tensor, TensorData};
 use mlops::core::model::VersionSelector;
 use mlops::core::{ModelRegistry, Server, Task, Trainer};
@@ -42,28 +44,6 @@ use tonic::{Request, Response, Status};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const IN_FLIGHT: usize = 16;
-
-fn data(n: usize) -> RecordBatch {
-    let mut state = 7u64;
-    let mut uniform = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 11) as f64 / (1u64 << 53) as f64) as f32 * 2.0 - 1.0
-    };
-    let xs: Vec<Vec<f32>> = (0..20)
-        .map(|_| (0..n).map(|_| uniform()).collect())
-        .collect();
-    let label: Vec<i64> = (0..n)
-        .map(|i| i64::from(xs[0][i] + 0.5 * xs[1][i] * xs[2][i] > 0.1))
-        .collect();
-    let mut cols: Vec<(String, ArrayRef)> = Vec::new();
-    for (f, x) in xs.into_iter().enumerate() {
-        cols.push((format!("x{f}"), Arc::new(Float32Array::from(x))));
-    }
-    cols.push(("label".into(), Arc::new(Int64Array::from(label))));
-    RecordBatch::try_from_iter(cols).unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// `rows` rows of the 20 inputs, raw (as tritonclient.grpc sends them).
 fn grpc_request(rows: usize) -> pb::ModelInferRequest {
@@ -345,7 +325,7 @@ async fn serve_and_measure(split: bool) {
     c.epochs = 1;
     c.progress = Progress::Hidden;
     let trained = TabularTrainer::new(c)
-        .fit(&data(5000), "label")
+        .fit(&mlp_data::data(5000), "label")
         .unwrap_or_else(|e| panic!("{e}"));
     let registry = Arc::new(ObjectRegistry::new(
         &StoreRoot::open("memory://").unwrap_or_else(|e| panic!("{e}")),

@@ -14,11 +14,13 @@
 //!                          # goes: JSON decode, encode, model call direct or pooled
 //! ```
 
+#[path = "support/mlp_data.rs"]
+mod mlp_data;
+
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Float32Array, Int64Array, RecordBatch};
 use axum::routing::post;
 use mlops::core::inference::{InferenceRequest, Tensor, TensorData};
 use mlops::core::model::VersionSelector;
@@ -33,28 +35,6 @@ use serde_json::json;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn data(n: usize) -> RecordBatch {
-    let mut state = 7u64;
-    let mut uniform = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 11) as f64 / (1u64 << 53) as f64) as f32 * 2.0 - 1.0
-    };
-    let mut cols: Vec<(String, ArrayRef)> = Vec::new();
-    let xs: Vec<Vec<f32>> = (0..20)
-        .map(|_| (0..n).map(|_| uniform()).collect())
-        .collect();
-    let label: Vec<i64> = (0..n)
-        .map(|i| i64::from(xs[0][i] + 0.5 * xs[1][i] * xs[2][i] > 0.1))
-        .collect();
-    for (f, x) in xs.into_iter().enumerate() {
-        cols.push((format!("x{f}"), Arc::new(Float32Array::from(x))));
-    }
-    cols.push(("label".into(), Arc::new(Int64Array::from(label))));
-    RecordBatch::try_from_iter(cols).unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn request(rows: usize) -> InferenceRequest {
     let mut r = InferenceRequest::new(
@@ -90,7 +70,7 @@ async fn main() {
     config.progress = Progress::Hidden;
     config.drift_reference = false;
     let trained = TabularTrainer::new(config)
-        .fit(&data(20_000), "label")
+        .fit(&mlp_data::data(20_000), "label")
         .unwrap_or_else(|e| panic!("{e}"));
     let model = TabularLoader::default()
         .load_model(&trained.artifact)

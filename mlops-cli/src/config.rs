@@ -182,6 +182,7 @@ impl AccessToml {
 /// the message limit.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
 pub(crate) struct GrpcToml {
     pub(crate) bind: String,
     pub(crate) max_message_bytes: Option<usize>,

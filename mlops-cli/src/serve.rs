@@ -395,19 +395,19 @@ pub(crate) async fn run(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The gRPC face of `[grpc]`, started: its stop signal and task. `None`
-/// without the section.
+/// A started gRPC face: its stop signal and its task.
+type GrpcFace = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<()>>,
+);
+
+/// The gRPC face of `[grpc]`, started. `None` without the section.
 #[cfg(feature = "grpc")]
 async fn start_grpc(
     config: &Config,
     http: &mlops::serve::HttpConfig,
     server: &ModelServer,
-) -> Result<
-    Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<()>>,
-    )>,
-> {
+) -> Result<Option<GrpcFace>> {
     use mlops::serve::grpc::{GrpcConfig, serve as serve_grpc};
     let Some(g) = &config.grpc else {
         return Ok(None);
@@ -453,12 +453,7 @@ async fn start_grpc(
     config: &Config,
     _http: &mlops::serve::HttpConfig,
     _server: &ModelServer,
-) -> Result<
-    Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<()>>,
-    )>,
-> {
+) -> Result<Option<GrpcFace>> {
     match &config.grpc {
         None => Ok(None),
         Some(_) => Err(Error::invalid_input(

@@ -484,8 +484,7 @@ impl RetrainLoop {
             Err(e) => return Err(e),
         };
         for &v in &versions {
-            self.drop_challenger_alias(v).await?;
-            s.registry.archive_version(model, v).await?;
+            self.undo_version(v).await?;
         }
         match s.tracker.get_run(run_id).await {
             Ok(run) if run.status == RunStatus::Running => {
@@ -539,10 +538,7 @@ impl RetrainLoop {
         s.traffic
             .route_all(&self.config.deployment, champion)
             .await?;
-        self.drop_challenger_alias(challenger).await?;
-        s.registry
-            .archive_version(&self.config.model, challenger)
-            .await?;
+        self.undo_version(challenger).await?;
         let d = Decision::RolledBack {
             version: challenger,
             reason,
@@ -1060,7 +1056,8 @@ impl RetrainLoop {
         Ok(decisions)
     }
 
-    /// Removes a version this instance registered but may no longer roll out.
+    /// Takes a version out of the rollout: its `challenger` alias removed, the
+    /// version archived (both idempotent).
     async fn undo_version(&self, version: u64) -> Result<()> {
         self.drop_challenger_alias(version).await?;
         self.services
