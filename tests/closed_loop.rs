@@ -485,6 +485,10 @@ mod rollout {
                 Box::new(|c: &mut RetrainConfig| c.canary.initial_weight = 0.0),
                 "initial_weight",
             ),
+            (
+                Box::new(|c: &mut RetrainConfig| c.lease_ttl = Duration::ZERO),
+                "lease_ttl",
+            ),
         ] {
             let mut bad = config.clone();
             mutate(&mut bad);

@@ -358,6 +358,13 @@ async fn bad_calls_get_the_right_status_and_a_message() {
         keyed_client.infer("nope", None, request).await.unwrap_err(),
         mlops_core::Error::NotFound { .. }
     ));
+    // A URL that is not one is refused naming it.
+    let err = mlops_serve::grpc::GrpcRemoteServer::new("not a url").unwrap_err();
+    assert!(
+        matches!(err, mlops_core::Error::InvalidInput { .. })
+            && err.to_string().contains("not a url"),
+        "{err}"
+    );
     // A face without keys must say so to start.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = serve(
